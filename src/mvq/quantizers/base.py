@@ -1,0 +1,106 @@
+"""What every quantizer returns, and the input checks they share.
+
+All quantizers (``VectorQuantizer``, ``MaskedVectorQuantizer``, ``FSQ``) take channel-first
+feature maps ``(B, C, *spatial)`` (usually ``(B, C, H, W)``) and return a ``QuantizerOutput``.
+``encode`` gives ``Tokens``; ``decode(tokens)`` gives back exactly the tensor that ``forward``
+sends to the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Tokens:
+    """The discrete description of a batch.
+
+    Attributes:
+        indices: primary code indices, ``(B, *spatial)`` int64.
+        secondary: secondary code indices ``(B, *spatial')`` (MVQ, hierarchical models) or None.
+        mask: MVQ only: the chosen MH-Dropout masks packed 8 bits per byte, ``(B, ceil(D'/8))``
+            uint8, bit ``d`` of the pattern is bit ``d % 8`` of byte ``d // 8``.
+    """
+
+    indices: Tensor
+    secondary: Tensor | None = None
+    mask: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Tokens:
+        """Move every present tensor to ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Tokens(move(self.indices), move(self.secondary), move(self.mask))
+
+    def __getitem__(self, item: int | slice | Tensor) -> Tokens:
+        """Select instances along the batch dimension."""
+        pick = lambda t: None if t is None else t[item]  # noqa: E731
+        return Tokens(pick(self.indices), pick(self.secondary), pick(self.mask))
+
+
+@dataclass
+class QuantizerOutput:
+    """The result of a quantizer's forward pass.
+
+    Attributes:
+        quantized: what the decoder takes, same shape as the (primary) input, with
+            straight-through gradients to the encoder(s).
+        tokens: the discrete codes (``tokens.indices`` for single-codebook quantizers).
+        loss: scalar auxiliary loss to add to the reconstruction loss (0 for FSQ).
+        logs: detached scalars for monitoring: ``usage`` (fraction of codes used in the
+            batch), ``perplexity`` and quantizer-specific terms.
+    """
+
+    quantized: Tensor
+    tokens: Tokens
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def indices(self) -> Tensor:
+        """Primary indices, ``(B, *spatial)``."""
+        return self.tokens.indices
+
+
+def check_feature_map(z: Tensor, channels: int, name: str = "input") -> None:
+    """Raise one clear ``ValueError`` unless ``z`` is a finite ``(B, channels, *spatial)`` map."""
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() < 3:
+        raise ValueError(
+            f"{name} must be a channel-first feature map (B, C, H, W) or (B, C, N); got shape "
+            f"{tuple(z.shape)}: add the batch/spatial dimensions (e.g. z[None] or z[..., None])"
+        )
+    if z.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {z.shape[1]} channels but the quantizer expects {channels}: "
+            f"check the encoder's output channels or the quantizer's in_channels"
+        )
+    if not z.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
+    if not torch.isfinite(z).all():
+        raise ValueError(
+            f"{name} contains NaN or Inf: the encoder diverged or the data is corrupt; "
+            "lower the learning rate or check the input pipeline"
+        )
+
+
+def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
+    """Usage (fraction of codes hit at least once) and perplexity of ``indices``."""
+    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    probs = counts / counts.sum().clamp_min(1.0)
+    perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+    usage = (counts > 0).float().mean()
+    return {"usage": usage, "perplexity": perplexity}
+
+
+def to_channel_last(z: Tensor) -> Tensor:
+    """``(B, C, *S) -> (B, *S, C)``."""
+    return z.movedim(1, -1)
+
+
+def to_channel_first(z: Tensor) -> Tensor:
+    """``(B, *S, C) -> (B, C, *S)``."""
+    return z.movedim(-1, 1)
