@@ -1,0 +1,20 @@
+"""Image data sets for training tokenizers: ``build_dataset(name, root, split)``.
+
+Every item is ``(image, label)``: image float32 ``(C, H, W)`` in ``[-1, 1]``, label an int
+(-1 when unlabeled). Problems raise ``DataError`` (a ``ValueError``) with a one-line fix.
+"""
+
+from mvq.data.base import DataError, DataInfo, TensorImageDataset, fit_square, uint8_to_float
+from mvq.data.build import DATASETS, DatasetSpec, build_dataset, dataset_info
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DataInfo",
+    "DatasetSpec",
+    "TensorImageDataset",
+    "build_dataset",
+    "dataset_info",
+    "fit_square",
+    "uint8_to_float",
+]

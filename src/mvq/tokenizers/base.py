@@ -1,0 +1,178 @@
+"""What the three tokenizers share: the config fields, the Table 3 networks, the loss.
+
+A tokenizer maps images ``(B, C, H, W)`` in [-1, 1] to tokens (``mvq.quantizers.Tokens``):
+S primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-bit mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
+from mvq.pretrained import PretrainedMixin
+from mvq.quantizers import Tokens
+
+
+@dataclass
+class TokenizerConfig:
+    """Fields every tokenizer has. Defaults: Fashion-MNIST, 4+1 tokens, K = 16 (Table 2/3).
+
+    Attributes:
+        in_channels: image channels.
+        image_size: H = W of the images.
+        factor: downsampling factor F; the primary grid is ``image_size / F``.
+        codebook_size: K, the paper's total: K/2 primary + K/2 secondary entries.
+        dim: primary code dimension D.
+        secondary_dim: secondary code dimension D'.
+        channels, res_channels, num_res_blocks: Table 3 widths (128, 64, 2).
+        beta: commitment weight.
+        ema, init, dead_code_threshold: codebook options of ``VectorQuantizer``.
+    """
+
+    in_channels: int = 1
+    image_size: int = 28
+    factor: int = 14
+    codebook_size: int = 16
+    dim: int = 16
+    secondary_dim: int = 16
+    channels: int = 128
+    res_channels: int = 64
+    num_res_blocks: int = 2
+    beta: float = 0.25
+    ema: bool = False
+    init: str = "random"
+    dead_code_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        primary_grid(self.image_size, self.factor)  # unsupported (size, F) -> clear error
+        if self.codebook_size < 2 or self.codebook_size % 2:
+            raise ValueError(
+                f"codebook_size K={self.codebook_size} must be even and >= 2: "
+                "it is split into K/2 primary and K/2 secondary entries"
+            )
+
+    @property
+    def grid(self) -> int:
+        """Side of the primary grid."""
+        return primary_grid(self.image_size, self.factor)
+
+    @property
+    def half_codebook(self) -> int:
+        """Entries per codebook (K/2)."""
+        return self.codebook_size // 2
+
+    def vq_kwargs(self) -> dict:
+        """Options forwarded to each ``VectorQuantizer``."""
+        return {
+            "beta": self.beta,
+            "ema": self.ema,
+            "init": self.init,
+            "dead_code_threshold": self.dead_code_threshold,
+        }
+
+
+@dataclass
+class TokenLayout:
+    """The shape of a tokenizer's tokens, what a prior needs to know."""
+
+    primary_vocab: int
+    primary_grid: tuple[int, int]
+    secondary_vocab: int
+    secondary_grid: tuple[int, int] = (1, 1)
+    mask_bits: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """S + S'."""
+        return math.prod(self.primary_grid) + math.prod(self.secondary_grid)
+
+
+@dataclass
+class TokenizerOutput:
+    """``forward`` result: reconstruction, tokens, total loss and detached logs."""
+
+    recon: Tensor
+    tokens: Tokens
+    loss: Tensor
+    logs: dict[str, Tensor]
+
+
+class Tokenizer(nn.Module, PretrainedMixin):
+    """Base: builds E, E' and D from the config; subclasses add the quantizer.
+
+    Subclasses implement ``quantize(y, y2) -> QuantizerOutput`` (its ``quantized`` is the
+    decoder input), ``decode_latent(tokens, generator) -> decoder input`` and set
+    ``self.token_layout`` (a ``TokenLayout``); ``decoder_in_dim`` when the decoder takes more
+    than D channels.
+    """
+
+    config: TokenizerConfig
+    token_layout: TokenLayout
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        widths = dict(
+            channels=c.channels, res_channels=c.res_channels, num_res_blocks=c.num_res_blocks
+        )
+        self.encoder = PrimaryEncoder(c.in_channels, c.image_size, c.factor, c.dim, **widths)
+        self.secondary_encoder = SecondaryEncoder(
+            c.dim, c.image_size, c.factor, c.secondary_dim, **widths
+        )
+        self.decoder = Decoder(self.decoder_in_dim, c.in_channels, c.image_size, c.factor, **widths)
+
+    @property
+    def decoder_in_dim(self) -> int:
+        return self.config.dim
+
+    def check_images(self, x: Tensor) -> None:
+        """One clear error for images of the wrong shape or with NaN."""
+        c = self.config
+        want = (c.in_channels, c.image_size, c.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"{type(self).__name__} expects images (B, {want[0]}, {want[1]}, {want[2]}), "
+                f"got {tuple(x.shape)}: resize the data or build the tokenizer for this size"
+            )
+
+    def forward(self, x: Tensor) -> TokenizerOutput:
+        """Encode, quantise and decode a batch ``(B, C, H, W)``; ``loss`` = rec + quantizer."""
+        self.check_images(x)
+        y = self.encoder(x)  # (B, D, h, w)
+        q = self.quantize(y, self.secondary_encoder(y))
+        recon = self.decoder(q.quantized)  # (B, C, H, W)
+        rec = F.mse_loss(recon, x)
+        logs = {"rec": rec.detach(), "quant_loss": q.loss.detach(), **q.logs}
+        return TokenizerOutput(recon, q.tokens, rec + q.loss, logs)
+
+    def loss(self, batch: tuple[Tensor, Tensor] | Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training objective on an ``(images, labels)`` batch (the trainer's contract)."""
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        out = self(x)
+        return out.loss, out.logs
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tokens:
+        """Images ``(B, C, H, W)`` -> tokens (eval-mode statistics; no codebook updates)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(x).tokens
+        finally:
+            self.train(was_training)
+
+    def decode(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
+        """Tokens -> images ``(B, C, H, W)`` (MVQ draws a random mask when none is given)."""
+        return self.decoder(self.decode_latent(tokens, generator))
+
+    @property
+    def bits_per_image(self) -> float:
+        """Rate of the discrete description (SPEC "Rate"), in bits per image."""
+        t = self.token_layout
+        bits = math.prod(t.primary_grid) * math.log2(t.primary_vocab)
+        return bits + math.prod(t.secondary_grid) * math.log2(t.secondary_vocab) + t.mask_bits
