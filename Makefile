@@ -22,8 +22,15 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	OMP_NUM_THREADS=2 $(BIN)/pytest
 
-demo: $(STAMP)
-	$(BIN)/python -m mvq.demo --out runs/demo
+FMNIST := /usr/share/datasets/fashion-mnist
+
+# Fashion-MNIST from Debian's package when apt works; otherwise mvq downloads it (torchvision).
+$(FMNIST):
+	-(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null 2>&1 || \
+	  echo "dataset-fashion-mnist not installed via apt; mvq will download Fashion-MNIST"
+
+demo: $(STAMP) $(FMNIST)
+	OMP_NUM_THREADS=2 $(BIN)/mvq demo --out runs/demo
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bench]'

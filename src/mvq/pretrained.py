@@ -69,7 +69,7 @@ def atomic_write_dir(target: Path, write: Any) -> None:
 
 
 class PretrainedMixin:
-    """Adds ``save_pretrained`` / ``from_pretrained`` to an ``nn.Module`` with a dataclass config."""
+    """Adds ``save_pretrained``/``from_pretrained`` to an ``nn.Module`` with a dataclass config."""
 
     config_class: ClassVar[type]
     config: Any
@@ -104,7 +104,9 @@ class PretrainedMixin:
         try:
             state = load_file(str(Path(directory) / WEIGHTS_NAME))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{directory}/{WEIGHTS_NAME} is unreadable ({err}); re-save it") from err
+            raise CheckpointError(
+                f"{directory}/{WEIGHTS_NAME} is unreadable ({err}); re-save it"
+            ) from err
         missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
         if missing or unexpected:
             raise CheckpointError(

@@ -1,0 +1,126 @@
+"""Train a tokenizer from a run config: build the model, the data and the trainer's config.
+
+Also holds what the demo and the closing notes report: ``evaluate_tokenizer`` (test MSE, codebook
+usage over a whole split, bits per image) and ``ReconstructionGrid`` (the periodic images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.utils import make_grid, save_image
+
+from mvq.data import build_dataset
+from mvq.pretrained import config_from_dict
+from mvq.runconfig import ConfigError, RunConfig, check_keys
+from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
+from mvq.training import TrainConfig, TrainResult, train
+
+
+def build_tokenizer(cfg: RunConfig) -> Tokenizer:
+    """The registered variant ``cfg.model`` with ``cfg.model_config`` overrides."""
+    TOKENIZERS.get(cfg.model)  # an unknown name raises, naming the closest one
+    config_class = ARCHITECTURES[cfg.model.split("_")[0]].config_class
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
+    return create_tokenizer(cfg.model, **cfg.model_config)
+
+
+def build_train_config(cfg: RunConfig) -> TrainConfig:
+    """``TrainConfig`` with the run config's ``train`` overrides (unknown keys: ConfigError)."""
+    try:
+        return config_from_dict(TrainConfig, cfg.train, "train")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def build_splits(cfg: RunConfig, model: Tokenizer) -> tuple[Dataset, Dataset]:
+    """Train and validation splits of ``cfg.data``, checked against the tokenizer's input."""
+    data = {"root": None, "image_size": None, "download": False} | cfg.data
+    if "name" not in data:
+        raise ConfigError("data.name is missing: e.g. data: {name: fashion_mnist}")
+    splits = [build_dataset(split=s, **data) for s in ("train", "val")]
+    image = splits[0][0][0]
+    c = model.config
+    if tuple(image.shape) != (c.in_channels, c.image_size, c.image_size):
+        raise ConfigError(
+            f"data '{data['name']}' gives images {tuple(image.shape)} but {cfg.model} expects "
+            f"({c.in_channels}, {c.image_size}, {c.image_size}): set data.image_size or pick "
+            "the tokenizer built for this data set"
+        )
+    return splits[0], splits[1]
+
+
+class ReconstructionGrid:
+    """Trainer callback: originals (top row) and reconstructions (bottom row) of fixed images."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, step: int, run_dir: Path, writer: Any) -> None:
+        x = self.images.to(next(model.parameters()).device)
+        grid = make_grid(to_unit(torch.cat([x, model(x).recon])), nrow=len(x), padding=1)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        save_image(grid, run_dir / "samples" / f"recon_{step:07d}.png")
+        if writer is not None:
+            writer.add_image("reconstructions", grid, step)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> [0, 1] for saving."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def first_images(dataset: Dataset, n: int) -> Tensor:
+    """The first ``n`` images of a dataset, stacked ``(n, C, H, W)``."""
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def train_tokenizer(
+    cfg: RunConfig, run_dir: str | Path, resume: bool = False
+) -> tuple[Tokenizer, TrainResult]:
+    """Build and check everything from ``cfg`` first, then train; saves the model at the end."""
+    model = build_tokenizer(cfg)
+    train_cfg = build_train_config(cfg)
+    train_set, val_set = build_splits(cfg, model)
+    grid = ReconstructionGrid(first_images(val_set, 8))
+    result = train(
+        model, train_set, val_set, train_cfg, run_dir, resume=resume, callbacks=[grid],
+        save_model=lambda m, path: m.save_pretrained(path),
+    )  # fmt: skip
+    return model, result
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    model: Tokenizer, dataset: Dataset, batch_size: int = 250, seed: int = 0
+) -> dict[str, float]:
+    """Mean squared error and codebook usage over a whole split, plus bits per image.
+
+    MVQ's mask search draws random masks: the torch RNG is seeded with ``seed`` for the pass.
+    """
+    model.eval()
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    layout = model.token_layout
+    used_p = torch.zeros(layout.primary_vocab, dtype=torch.bool)
+    used_s = torch.zeros(layout.secondary_vocab, dtype=torch.bool)
+    sq_err, count = 0.0, 0
+    for x, _ in DataLoader(dataset, batch_size=batch_size):
+        out = model(x.to(device))
+        sq_err += float((out.recon - x.to(device)).pow(2).sum())
+        count += x.numel()
+        used_p[out.tokens.indices.flatten().cpu()] = True
+        used_s[out.tokens.secondary.flatten().cpu()] = True
+    return {
+        "mse": sq_err / count,
+        "primary_usage": float(used_p.float().mean()),
+        "secondary_usage": float(used_s.float().mean()),
+        "bits_per_image": model.bits_per_image,
+    }
