@@ -13,10 +13,13 @@ from collections.abc import Sequence
 
 from mvq.pretrained import CheckpointError
 from mvq.runconfig import ConfigError, apply_override, load_run_config
+from mvq.training import RunDirError, TrainingDiverged
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,
+    RunDirError,
+    TrainingDiverged,
     ValueError,
     KeyError,
     FileNotFoundError,

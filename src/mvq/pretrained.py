@@ -107,13 +107,31 @@ class PretrainedMixin:
             raise CheckpointError(
                 f"{directory}/{WEIGHTS_NAME} is unreadable ({err}); re-save it"
             ) from err
-        missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
-        if missing or unexpected:
+        problem = state_mismatch(state, model.state_dict())  # type: ignore[attr-defined]
+        if problem:
             raise CheckpointError(
-                f"{directory}: weights do not match the config (missing {list(missing)[:3]}, "
-                f"unexpected {list(unexpected)[:3]}); the files come from different models"
+                f"{directory}: weights do not match the config ({problem}); "
+                "config.json and model.safetensors come from different models"
             )
+        model.load_state_dict(state)  # type: ignore[attr-defined]
         return model
+
+
+def state_mismatch(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> str:
+    """Describe how two state dicts differ (missing/unexpected keys, shapes); "" if they fit."""
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    shapes = [
+        f"{k}: {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    parts = [
+        f"{label} {items[:3]}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes))
+        if items
+    ]
+    return "; ".join(parts)
 
 
 def read_pretrained_meta(directory: str | os.PathLike) -> dict[str, Any]:

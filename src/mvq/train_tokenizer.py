@@ -86,8 +86,9 @@ def train_tokenizer(
     cfg: RunConfig, run_dir: str | Path, resume: bool = False
 ) -> tuple[Tokenizer, TrainResult]:
     """Build and check everything from ``cfg`` first, then train; saves the model at the end."""
-    model = build_tokenizer(cfg)
     train_cfg = build_train_config(cfg)
+    torch.manual_seed(train_cfg.seed)  # the initial weights depend on the seed alone
+    model = build_tokenizer(cfg)
     train_set, val_set = build_splits(cfg, model)
     grid = ReconstructionGrid(first_images(val_set, 8))
     result = train(

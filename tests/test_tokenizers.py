@@ -1,0 +1,109 @@
+"""Tokenizer contracts: every variant builds, encode/decode round trips, save/load, rate."""
+
+import math
+
+import pytest
+import torch
+
+from mvq.pretrained import CheckpointError
+from mvq.quantizers import Tokens
+from mvq.tokenizers import (
+    MVQVAE,
+    VQVAE2,
+    create_tokenizer,
+    list_tokenizers,
+    load_tokenizer,
+)
+
+TINY = dict(channels=16, res_channels=8)
+
+
+@pytest.mark.parametrize("name", [n for n in list_tokenizers() if "_k16" in n])
+def test_every_registered_variant_runs_forward(name: str) -> None:
+    torch.manual_seed(0)
+    extra = {"num_hypotheses": 4} if name.startswith("mvqvae") else {}
+    model = create_tokenizer(name, **TINY, **extra)
+    c = model.config
+    x = torch.rand(2, c.in_channels, c.image_size, c.image_size) * 2 - 1
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.tokens.indices.shape == (2, c.grid, c.grid)
+    assert out.tokens.secondary.shape == (2, 1, 1)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(
+    "name", ["vqvae2_fmnist_s4_k16", "mvqvae_fmnist_s4_k16", "fsqvae_fmnist_s4_k16"]
+)
+def test_decode_of_encode_equals_forward(name: str) -> None:
+    torch.manual_seed(1)
+    model = create_tokenizer(name, **TINY).eval()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    out = model(x)
+    assert torch.allclose(model.decode(out.tokens), out.recon, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["vqvae2_cifar10_s16_k256", "mvqvae_fmnist_s1_k16", "fsqvae_fmnist_s4_k256"]
+)
+def test_save_load_round_trip(name: str, tmp_path) -> None:
+    torch.manual_seed(2)
+    model = create_tokenizer(name, **TINY)
+    c = model.config
+    x = torch.rand(2, c.in_channels, c.image_size, c.image_size) * 2 - 1
+    model(x)  # move BatchNorm statistics away from their initial values
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_tokenizer(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    model.eval(), loaded.eval()
+    tokens = model.encode(x)
+    tokens = Tokens(tokens.indices, tokens.secondary, tokens.mask)
+    assert torch.allclose(model.decode(tokens), loaded.decode(tokens))
+
+
+def test_bits_per_image_follow_the_rate_rule() -> None:
+    # MVQ: S*log2(K/2) + log2(K/2) + D'; VQ-VAE-2: the same without the mask bits
+    mvq = create_tokenizer("mvqvae_fmnist_s4_k16", **TINY)
+    vq = create_tokenizer("vqvae2_fmnist_s4_k16", **TINY)
+    assert mvq.bits_per_image == 4 * 3 + 3 + 16
+    assert vq.bits_per_image == 4 * 3 + 3
+    fsq = create_tokenizer("fsqvae_fmnist_s16_k256", **TINY)
+    layout = fsq.token_layout
+    assert fsq.bits_per_image == pytest.approx(
+        16 * math.log2(layout.primary_vocab) + math.log2(layout.secondary_vocab)
+    )
+    assert layout.primary_vocab == 128  # levels chosen to match K/2 exactly
+
+
+def test_mvqvae_and_vqvae2_share_their_networks() -> None:
+    mvq, vq = create_tokenizer("mvqvae_fmnist_s4_k16"), create_tokenizer("vqvae2_fmnist_s4_k16")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(mvq.encoder) == count(vq.encoder)
+    assert count(mvq.secondary_encoder) == count(vq.secondary_encoder)
+    assert isinstance(mvq, MVQVAE) and isinstance(vq, VQVAE2)
+
+
+def test_bad_inputs_and_checkpoints(tmp_path) -> None:
+    with pytest.raises(ValueError, match="image size 30 with F=14 is not supported"):
+        create_tokenizer("mvqvae_fmnist_s4_k16", image_size=30)
+    with pytest.raises(CheckpointError, match="unknown key 'num_hypothesis'.*num_hypotheses"):
+        create_tokenizer("mvqvae_fmnist_s4_k16", num_hypothesis=4)
+    with pytest.raises(KeyError, match="did you mean 'mvqvae_fmnist_s4_k16'"):
+        create_tokenizer("mvqvae_fmnist_s4_k61")
+    model = create_tokenizer("vqvae2_fmnist_s4_k16", **TINY)
+    with pytest.raises(ValueError, match=r"expects images \(B, 1, 28, 28\)"):
+        model(torch.zeros(2, 3, 32, 32))
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_tokenizer(tmp_path / "m")
+    other = create_tokenizer("vqvae2_fmnist_s4_k16", **TINY, dim=8)
+    other.save_pretrained(tmp_path / "o")
+    cfg = (tmp_path / "o" / "config.json").read_text().replace('"dim": 8', '"dim": 16')
+    (tmp_path / "o" / "config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_tokenizer(tmp_path / "o")
+    with pytest.raises(CheckpointError, match="not a saved model"):
+        load_tokenizer(tmp_path / "nothing")
