@@ -1,0 +1,21 @@
+"""Shared training infrastructure: ``train`` with its config, checkpoints and resumable sampler."""
+
+from mvq.pretrained import CheckpointError
+from mvq.training.checkpoint import RunDirError, checkpoint_path, load_checkpoint, save_checkpoint
+from mvq.training.config import TrainConfig, TrainResult
+from mvq.training.sampler import EpochBatchSampler
+from mvq.training.trainer import Callback, TrainingDiverged, train
+
+__all__ = [
+    "Callback",
+    "CheckpointError",
+    "EpochBatchSampler",
+    "RunDirError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "checkpoint_path",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
