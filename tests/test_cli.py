@@ -81,7 +81,7 @@ def test_image_size_mismatch_and_unwritable_run_dir(tmp_path, capsys) -> None:
 def test_train_then_resume_exactly_on_real_data(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model_config={"num_hypotheses": 8},
                        train={"log_every": 2, "sample_every": 4, "ckpt_every": 2})  # fmt: skip
-    base = ["train", "--config", str(cfg), *TINY, "--set", "train.val_every=1000"]
+    base = ["train", "--config", str(cfg), *TINY, "--set", "train.val_batches=2"]
     assert main([*base, "--run-dir", str(tmp_path / "full"), "--max-steps", "6"]) == 0
     assert main([*base, "--run-dir", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
     expect_error(capsys, [*base, "--run-dir", str(tmp_path / "cut"), "--max-steps", "6"],
@@ -101,7 +101,8 @@ def test_train_then_resume_exactly_on_real_data(tmp_path, capsys) -> None:
 @needs_fmnist
 def test_corrupted_checkpoint_on_resume_is_a_clear_error(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model_config={"num_hypotheses": 4})
-    run = ["train", "--config", str(cfg), *TINY, "--run-dir", str(tmp_path / "r")]
+    run = ["train", "--config", str(cfg), *TINY, "--set", "train.val_batches=1"]
+    run += ["--run-dir", str(tmp_path / "r")]
     assert main([*run, "--max-steps", "1"]) == 0
     (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     expect_error(capsys, [*run, "--max-steps", "2", "--resume"], "corrupted")
@@ -117,7 +118,7 @@ def test_tiny_mvqvae_trains_stably_on_fashion_mnist(tmp_path) -> None:
         "mvqvae_fmnist_s4_k16",
         {"channels": 32, "res_channels": 16, "num_hypotheses": 32},
         {"name": "fashion_mnist"},
-        {"max_steps": 300, "log_every": 50, "sample_every": 300, "val_every": 300},
+        {"max_steps": 300, "log_every": 50, "sample_every": 300, "val_batches": 4},
     )
     train_tokenizer(cfg, tmp_path / "run")
     rows = [r.split(",") for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]

@@ -1,4 +1,5 @@
-"""The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``.
+"""The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
+``mvq encode``, ``mvq train-prior``, ``mvq sample``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mvq.pretrained import CheckpointError
-from mvq.runconfig import ConfigError, apply_override, load_run_config
+from mvq.runconfig import ConfigError, RunConfig, apply_override, load_run_config
 from mvq.training import RunDirError, TrainingDiverged
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -27,16 +28,21 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The YAML run config with the command line's overrides applied."""
+    cfg = load_run_config(args.config)
+    for key in ("max_steps", "seed", "batch_size", "lr", "device"):
+        if getattr(args, key) is not None:
+            cfg.train[key] = getattr(args, key)
+    for assignment in args.set or ():
+        apply_override(cfg, assignment)
+    return cfg
+
+
 def _train(args: argparse.Namespace) -> None:
     from mvq.train_tokenizer import train_tokenizer
 
-    cfg = load_run_config(args.config)
-    for flag, key in (("max_steps", "max_steps"), ("seed", "seed"), ("batch_size", "batch_size"),
-                      ("lr", "lr"), ("device", "device")):  # fmt: skip
-        if getattr(args, flag) is not None:
-            cfg.train[key] = getattr(args, flag)
-    for assignment in args.set or ():
-        apply_override(cfg, assignment)
+    cfg = _run_config(args)
     model, result = train_tokenizer(cfg, args.run_dir, resume=args.resume)
     summary = {"steps": result.steps, "images_per_s": round(result.items_per_second, 1)}
     if result.last_val_loss is not None:
@@ -45,9 +51,50 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
+    from mvq.priors import list_priors
     from mvq.tokenizers import list_tokenizers
 
-    print("\n".join(list_tokenizers()))
+    print("\n".join(list_priors() if args.priors else list_tokenizers()))
+
+
+def _encode(args: argparse.Namespace) -> None:
+    from mvq.data import build_dataset, dataset_info
+    from mvq.tokenizers import load_tokenizer
+    from mvq.tokens import encode_dataset, tokenizer_identity
+
+    model = load_tokenizer(args.tokenizer)
+    data = {"name": args.data, "root": args.root, "download": args.download}
+    splits = {s: build_dataset(split=s, **data) for s in args.splits.split(",")}
+    identity = tokenizer_identity(model, args.tokenizer)
+    num_classes = dataset_info(args.data).num_classes
+    out = encode_dataset(model, splits, args.out, identity, data, num_classes, seed=args.seed)
+    print(json.dumps({"out": str(out), "splits": {k: len(v) for k, v in splits.items()},
+                      "tokens_per_image": model.token_layout.num_tokens}))  # fmt: skip
+
+
+def _train_prior(args: argparse.Namespace) -> None:
+    from mvq.train_prior import train_prior
+
+    cfg = _run_config(args)
+    _, result = train_prior(cfg, args.tokens, args.run_dir, resume=args.resume)
+    summary = {"steps": result.steps, "tokens_sets_per_s": round(result.items_per_second, 1)}
+    summary |= {
+        k: round(v, 4) for k, v in result.train_logs.items() if k.startswith(("nll", "bits"))
+    }
+    if result.last_val_loss is not None:
+        summary["val_nll_nats_per_token"] = round(result.last_val_loss, 4)
+    print(json.dumps(summary))
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from mvq.sample import SampleOptions, run_sample
+
+    options = SampleOptions(args.temperature, args.top_k, args.top_p, args.steps, args.schedule,
+                            args.batch_size)  # fmt: skip
+    report = run_sample(
+        args.tokenizer, args.prior, args.n, args.out, options, args.label, args.seed
+    )
+    print(json.dumps(report))
 
 
 def _configs(args: argparse.Namespace) -> None:
@@ -63,26 +110,61 @@ def _demo(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the model go")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--seed", type=int, help="seed of the run and its data order")
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
+
+
+def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
+    en = sub.add_parser("encode", help="encode a data set into tokens once, for priors")
+    en.add_argument("--tokenizer", required=True, help="a saved tokenizer (run-dir/model)")
+    en.add_argument("--data", required=True, help="data set name, e.g. fashion_mnist")
+    en.add_argument("--root", help="data set folder (default: the data set's usual place)")
+    en.add_argument("--download", action="store_true", help="download the data if missing")
+    en.add_argument("--splits", default="train,val", help="comma-separated splits")
+    en.add_argument("--out", required=True, help="token directory to write")
+    en.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
+    en.set_defaults(func=_encode)
+    tp = sub.add_parser("train-prior", help="train a token prior on a token directory")
+    tp.add_argument("--tokens", required=True, help="token directory from `mvq encode`")
+    tp.add_argument("--config", required=True, help="e.g. configs/priors/transformer_4p1.yaml")
+    _training_arguments(tp)
+    tp.set_defaults(func=_train_prior)
+    sa = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer")
+    sa.add_argument("--tokenizer", required=True, help="the saved tokenizer")
+    sa.add_argument("--prior", required=True, help="the saved prior (run-dir/model)")
+    sa.add_argument("-n", type=int, default=64, help="number of images")
+    sa.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
+    sa.add_argument("--temperature", type=float, default=1.0)
+    sa.add_argument("--top-k", type=int)
+    sa.add_argument("--top-p", type=float)
+    sa.add_argument("--steps", type=int, default=8, help="MaskGIT decoding steps")
+    sa.add_argument("--schedule", default="cosine", help="MaskGIT mask schedule")
+    sa.add_argument("--label", type=int, help="class to sample (class-conditional priors)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--batch-size", type=int, default=64)
+    sa.set_defaults(func=_sample)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mvq``."""
     parser = argparse.ArgumentParser(prog="mvq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train a tokenizer from a YAML run config")
-    tr.add_argument(
-        "--config", required=True, help="run config, e.g. configs/mvqvae_fmnist_s4_k16.yaml"
-    )
-    tr.add_argument("--run-dir", required=True, help="where checkpoints, logs and the model go")
-    tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    tr.add_argument("--seed", type=int, help="seed of the run and its data order")
-    tr.add_argument("--batch-size", type=int, help="global batch size")
-    tr.add_argument("--lr", type=float, help="Adam learning rate")
-    tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
-    tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                    help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
+    tr.add_argument("--config", required=True, help="e.g. configs/mvqvae_fmnist_s4_k16.yaml")
+    _training_arguments(tr)
     tr.set_defaults(func=_train)
-    ls = sub.add_parser("list", help="list the registered tokenizer variants")
+    ls = sub.add_parser("list", help="list the registered tokenizer (or prior) variants")
+    ls.add_argument("--priors", action="store_true", help="list the priors instead")
     ls.set_defaults(func=_list)
+    _sampling_parsers(sub)
     cf = sub.add_parser("configs", help="write the paper's run configs (configs/*.yaml)")
     cf.add_argument("--out", default="configs", help="output directory")
     cf.set_defaults(func=_configs)

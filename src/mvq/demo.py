@@ -41,8 +41,9 @@ def demo_config(model: str, steps: int, num_hypotheses: int, data_root: str | No
     """Run config of one demo model: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
     model_config = {"num_hypotheses": num_hypotheses} if model.startswith("mvqvae") else {}
     train = {"max_steps": steps, "batch_size": 32, "log_every": 50, "ckpt_every": 250,
-             "sample_every": steps, "val_every": steps, "seed": 0}  # fmt: skip
-    data = {"name": "fashion_mnist", "root": data_root, "download": True}  # apt files, else download
+             "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0}  # fmt: skip
+    # Debian's files when installed, else torchvision downloads into the user cache
+    data = {"name": "fashion_mnist", "root": data_root, "download": True}
     return RunConfig(model, model_config, data, train)
 
 

@@ -53,6 +53,9 @@ def atomic_write_dir(target: Path, write: Any) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         write(tmp)
         if target.exists():
@@ -74,8 +77,11 @@ class PretrainedMixin:
     config_class: ClassVar[type]
     config: Any
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` atomically."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, extra_files: dict[str, str] | None = None
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (and ``extra_files``, name -> text) to
+        ``directory`` atomically."""
         meta = {
             "class": type(self).__name__,
             "format_version": FORMAT_VERSION,
@@ -86,6 +92,8 @@ class PretrainedMixin:
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
 
         atomic_write_dir(Path(directory), write)
         return Path(directory)

@@ -23,6 +23,7 @@ from mvq.quantizers.base import (
 )
 
 INITS = ("random", "data", "kmeans")
+NN_CHUNK = 1024  # rows per block of the nearest-code search
 
 
 def _distributed() -> bool:
@@ -48,8 +49,13 @@ def nearest_code(x: Tensor, codebook: Tensor) -> Tensor:
 
     ``||x||^2`` is the same for every code, so ``argmin ||e||^2 - 2 x.e`` suffices: one GEMM.
     """
-    scores = torch.addmm((codebook * codebook).sum(1), x, codebook.t(), alpha=-2.0)  # (N, K)
-    return scores.argmin(1)
+    sq = (codebook * codebook).sum(1)
+    if len(x) <= NN_CHUNK:
+        return torch.addmm(sq, x, codebook.t(), alpha=-2.0).argmin(1)  # (N, K) -> (N,)
+    # row blocks keep the (rows, K) score matrix in cache: argmin is memory-bound otherwise
+    return torch.cat([
+        torch.addmm(sq, rows, codebook.t(), alpha=-2.0).argmin(1) for rows in x.split(NN_CHUNK)
+    ])  # fmt: skip
 
 
 def kmeans_plus_plus(x: Tensor, k: int) -> Tensor:

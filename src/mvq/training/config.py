@@ -20,6 +20,7 @@ class TrainConfig:
         epochs: passes over the train set, used when ``max_steps`` is None.
         log_every: steps between train-log rows (means over the window).
         val_every: steps between validations; None validates at the end of every epoch.
+        val_batches: validate on at most this many batches per rank (None: the whole set).
         ckpt_every: steps between ``checkpoints/last.pt`` writes (one is always written at the end).
         sample_every: steps between calls of the image callbacks (and once at the end).
         seed: seeds the RNGs at the start of a fresh run and the data order of every epoch.
@@ -37,6 +38,7 @@ class TrainConfig:
     epochs: int | None = None
     log_every: int = 50
     val_every: int | None = None
+    val_batches: int | None = None
     ckpt_every: int = 1000
     sample_every: int = 1000
     seed: int = 0
@@ -55,7 +57,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        for name in ("max_steps", "epochs", "val_every"):
+        for name in ("max_steps", "epochs", "val_every", "val_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")

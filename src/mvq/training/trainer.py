@@ -375,7 +375,9 @@ def _validate(r: _Run) -> None:
     with preserved_rng(), torch.no_grad():
         seed_everything(r.cfg.seed)  # the same noise at every validation: comparable numbers
         r.model.eval()
-        for batch in r.val_loader:
+        for i, batch in enumerate(r.val_loader):
+            if r.cfg.val_batches is not None and i >= r.cfg.val_batches:
+                break
             batch = to_device(batch, r.ctx.device)
             with autocast(r.cfg.precision, r.ctx.device):
                 loss, logs = r.model.loss(batch)

@@ -1,0 +1,125 @@
+"""Sample images: a prior draws tokens, the tokenizer decodes them (``mvq sample``).
+
+For MVQ the mask is not modelled: ``decode`` draws one from Bernoulli(0.5) per image with the
+same seeded generator, so a seed fixes the images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import save_image
+
+from mvq.pretrained import CheckpointError
+from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
+from mvq.quantizers import Tokens
+from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
+from mvq.tokenizers import Tokenizer, load_tokenizer
+from mvq.tokens import tokenizer_identity
+from mvq.train_prior import TOKENIZER_FILE
+from mvq.train_tokenizer import to_unit
+
+SAMPLERS: dict[type, Callable[..., dict[str, Tensor]]] = {
+    TransformerPrior: sample_autoregressive,
+    PixelCNNPrior: sample_pixelcnn,
+    MaskGITPrior: sample_maskgit,
+}
+
+
+@dataclass
+class SampleOptions:
+    """Sampler options; ``steps`` and ``schedule`` are MaskGIT's."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    steps: int = 8
+    schedule: str = "cosine"
+    batch_size: int = 64
+
+    def for_prior(self, prior: nn.Module) -> dict:
+        opts = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "batch_size": self.batch_size}  # fmt: skip
+        if isinstance(prior, MaskGITPrior):
+            opts |= {"steps": self.steps, "schedule": self.schedule}
+        return opts
+
+
+def check_pair(tokenizer_dir: str | Path, prior_dir: str | Path, tokenizer: Tokenizer) -> None:
+    """The prior must have been trained on tokens of exactly this tokenizer."""
+    path = Path(prior_dir) / TOKENIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{prior_dir} has no {TOKENIZER_FILE}: train it with `mvq train-prior`"
+        )
+    expected = json.loads(path.read_text())
+    actual = tokenizer_identity(tokenizer, tokenizer_dir)
+    if expected["sha256"] != actual["sha256"]:
+        raise CheckpointError(
+            f"the prior in {prior_dir} was trained on tokens of another tokenizer "
+            f"({expected['class']} {expected['sha256'][:12]}, not {actual['class']} "
+            f"{actual['sha256'][:12]} in {tokenizer_dir}): use the tokenizer it was trained on"
+        )
+
+
+@torch.no_grad()
+def sample_images(
+    tokenizer: Tokenizer,
+    prior: nn.Module,
+    n: int,
+    options: SampleOptions | None = None,
+    labels: Tensor | int | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tokens]:
+    """``n`` images ``(n, C, H, W)`` in [-1, 1] and their tokens (prior, then decode)."""
+    options = options or SampleOptions()
+    sampler = SAMPLERS.get(type(prior))
+    if sampler is None:
+        raise TypeError(f"no sampler for {type(prior).__name__}; priors: {list(SAMPLERS)}")
+    device = next(prior.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    drawn = sampler(prior, n, labels=labels, generator=generator, **options.for_prior(prior))
+    tokens = Tokens(drawn["primary"], drawn.get("secondary"))
+    tokenizer.eval()
+    images = torch.cat([
+        tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)
+        for i in range(0, n, options.batch_size)
+    ])  # fmt: skip
+    return images, tokens
+
+
+def write_samples(images: Tensor, out: str | Path, nrow: int = 16) -> Path:
+    """One PNG per image (``00000.png`` ...) and ``grid.png`` of the first 256."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unit = to_unit(images.cpu())
+    for i, img in enumerate(unit):
+        save_image(img, out / f"{i:05d}.png")
+    save_image(unit[:256], out / "grid.png", nrow=nrow, padding=1)
+    return out / "grid.png"
+
+
+def run_sample(
+    tokenizer_dir: str | Path,
+    prior_dir: str | Path,
+    n: int,
+    out: str | Path,
+    options: SampleOptions,
+    labels: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Load, check the pair, sample, write; returns timing figures."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    check_pair(tokenizer_dir, prior_dir, tokenizer)
+    prior = load_prior(prior_dir).eval()
+    t0 = time.perf_counter()
+    images, _ = sample_images(tokenizer, prior, n, options, labels, seed)
+    seconds = time.perf_counter() - t0
+    grid = write_samples(images, out)
+    return {"images": n, "seconds": seconds, "seconds_per_image": seconds / n, "grid": str(grid)}
