@@ -145,7 +145,7 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--temperature", type=float, default=1.0)
     sa.add_argument("--top-k", type=int)
     sa.add_argument("--top-p", type=float)
-    sa.add_argument("--steps", type=int, default=8, help="MaskGIT decoding steps")
+    sa.add_argument("--steps", type=int, help="MaskGIT decoding steps (default min(8, tokens))")
     sa.add_argument("--schedule", default="cosine", help="MaskGIT mask schedule")
     sa.add_argument("--label", type=int, help="class to sample (class-conditional priors)")
     sa.add_argument("--seed", type=int, default=0)

@@ -34,12 +34,13 @@ SAMPLERS: dict[type, Callable[..., dict[str, Tensor]]] = {
 
 @dataclass
 class SampleOptions:
-    """Sampler options; ``steps`` and ``schedule`` are MaskGIT's."""
+    """Sampler options; ``steps`` (None: min(8, tokens per image)) and ``schedule`` are
+    MaskGIT's."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    steps: int = 8
+    steps: int | None = None
     schedule: str = "cosine"
     batch_size: int = 64
 
@@ -47,7 +48,8 @@ class SampleOptions:
         opts = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
                 "batch_size": self.batch_size}  # fmt: skip
         if isinstance(prior, MaskGITPrior):
-            opts |= {"steps": self.steps, "schedule": self.schedule}
+            steps = self.steps or min(8, prior.config.num_tokens)
+            opts |= {"steps": steps, "schedule": self.schedule}
         return opts
 
 

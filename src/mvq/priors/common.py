@@ -1,0 +1,200 @@
+"""What every token prior shares: the token layout, batch checks, NLL logs and the registry.
+
+A token batch is a dict: ``"primary"`` ``(B, h, w)`` int64 in ``[0, K1)``, optionally
+``"secondary"`` ``(B, h2, w2)`` int64 in ``[0, K2)`` (MVQ and VQ-VAE-2: ``h2 = w2 = 1``) and
+``"label"`` ``(B,)`` int64 class labels. Other keys (e.g. an MVQ mask) are ignored: the mask is
+drawn at random at generation time, not modelled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mvq.registry import Registry
+
+PRIORS: Registry[nn.Module] = Registry("prior")
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class PriorLayout:
+    """The token layout a prior models; every ``<Name>PriorConfig`` extends it.
+
+    Its fields are named as in a tokenizer's ``token_layout`` (``mvq.tokenizers``), so
+    ``layout_overrides(tokenizer.token_layout)`` gives the overrides for ``create_prior``.
+
+    Attributes:
+        primary_vocab: K1, entries of the primary codebook.
+        primary_grid: ``(h, w)`` of the primary token grid, modelled in raster order.
+        secondary_vocab: K2, entries of the secondary codebook; 0 = no secondary tokens.
+        secondary_grid: ``(h2, w2)`` of the secondary grid (``(1, 1)`` for MVQ / VQ-VAE-2).
+        num_classes: number of class labels for class conditioning; 0 = unconditional.
+    """
+
+    primary_vocab: int = 128
+    primary_grid: tuple[int, int] = (4, 4)
+    secondary_vocab: int = 128
+    secondary_grid: tuple[int, int] = (1, 1)
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        self.primary_grid = tuple(self.primary_grid)  # type: ignore[assignment]
+        self.secondary_grid = tuple(self.secondary_grid)  # type: ignore[assignment]
+        if self.primary_vocab < 1 or self.secondary_vocab < 0 or self.num_classes < 0:
+            raise ValueError(
+                f"vocabularies must be positive (primary_vocab={self.primary_vocab}, "
+                f"secondary_vocab={self.secondary_vocab}, 0 = none) and num_classes >= 0 "
+                f"(got {self.num_classes})"
+            )
+        for name, grid in (
+            ("primary_grid", self.primary_grid),
+            ("secondary_grid", self.secondary_grid),
+        ):
+            if len(grid) != 2 or min(grid) < 1:
+                raise ValueError(f"{name} must be two positive sizes (h, w), got {grid}")
+
+    @property
+    def primary_len(self) -> int:
+        """S, primary tokens per instance."""
+        return self.primary_grid[0] * self.primary_grid[1]
+
+    @property
+    def has_secondary(self) -> bool:
+        """Whether the layout has a secondary token stream."""
+        return self.secondary_vocab > 0
+
+    @property
+    def secondary_len(self) -> int:
+        """S', secondary tokens per instance (0 without a secondary stream)."""
+        return self.secondary_grid[0] * self.secondary_grid[1] if self.has_secondary else 0
+
+    @property
+    def num_tokens(self) -> int:
+        """S + S', modelled tokens per instance."""
+        return self.primary_len + self.secondary_len
+
+
+def layout_overrides(layout: object) -> dict[str, object]:
+    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` of any
+    layout object (e.g. ``tokenizer.token_layout``), as config overrides for ``create_prior``."""
+    names = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid")
+    missing = [n for n in names if not hasattr(layout, n)]
+    if missing:
+        raise TypeError(f"{type(layout).__name__} is not a token layout: it lacks {missing}")
+    return {n: tuple(v) if isinstance(v := getattr(layout, n), list) else v for n in names}
+
+
+class TokenBatch(NamedTuple):
+    """A checked batch: ``primary`` (B, h, w), ``secondary`` (B, h2, w2) or None, ``labels``."""
+
+    primary: Tensor
+    secondary: Tensor | None
+    labels: Tensor | None
+
+
+def _check_stream(tokens: object, name: str, vocab: int, grid: tuple[int, int]) -> Tensor:
+    """One stream's tokens as int64 ``(B, h, w)``; a mismatch is one clear ``ValueError``."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"{name} tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} tokens must be integer code indices, got dtype {tokens.dtype}")
+    if tokens.dim() != 3 or tuple(tokens.shape[1:]) != tuple(grid):
+        got = (
+            "x".join(map(str, tokens.shape[1:])) if tokens.dim() == 3 else str(tuple(tokens.shape))
+        )
+        raise ValueError(
+            f"{name} tokens have grid {got} but the prior was built for {grid[0]}x{grid[1]} "
+            f"(expected shape (B, {grid[0]}, {grid[1]})): encode with the same tokenizer or "
+            "rebuild the prior"
+        )
+    if tokens.numel():
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0:
+            raise ValueError(
+                f"{name} tokens contain negative index {lo}: they are not code indices"
+            )
+        if hi >= vocab:
+            raise ValueError(
+                f"{name} tokens have vocab {hi + 1} but the prior was built for {vocab}: "
+                "encode with the same tokenizer or rebuild the prior"
+            )
+    return tokens.long()
+
+
+def check_labels(labels: object, num_classes: int, batch_size: int) -> Tensor | None:
+    """Checked ``(B,)`` int64 labels for a prior with ``num_classes`` (0 = unconditional)."""
+    if num_classes == 0:
+        return None
+    if labels is None:
+        raise ValueError(
+            f"the prior is class-conditional ({num_classes} classes) but no labels were given: "
+            "pass batch['label'] / labels=... as (B,) class indices"
+        )
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got {labels!r:.80}")
+    if tuple(labels.shape) != (batch_size,):
+        raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.max()) if int(labels.max()) >= num_classes else int(labels.min())
+        raise ValueError(
+            f"class label {bad} is out of range for a prior with {num_classes} classes "
+            f"(labels must be in [0, {num_classes}))"
+        )
+    return labels.long()
+
+
+def check_batch(batch: object, layout: PriorLayout) -> TokenBatch:
+    """Validate a token batch against ``layout``; any mismatch is one clear ``ValueError``.
+
+    Labels are ignored by unconditional priors (a dataset may always carry them).
+    """
+    if not isinstance(batch, dict) or "primary" not in batch:
+        raise TypeError(
+            "a token batch is a dict with 'primary' (B, h, w) int64 tokens, optional "
+            f"'secondary' and 'label'; got {type(batch).__name__}"
+            + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "")
+        )
+    primary = _check_stream(batch["primary"], "primary", layout.primary_vocab, layout.primary_grid)
+    secondary = batch.get("secondary")
+    if layout.has_secondary and secondary is None:
+        raise ValueError(
+            f"the prior models {layout.secondary_len} secondary token(s) (vocab "
+            f"{layout.secondary_vocab}) but the batch has no 'secondary': encode with the same "
+            "tokenizer or rebuild the prior with secondary_vocab=0"
+        )
+    if not layout.has_secondary and secondary is not None:
+        raise ValueError(
+            "the batch has 'secondary' tokens but the prior was built without a secondary "
+            "stream (secondary_vocab=0): rebuild it with the tokenizer's secondary vocabulary"
+        )
+    if secondary is not None:
+        secondary = _check_stream(
+            secondary, "secondary", layout.secondary_vocab, layout.secondary_grid
+        )
+        if secondary.shape[0] != primary.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: {primary.shape[0]} primary vs {secondary.shape[0]} secondary"
+            )
+    labels = check_labels(batch.get("label"), layout.num_classes, primary.shape[0])
+    return TokenBatch(primary, secondary, labels)
+
+
+def nll_logs(ce_primary: Tensor, ce_secondary: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean cross-entropy over all tokens and the shared logs, from per-token CE ``(B, S)``.
+
+    Returns ``(loss, logs)``: ``loss`` in nats per token; logs ``nll``, ``nll_primary``,
+    ``nll_secondary`` (when present) and ``bits_per_image`` (summed over an instance's tokens).
+    """
+    per_token = ce_primary if ce_secondary is None else torch.cat([ce_primary, ce_secondary], 1)
+    loss = per_token.mean()
+    logs = {"nll": loss.detach(), "nll_primary": ce_primary.detach().mean()}
+    if ce_secondary is not None:
+        logs["nll_secondary"] = ce_secondary.detach().mean()
+    logs["bits_per_image"] = per_token.detach().sum(1).mean() / LN2
+    return loss, logs

@@ -1,0 +1,155 @@
+"""MaskGIT prior: a bidirectional transformer that predicts masked tokens (Chang et al. 2022).
+
+The sequence is ``[class token] + primary grid (raster order) + secondary tokens``. Each
+stream has its own vocabulary embedding with one extra ``[MASK]`` id (``K1`` for primary,
+``K2`` for secondary) and its own output head over its real vocabulary only, so a sampler can
+never draw ``[MASK]``. Training masks ``ceil(gamma(r) * N)`` random positions per instance,
+``r ~ U(0, 1)``, ``gamma(r) = cos(pi r / 2)`` by default, and takes the cross-entropy on the
+masked positions only. ``sample_maskgit`` in ``mvq.sampling`` decodes iteratively.
+
+Note on the logs: ``nll`` is the masked-token cross-entropy (nats per masked token), which
+is not a likelihood of the tokens; ``bits_per_image`` = ``nll * N / ln 2`` is reported for
+comparability of training curves only, not as a bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mvq.pretrained import PretrainedMixin
+from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch
+from mvq.priors.transformer import Block, init_gpt_weights
+from mvq.sampling.maskgit import SCHEDULES, mask_schedule
+
+
+@dataclass
+class MaskGITPriorConfig(PriorLayout):
+    """Token layout (see ``PriorLayout``), transformer sizes and the training mask schedule."""
+
+    layers: int = 4
+    heads: int = 4
+    dim: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{self.schedule}'; choose from {list(SCHEDULES)}")
+
+
+class MaskGITPrior(nn.Module, PretrainedMixin):
+    """Bidirectional transformer over primary + secondary tokens with a ``[MASK]`` token."""
+
+    config_class = MaskGITPriorConfig
+
+    def __init__(self, config: MaskGITPriorConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.primary_emb = nn.Embedding(c.primary_vocab + 1, c.dim)
+        self.secondary_emb = nn.Embedding(c.secondary_vocab + 1, c.dim) if c.has_secondary else None
+        self.class_emb = nn.Embedding(c.num_classes, c.dim) if c.num_classes else None
+        self.pos_emb = nn.Parameter(torch.zeros(c.num_tokens + (c.num_classes > 0), c.dim))
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(c.dim, c.heads, c.mlp_ratio, c.dropout, causal=False) for _ in range(c.layers)
+        )
+        self.ln_f = nn.LayerNorm(c.dim)
+        self.primary_head = nn.Linear(c.dim, c.primary_vocab)
+        self.secondary_head = nn.Linear(c.dim, c.secondary_vocab) if c.has_secondary else None
+        init_gpt_weights(self, c.layers)
+
+    @property
+    def primary_mask_id(self) -> int:
+        """The ``[MASK]`` id of the primary stream (``K1``)."""
+        return self.config.primary_vocab
+
+    @property
+    def secondary_mask_id(self) -> int:
+        """The ``[MASK]`` id of the secondary stream (``K2``)."""
+        return self.config.secondary_vocab
+
+    def forward(
+        self, primary: Tensor, secondary: Tensor | None = None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits for every position of partly masked sequences.
+
+        Args:
+            primary: ``(B, S)`` ids in ``[0, K1]`` (``K1`` = ``[MASK]``).
+            secondary: ``(B, S')`` ids in ``[0, K2]`` when the prior has a secondary stream.
+            labels: ``(B,)`` class labels for a class-conditional prior.
+
+        Returns:
+            primary logits ``(B, S, K1)`` and secondary logits ``(B, S', K2)`` or None.
+        """
+        parts = [self.primary_emb(primary)]  # (B, S, C)
+        if self.secondary_emb is not None and secondary is not None:
+            parts.append(self.secondary_emb(secondary))  # (B, S', C)
+        if self.class_emb is not None and labels is not None:
+            parts.insert(0, self.class_emb(labels)[:, None])  # (B, 1, C)
+        x = self.drop(torch.cat(parts, 1) + self.pos_emb)  # (B, N (+1), C)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x[:, -self.config.num_tokens :])  # drop the class position
+        S = self.config.primary_len
+        logits_p = self.primary_head(x[:, :S])
+        logits_s = self.secondary_head(x[:, S:]) if self.secondary_head is not None else None
+        return logits_p, logits_s
+
+    def random_mask(self, batch_size: int, device: torch.device) -> Tensor:
+        """``(B, N)`` bool, True at ``ceil(gamma(r) N)`` random positions, ``r ~ U(0, 1)``."""
+        N = self.config.num_tokens
+        ratio = mask_schedule(self.config.schedule, torch.rand(batch_size, device=device))
+        count = torch.ceil(ratio * N).clamp(1, N)  # (B,)
+        ranks = torch.rand(batch_size, N, device=device).argsort(1).argsort(1)  # (B, N)
+        return ranks < count[:, None]
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy on the masked positions (nats per masked token) and its logs."""
+        primary, secondary, labels = check_batch(batch, self.config)
+        B, S = primary.shape[0], self.config.primary_len
+        masked = self.random_mask(B, primary.device)  # (B, N)
+        x = primary.reshape(B, S)
+        x_in = x.masked_fill(masked[:, :S], self.primary_mask_id)
+        s = s_in = None
+        if secondary is not None:
+            s = secondary.reshape(B, -1)
+            s_in = s.masked_fill(masked[:, S:], self.secondary_mask_id)
+        logits_p, logits_s = self(x_in, s_in, labels)
+        ce = F.cross_entropy(logits_p.transpose(1, 2), x, reduction="none")  # (B, S)
+        if logits_s is not None:
+            ce_s = F.cross_entropy(logits_s.transpose(1, 2), s, reduction="none")  # (B, S')
+            ce = torch.cat([ce, ce_s], 1)  # (B, N)
+        m = masked.to(ce.dtype)
+        loss = (ce * m).sum() / m.sum()
+        logs = {"nll": loss.detach(), "mask_ratio": m.mean()}
+        # per stream; 0 when a batch happened to mask no token of that stream
+        logs["nll_primary"] = (ce * m)[:, :S].sum().detach() / m[:, :S].sum().clamp_min(1)
+        if logits_s is not None:
+            logs["nll_secondary"] = (ce * m)[:, S:].sum().detach() / m[:, S:].sum().clamp_min(1)
+        logs["bits_per_image"] = loss.detach() * self.config.num_tokens / LN2
+        return loss, logs
+
+
+def _maskgit(size: tuple[int, int, int], **overrides) -> MaskGITPrior:
+    """A ``MaskGITPrior`` of (layers, heads, dim) ``size`` over 4x4 + 1 tokens with
+    K = 128 + 128; ``overrides`` may change any field, sizes included."""
+    values = dict(primary_grid=(4, 4), layers=size[0], heads=size[1], dim=size[2])
+    return MaskGITPrior(MaskGITPriorConfig(**{**values, **overrides}))
+
+
+@PRIORS.register("maskgit_small")
+def maskgit_small(**overrides) -> MaskGITPrior:
+    """4 layers, 4 heads, 128 units (about 0.8 M parameters)."""
+    return _maskgit((4, 4, 128), **overrides)
+
+
+@PRIORS.register("maskgit_base")
+def maskgit_base(**overrides) -> MaskGITPrior:
+    """12 layers, 8 heads, 256 units (about 9.5 M parameters, the size of transformer_16p1)."""
+    return _maskgit((12, 8, 256), **overrides)

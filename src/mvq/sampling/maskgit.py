@@ -1,0 +1,173 @@
+"""MaskGIT mask schedules and iterative parallel decoding (after google-research/maskgit).
+
+``mask_schedule(name, r)`` is gamma(r), the fraction of tokens still masked at progress
+``r in [0, 1]``: gamma(0) = 1, gamma(1) = 0, non-increasing. ``num_masked(t, T, N)`` turns it
+into token counts for step ``t`` of ``T``. ``sample_maskgit`` starts from an all-``[MASK]``
+sequence; at each step it predicts every masked token, draws it, and re-masks the
+``num_masked(t + 1, T, N)`` least confident draws. Confidence is the log-probability of the
+drawn token plus Gumbel noise of scale ``choice_temperature * (1 - (t + 1) / T)`` (annealed to
+0 at the last step); tokens fixed at earlier steps are never re-masked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mvq.sampling.common import (
+    check_sampling_args,
+    chunks,
+    eval_mode,
+    gather_samples,
+    model_device,
+    prepare_labels,
+    require_prior,
+    sampling_logits,
+)
+
+SCHEDULES: dict[str, Callable[[Tensor], Tensor]] = {
+    "cosine": lambda r: torch.cos(r * (math.pi / 2)),
+    "linear": lambda r: 1 - r,
+    "square": lambda r: 1 - r**2,
+    "cubic": lambda r: 1 - r**3,
+    "sqrt": lambda r: 1 - r.sqrt(),
+}
+
+
+def mask_schedule(name: str, ratio: float | Tensor) -> float | Tensor:
+    """gamma(ratio), the masked fraction at progress ``ratio in [0, 1]`` (float or tensor).
+
+    Exactly 1 at 0 and exactly 0 at 1 for every schedule (``cos(pi / 2)`` is not 0 in floats).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown mask schedule '{name}'; choose from {list(SCHEDULES)}")
+    r = torch.as_tensor(ratio, dtype=torch.float64 if not isinstance(ratio, Tensor) else None)
+    if r.numel() and (bool(r.min() < 0) or bool(r.max() > 1)):
+        raise ValueError(f"mask_schedule ratio must be in [0, 1], got {ratio}")
+    gamma = SCHEDULES[name](r).clamp(0, 1)
+    gamma = torch.where(r >= 1, torch.zeros_like(gamma), torch.where(r <= 0, 1.0, gamma))
+    return gamma if isinstance(ratio, Tensor) else float(gamma)
+
+
+def num_masked(step: int, steps: int, total: int, schedule: str = "cosine") -> int:
+    """Tokens still masked after ``step`` of ``steps`` decoding steps over ``total`` tokens.
+
+    ``ceil(gamma(step / steps) * total)``, lowered where needed so that every step unmasks at
+    least one token and raised so that every remaining step can still unmask one: the counts
+    go strictly down from ``total`` at step 0 to 0 at step ``steps``.
+    """
+    if steps < 1 or total < 1:
+        raise ValueError(f"steps and total must be >= 1, got steps={steps}, total={total}")
+    if steps > total:
+        raise ValueError(
+            f"steps={steps} exceeds the {total} tokens per instance: every step unmasks at "
+            f"least one token, so use steps <= {total}"
+        )
+    if not 0 <= step <= steps:
+        raise ValueError(f"step must be in [0, {steps}], got {step}")
+    # a(j) + j is the count step j would leave if every later step unmasked exactly one;
+    # the 1e-9 keeps float error (e.g. (1 - 1/3) * 3 = 2.0000000000000004) from adding a token
+    lowest = min(
+        math.ceil(mask_schedule(schedule, j / steps) * total - 1e-9) + j for j in range(step + 1)
+    )
+    return max(lowest - step, steps - step)
+
+
+def _draw(
+    logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator
+) -> tuple[Tensor, Tensor]:
+    """Tokens and their log-probabilities ``(B, L)`` from logits ``(B, L, K)``."""
+    B, L, K = logits.shape
+    logp = sampling_logits(logits.float(), temperature, top_k, top_p).log_softmax(-1)
+    tokens = torch.multinomial(logp.exp().view(B * L, K), 1, generator=generator).view(B, L)
+    return tokens, logp.gather(-1, tokens[..., None])[..., 0]
+
+
+def _gumbel(shape: tuple[int, ...], device: torch.device, generator) -> Tensor:
+    """Standard Gumbel noise."""
+    u = torch.rand(shape, device=device, generator=generator).clamp_(1e-20, 1.0)
+    return -torch.log(-torch.log(u))
+
+
+def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -> dict[str, Tensor]:
+    """One batch of MaskGIT decoding -> ``{"primary": (B, h, w), "secondary": ...}``."""
+    c, device = prior.config, model_device(prior)
+    S, N, steps = c.primary_len, c.num_tokens, opts["steps"]
+    tokens = torch.zeros(B, N, dtype=torch.long, device=device)
+    unknown = torch.ones(B, N, dtype=torch.bool, device=device)
+    for step in range(steps):
+        x = tokens[:, :S].masked_fill(unknown[:, :S], prior.primary_mask_id)
+        s = tokens[:, S:].masked_fill(unknown[:, S:], prior.secondary_mask_id)
+        logits_p, logits_s = prior(x, s if c.has_secondary else None, labels)
+        draw = (opts["temperature"], opts["top_k"], opts["top_p"], generator)
+        cand, logp = _draw(logits_p, *draw)  # (B, S)
+        if logits_s is not None:
+            cand_s, logp_s = _draw(logits_s, *draw)  # (B, S')
+            cand, logp = torch.cat([cand, cand_s], 1), torch.cat([logp, logp_s], 1)  # (B, N)
+        tokens = torch.where(unknown, cand, tokens)
+        remask = num_masked(step + 1, steps, N, opts["schedule"])
+        if remask == 0:
+            break
+        noise = opts["choice_temperature"] * (1 - (step + 1) / steps)
+        confidence = logp + noise * _gumbel((B, N), device, generator)
+        confidence = confidence.masked_fill(~unknown, float("inf"))  # fixed tokens stay fixed
+        least = confidence.topk(remask, dim=1, largest=False).indices  # (B, remask)
+        unknown = torch.zeros_like(unknown).scatter_(1, least, True)
+    out = {"primary": tokens[:, :S].reshape(B, *c.primary_grid)}
+    if c.has_secondary:
+        out["secondary"] = tokens[:, S:].reshape(B, *c.secondary_grid)
+    return out
+
+
+def sample_maskgit(
+    prior,
+    n: int,
+    *,
+    labels: Tensor | int | None = None,
+    steps: int = 8,
+    schedule: str = "cosine",
+    temperature: float = 1.0,
+    choice_temperature: float = 4.5,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+) -> dict[str, Tensor]:
+    """Sample ``n`` token sets from a ``MaskGITPrior`` by iterative parallel decoding.
+
+    Args:
+        prior: a ``MaskGITPrior``.
+        n: number of samples.
+        labels: class labels ``(n,)`` or one int, required iff the prior is class-conditional.
+        steps: decoding steps T (1 <= T <= tokens per instance; MaskGIT uses 8-12).
+        schedule: mask schedule name (``SCHEDULES``).
+        temperature: softmax temperature of the token draws.
+        choice_temperature: scale of the Gumbel noise on confidences at step 0 (MaskGIT's
+            4.5), annealed linearly to 0; 0 = plain most-confident-first.
+        top_k, top_p: optional top-k / nucleus filtering of each draw.
+        generator: RNG for reproducible samples.
+        batch_size: instances decoded together.
+
+    Returns:
+        ``{"primary": (n, h, w) int64, "secondary": (n, h2, w2) int64}`` (no secondary key
+        without a secondary stream).
+    """
+    require_prior(prior, "MaskGITPrior", "sample_maskgit")
+    check_sampling_args(n, temperature, top_k, top_p, batch_size)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    num_masked(0, steps, prior.config.num_tokens, schedule)  # checks steps <= N and the name
+    if not choice_temperature >= 0:
+        raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature!r}")
+    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
+    opts = dict(steps=steps, schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p)
+    opts["choice_temperature"] = choice_temperature
+    parts = []
+    with eval_mode(prior):
+        for start, size in chunks(n, batch_size):
+            part_labels = None if labels is None else labels[start : start + size]
+            parts.append(_sample_batch(prior, part_labels, size, opts, generator))
+    return gather_samples(parts)
