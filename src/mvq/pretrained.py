@@ -100,7 +100,8 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike, **overrides: Any) -> M:
-        """Rebuild the model saved in ``directory``; a wrong or broken save is a clear error."""
+        """Rebuild the model saved in ``directory``, in eval mode (call ``.train()`` to train);
+        a wrong or broken save is a clear error."""
         meta = read_pretrained_meta(directory)
         if meta["class"] != cls.__name__:
             raise CheckpointError(
@@ -122,7 +123,7 @@ class PretrainedMixin:
                 "config.json and model.safetensors come from different models"
             )
         model.load_state_dict(state)  # type: ignore[attr-defined]
-        return model
+        return model.eval()  # type: ignore[attr-defined]
 
 
 def state_mismatch(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> str:

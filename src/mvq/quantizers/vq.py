@@ -170,7 +170,7 @@ class VectorQuantizer(nn.Module):
                 loss = loss + F.mse_loss(q, flat32.detach())
             if self.training:
                 self._update_statistics(flat32.detach(), idx)
-        q_st = flat + (q.to(flat.dtype) - flat).detach()  # straight-through: grad goes to y
+        q_st = q.to(flat.dtype) + (flat - flat.detach())  # straight-through; value exactly q
         quantized = to_channel_first(self.project_out(q_st.view_as(y)))
         indices = idx.view(y.shape[:-1])
         logs = codebook_stats(idx, self.codebook_size) | {"commitment": commit.detach()}
