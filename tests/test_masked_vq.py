@@ -29,15 +29,18 @@ def test_shapes_and_tokens() -> None:
     assert out.tokens.mask.shape == (3, 1) and out.tokens.mask.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("per_instance", [True, False])
-def test_winner_is_true_argmin_of_its_hypotheses(per_instance: bool) -> None:
+@pytest.mark.parametrize("mode", ["per_instance", "per_code", "shared"])
+def test_winner_is_true_argmin_of_its_hypotheses(mode: str) -> None:
     torch.manual_seed(1)
-    mvq = make_mvq(per_instance_masks=per_instance, num_hypotheses=32, search_chunk=7)
+    mvq = make_mvq(mask_mode=mode, num_hypotheses=32, search_chunk=7, codebook_size=2)
     y, y2 = inputs(5)
     torch.manual_seed(7)
     out = mvq(y, y2)
     torch.manual_seed(7)
-    masks = mvq.sample_masks(5, 32, y.device)  # the same draw the forward made
+    inverse = mvq.mask_groups(out.tokens.secondary)
+    groups = 5 if inverse is None else int(inverse.max()) + 1
+    masks = mvq.sample_masks(groups, 32, y.device)  # the same draw the forward made
+    masks = masks if inverse is None else masks[inverse]  # (B, J, D')
     e = mvq.primary.indices_to_codes(out.tokens.indices).movedim(-1, 1)
     code = mvq.secondary.indices_to_codes(out.tokens.secondary).movedim(-1, 1)
     with torch.no_grad():
@@ -48,14 +51,17 @@ def test_winner_is_true_argmin_of_its_hypotheses(per_instance: bool) -> None:
     chosen = unpack_masks(out.tokens.mask, 6)
     chosen_err = torch.stack([err[b][(masks[b] == chosen[b]).all(1)].min() for b in range(5)])
     assert torch.allclose(chosen_err, err.min(1).values, atol=1e-6)
+    if mode != "per_instance":  # with 2 secondary codes, instances share candidate sets
+        assert groups <= 2
 
 
-def test_chunked_search_matches_all_in_graph_reference() -> None:
+@pytest.mark.parametrize("mode", ["per_instance", "per_code"])
+def test_chunked_search_matches_all_in_graph_reference(mode: str) -> None:
     """Same winners, loss, outputs and gradients as keeping all J hypotheses in the graph."""
     results = []
     for search in ("chunked", "all_in_graph"):
         torch.manual_seed(2)
-        mvq = make_mvq(search=search, num_hypotheses=24, search_chunk=10)
+        mvq = make_mvq(search=search, num_hypotheses=24, search_chunk=10, mask_mode=mode)
         y, y2 = inputs(4)
         torch.manual_seed(11)
         out = mvq(y, y2)
@@ -94,13 +100,13 @@ def test_only_the_winner_gets_gradient_in_the_reference() -> None:
 def test_masks_are_bernoulli_half_and_independent() -> None:
     torch.manual_seed(4)
     mvq = make_mvq(secondary_dim=32, num_hypotheses=64)
-    m = mvq.sample_masks(64, 64, torch.device("cpu")).float()  # (B, J, D')
+    m = mvq.sample_masks(64, 64, torch.device("cpu")).float()  # (G, J, D')
     assert abs(m.mean().item() - 0.5) < 0.01
     flat = m.reshape(-1, 32)
     corr = torch.corrcoef(flat.T) - torch.eye(32)
     assert corr.abs().max() < 0.08  # channels independent (5 sigma for 4096 draws)
     assert not torch.equal(m[0], m[1])  # per instance
-    shared = make_mvq(per_instance_masks=False).sample_masks(8, 16, torch.device("cpu"))
+    shared = make_mvq(mask_mode="shared").sample_masks(8, 16, torch.device("cpu"))
     assert all(torch.equal(shared[0], shared[i]) for i in range(8))
 
 
@@ -148,6 +154,8 @@ def test_bad_options_and_inputs_raise_one_clear_error() -> None:
         make_mvq(f=nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match="mask_prob"):
         make_mvq(mask_prob=1.0)
+    with pytest.raises(ValueError, match="unknown mask_mode 'per_batch'"):
+        make_mvq(mask_mode="per_batch")
     mvq = make_mvq()
     y, y2 = inputs()
     with pytest.raises(ValueError, match="channel-first"):

@@ -32,6 +32,7 @@ from mvq.quantizers.base import (
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
 
 SEARCHES = ("chunked", "all_in_graph")
+MASK_MODES = ("per_instance", "per_code", "shared")
 
 
 def pack_masks(masks: Tensor) -> Tensor:
@@ -106,7 +107,11 @@ class MaskedVectorQuantizer(nn.Module):
         grid: primary grid (h, w) for the default f (ignored when ``f`` is given).
         num_hypotheses: J, masks sampled per instance per forward pass.
         mask_prob: probability that a mask bit is 1 (Bernoulli(0.5) in the paper).
-        per_instance_masks: draw J masks per instance (authors' code) or J shared by the batch.
+        mask_mode: how the J candidate masks are drawn, always i.i.d. Bernoulli(mask_prob):
+            ``"per_instance"`` (authors' code: each instance its own J), ``"per_code"`` (each
+            distinct secondary code its own J, shared by the instances quantised to it: every
+            instance still sees J i.i.d. masks, and f runs once per code and mask) or
+            ``"shared"`` (one set of J for the whole batch).
         search: ``"chunked"`` (no-grad search, winner recomputed) or ``"all_in_graph"``.
         search_chunk: rows of f evaluated at once by the chunked search.
         normalize_secondary: GroupNorm(1) on e' before masking (authors' later code).
@@ -128,7 +133,7 @@ class MaskedVectorQuantizer(nn.Module):
         grid: tuple[int, int] = (1, 1),
         num_hypotheses: int = 256,
         mask_prob: float = 0.5,
-        per_instance_masks: bool = True,
+        mask_mode: str = "per_instance",
         search: str = "chunked",
         search_chunk: int = 4096,
         normalize_secondary: bool = False,
@@ -138,18 +143,12 @@ class MaskedVectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         d2 = secondary_dim or dim
-        _check_options(d2, num_hypotheses, mask_prob, search, search_chunk)
+        _check_options(d2, num_hypotheses, mask_prob, search, search_chunk, mask_mode)
         self.dim, self.secondary_dim = dim, d2
         self.num_hypotheses, self.mask_prob = num_hypotheses, mask_prob
-        self.per_instance_masks, self.search, self.search_chunk = (
-            per_instance_masks,
-            search,
-            search_chunk,
-        )
-        self.in_channels, self.secondary_in_channels = (
-            in_channels or dim,
-            secondary_in_channels or d2,
-        )
+        self.mask_mode, self.search, self.search_chunk = mask_mode, search, search_chunk
+        self.in_channels = in_channels or dim
+        self.secondary_in_channels = secondary_in_channels or d2
         self.project_in = ChannelProjection(self.in_channels, dim)
         self.project_in_secondary = ChannelProjection(self.secondary_in_channels, d2)
         self.project_out = ChannelProjection(dim, self.in_channels)
@@ -173,14 +172,19 @@ class MaskedVectorQuantizer(nn.Module):
         y2 = to_channel_first(self.project_in_secondary(to_channel_last(z_secondary)))
         p, s = self.primary(y), self.secondary(y2)
         code = self.norm(s.quantized)  # (B, D', h', w'), straight-through to the secondary encoder
-        masks = self.sample_masks(z.shape[0], self.num_hypotheses, z.device)  # (B, J, D')
+        inverse = self.mask_groups(s.indices)  # (B,) group of each instance, or None
+        masks = self.sample_masks(z.shape[0] if inverse is None else int(inverse.max()) + 1,
+                                  self.num_hypotheses, z.device)  # (G, J, D')  # fmt: skip
         rows = torch.arange(z.shape[0], device=z.device)
+        per_row = masks if inverse is None else masks[inverse]  # (B, J, D')
         if self.search == "all_in_graph":
-            y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, masks)
-            chosen = masks[rows, winner]  # (B, D')
+            y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, per_row)
+            chosen = per_row[rows, winner]  # (B, D')
         else:
-            winner, stats = self.search_winner(p.quantized.detach(), code.detach(), y, masks)
-            chosen = masks[rows, winner]  # (B, D')
+            winner, stats = self.search_winner(
+                p.quantized.detach(), code.detach(), y, masks, inverse
+            )
+            chosen = per_row[rows, winner]  # (B, D')
             y_hat = p.quantized + self._f(code * _bcast(chosen), y)  # the winner, with autograd
             mhd = F.mse_loss(y_hat, y)
         quantized = to_channel_first(self.project_out(to_channel_last(y_hat)))
@@ -225,11 +229,18 @@ class MaskedVectorQuantizer(nn.Module):
         y_hat = e + self._f(code * _bcast(mask), e)
         return to_channel_first(self.project_out(to_channel_last(y_hat)))
 
-    def sample_masks(self, batch: int, num: int, device: torch.device) -> Tensor:
-        """Bernoulli(mask_prob) masks ``(B, J, D')`` bool (shared: one draw expanded over B)."""
-        rows = batch if self.per_instance_masks else 1
+    def mask_groups(self, secondary_indices: Tensor) -> Tensor | None:
+        """Group of each instance for mask sampling: None (one group each, "per_instance")
+        or ``(B,)`` ids of the distinct secondary codes ("per_code", "shared")."""
+        if self.mask_mode == "per_instance":
+            return None
+        return torch.unique(secondary_indices.flatten(1), dim=0, return_inverse=True)[1]
+
+    def sample_masks(self, groups: int, num: int, device: torch.device) -> Tensor:
+        """Bernoulli(mask_prob) masks ``(G, J, D')`` bool ("shared": one draw expanded)."""
+        rows = 1 if self.mask_mode == "shared" else groups
         masks = torch.rand(rows, num, self.secondary_dim, device=device) < self.mask_prob
-        return masks.expand(batch, -1, -1)
+        return masks.expand(groups, -1, -1)
 
     @property
     def mask_bytes(self) -> int:
@@ -239,56 +250,37 @@ class MaskedVectorQuantizer(nn.Module):
     # -- MH-Dropout search ------------------------------------------------------------------
     @torch.no_grad()
     def search_winner(
-        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor
+        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Index of the best of J masks per instance, without autograd, ``chunk`` rows at a time.
+        """Index of the best of J masks per instance, without autograd, in chunks of f rows.
 
         Args: e ``(B, D, h, w)``, code ``(B, D', h', w')``, y ``(B, D, h, w)``, masks
-        ``(B, J, D')``. Returns winners ``(B,)`` and the mean hypothesis error (a log).
+        ``(G, J, D')`` and ``inverse`` ``(B,)`` the group of each instance (None: G = B, one
+        group each). f runs once per group and mask: a group's instances share its code.
+        Returns winners ``(B,)`` and the mean hypothesis error (a log).
         """
-        b, j = masks.shape[:2]
-        if not self.per_instance_masks:
-            return self._search_shared(e, code, y, masks)
-        step = max(1, self.search_chunk // b)
+        b, (g, j) = e.shape[0], masks.shape[:2]
+        if inverse is not None:  # one representative code per group (all equal within it)
+            first = torch.full((g,), b, device=e.device).scatter_reduce(
+                0, inverse, torch.arange(b, device=e.device), "amin"
+            )
+            code = code[first]  # (G, D', h', w')
+        step = max(1, self.search_chunk // g)
         best = torch.full((b,), float("inf"), device=y.device)
         winner = torch.zeros(b, dtype=torch.long, device=y.device)
         total = torch.zeros((), device=y.device)
         for j0 in range(0, j, step):
-            m = masks[:, j0 : j0 + step]  # (B, Jc, D')
-            err = self._hypothesis_errors(e, code, y, m)  # (B, Jc)
+            c = code.unsqueeze(1) * _bcast(masks[:, j0 : j0 + step])  # (G, Jc, D', h', w')
+            out = self._f(c.flatten(0, 1), y).unflatten(0, (g, -1))  # (G, Jc, D, h, w)
+            if inverse is not None:
+                out = out[inverse]  # (B, Jc, D, h, w)
+            err = (e.unsqueeze(1) + out - y.unsqueeze(1)).float().pow(2).flatten(2).mean(-1)
             total += err.sum()
-            val, arg = err.min(1)
+            val, arg = err.min(1)  # (B,)
             better = val < best
             best = torch.where(better, val, best)
             winner = torch.where(better, arg + j0, winner)
         return winner, total / (b * j)
-
-    def _hypothesis_errors(self, e: Tensor, code: Tensor, y: Tensor, m: Tensor) -> Tensor:
-        """MSE of ``e + f(code * m_j)`` against ``y`` for each mask. ``-> (B, Jc)``."""
-        b, jc = m.shape[:2]
-        c = code.unsqueeze(1) * _bcast(m)  # (B, Jc, D', h', w')
-        out = self._f(c.flatten(0, 1), y).unflatten(0, (b, jc))  # (B, Jc, D, h, w)
-        err = (e.unsqueeze(1) + out - y.unsqueeze(1)).float().pow(2)
-        return err.flatten(2).mean(-1)
-
-    def _search_shared(
-        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Shared masks: evaluate f once per distinct secondary code, not once per instance."""
-        flat = code.flatten(1)
-        uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)  # (U, D'*h'*w'), (B,)
-        u = uniq.view(-1, *code.shape[1:])
-        j = masks.shape[1]
-        step = max(1, self.search_chunk // len(u))
-        errs = []
-        for j0 in range(0, j, step):
-            m = masks[: len(u), j0 : j0 + step]  # shared masks: every row is the same
-            c = u.unsqueeze(1) * _bcast(m)  # (U, Jc, D', h', w')
-            out = self._f(c.flatten(0, 1), y).unflatten(0, (len(u), -1))  # (U, Jc, D, h, w)
-            err = (e.unsqueeze(1) + out[inverse] - y.unsqueeze(1)).float().pow(2)
-            errs.append(err.flatten(2).mean(-1))  # (B, Jc)
-        err = torch.cat(errs, 1)
-        return err.argmin(1), err.mean()
 
     def _f(self, c: Tensor, like: Tensor) -> Tensor:
         """Apply f and broadcast a 1x1 output over the primary grid of ``like``."""
@@ -328,7 +320,9 @@ def _bcast(m: Tensor) -> Tensor:
     return m[..., None, None].float()
 
 
-def _check_options(d2: int, j: int, p: float, search: str, chunk: int) -> None:
+def _check_options(d2: int, j: int, p: float, search: str, chunk: int, mode: str) -> None:
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask_mode '{mode}'; choose one of {', '.join(MASK_MODES)}")
     if not isinstance(j, int) or j <= 0:
         raise ValueError(f"num_hypotheses (J) must be a positive integer, got {j!r}")
     if d2 < 63 and j > 2**d2:

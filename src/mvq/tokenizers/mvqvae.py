@@ -23,7 +23,8 @@ class MVQVAEConfig(TokenizerConfig):
     Attributes:
         num_hypotheses: J masks per instance per pass (Fig. 5 sweeps 16-2048).
         mask_prob: Bernoulli probability of a mask bit (0.5).
-        per_instance_masks: J masks per instance (authors' code) or shared by the batch.
+        mask_mode: "per_instance" (authors' code), "per_code" or "shared" (see
+            ``MaskedVectorQuantizer``).
         normalize_secondary: GroupNorm on e' before masking (off: SPEC's stable setting).
         search: "chunked" (no-grad search, winner recomputed) or "all_in_graph" (the
             authors' formulation; same gradients, memory grows with J).
@@ -32,7 +33,7 @@ class MVQVAEConfig(TokenizerConfig):
 
     num_hypotheses: int = 256
     mask_prob: float = 0.5
-    per_instance_masks: bool = True
+    mask_mode: str = "per_instance"
     normalize_secondary: bool = False
     search: str = "chunked"
     search_chunk: int = 4096
@@ -57,7 +58,7 @@ class MVQVAE(Tokenizer):
             f=f,
             num_hypotheses=c.num_hypotheses,
             mask_prob=c.mask_prob,
-            per_instance_masks=c.per_instance_masks,
+            mask_mode=c.mask_mode,
             search=c.search,
             search_chunk=c.search_chunk,
             normalize_secondary=c.normalize_secondary,
