@@ -1,30 +1,41 @@
 """The main job (``make demo``): MVQVAE against VQ-VAE-2 on Fashion-MNIST at 4+1 tokens, K=16.
 
-Trains both tokenizers for the same number of steps with the paper's optimiser (Table 2), then
-writes to ``--out`` (default ``runs/demo``):
+1. trains both tokenizers for the same number of steps with the paper's optimiser (Table 2);
+2. encodes Fashion-MNIST with each (``mvq encode``) and trains a Table 4 transformer prior
+   (``transformer_4p1``) on each token set for the same number of steps;
+3. samples images from each pair and evaluates everything on the test split.
 
-- ``mvqvae/`` and ``vqvae2/``: run directories (checkpoints, logs, ``model/`` to load),
-- ``reconstructions.png``: the same test images, rows: originals, VQ-VAE-2, MVQVAE,
-- ``metrics.md`` / ``metrics.json``: test MSE, codebook usage, bits per image, throughput.
+Writes to ``--out`` (default ``runs/demo``):
 
-    mvq demo [--steps 1500] [--out runs/demo]
+- ``<model>/``: the tokenizer run (checkpoints, logs, ``model/``); ``<model>_tokens/``;
+  ``<model>_prior/`` (the prior run, ``model/``);
+- ``reconstructions.png``: the same test images, rows: originals, VQ-VAE-2, MVQVAE;
+- ``samples_<model>.png``: 64 sampled images per tokenizer;
+- ``metrics.md`` / ``metrics.json``: test MSE, codebook usage, bits per image, prior NLL,
+  training throughput and sampling time.
 
-Re-running resumes the two runs from their checkpoints (a finished run is only re-evaluated).
+    mvq demo [--steps 1500] [--prior-steps 1000] [--out runs/demo]
+
+Re-running resumes unfinished runs from their checkpoints and reuses finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
 
+from mvq.data import dataset_info
+from mvq.priors import load_prior
 from mvq.runconfig import RunConfig
+from mvq.sample import SampleOptions, sample_images
 from mvq.tokenizers import load_tokenizer
+from mvq.tokens import encode_dataset, read_token_meta, tokenizer_identity
+from mvq.train_prior import train_prior
 from mvq.train_tokenizer import (
     build_splits,
     evaluate_tokenizer,
@@ -35,10 +46,11 @@ from mvq.train_tokenizer import (
 from mvq.training import checkpoint_path
 
 MODELS = {"vqvae2": "vqvae2_fmnist_s4_k16", "mvqvae": "mvqvae_fmnist_s4_k16"}
+PRIOR = "transformer_4p1"
 
 
 def demo_config(model: str, steps: int, num_hypotheses: int, data_root: str | None) -> RunConfig:
-    """Run config of one demo model: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
+    """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
     model_config = {"num_hypotheses": num_hypotheses} if model.startswith("mvqvae") else {}
     train = {"max_steps": steps, "batch_size": 32, "log_every": 50, "ckpt_every": 250,
              "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0}  # fmt: skip
@@ -47,36 +59,69 @@ def demo_config(model: str, steps: int, num_hypotheses: int, data_root: str | No
     return RunConfig(model, model_config, data, train)
 
 
-def run_one(name: str, cfg: RunConfig, out: Path) -> dict[str, float]:
-    """Train (or resume / reuse) one model, then evaluate it on the whole test split."""
+def prior_config(steps: int) -> RunConfig:
+    """Run config of a demo prior: Table 4's 4+1 transformer, GPT-style Adam, batch 64."""
+    train = {"max_steps": steps, "batch_size": 64, "lr": 1e-3, "betas": [0.9, 0.95],
+             "log_every": 50, "ckpt_every": 250, "val_every": steps, "seed": 0}  # fmt: skip
+    return RunConfig(PRIOR, {}, {}, train)
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / "model" / "config.json").is_file()
+
+
+def run_tokenizer(name: str, cfg: RunConfig, out: Path) -> dict[str, float]:
+    """Train (or resume / reuse) one tokenizer, then evaluate it on the whole test split."""
     run_dir = out / name
-    done = (run_dir / "model" / "config.json").is_file()
-    t0 = time.perf_counter()
     throughput = float("nan")
-    if not done:
-        resume = checkpoint_path(run_dir).is_file()
-        _, result = train_tokenizer(cfg, run_dir, resume=resume)
+    if not finished(run_dir):
+        _, result = train_tokenizer(cfg, run_dir, resume=checkpoint_path(run_dir).is_file())
         throughput = result.items_per_second
     model = load_tokenizer(run_dir / "model")
     _, test = build_splits(cfg, model)
-    metrics = evaluate_tokenizer(model, test)
-    metrics |= {"train_seconds": time.perf_counter() - t0, "images_per_s": throughput}
-    return metrics
+    return evaluate_tokenizer(model, test) | {"images_per_s": throughput}
 
 
-def write_report(out: Path, metrics: dict[str, dict[str, float]], steps: int) -> str:
+def run_prior(name: str, cfg: RunConfig, steps: int, out: Path) -> dict[str, float]:
+    """Encode the data with the trained tokenizer, train the prior, sample 64 images."""
+    tok_dir, tokens, run_dir = out / name / "model", out / f"{name}_tokens", out / f"{name}_prior"
+    tokenizer = load_tokenizer(tok_dir)
+    if not (tokens / "meta.json").is_file():
+        train_set, val_set = build_splits(cfg, tokenizer)
+        encode_dataset(tokenizer, {"train": train_set, "val": val_set}, tokens,
+                       tokenizer_identity(tokenizer, tok_dir), cfg.data,
+                       dataset_info("fashion_mnist").num_classes)  # fmt: skip
+    if not finished(run_dir):
+        train_prior(prior_config(steps), tokens, run_dir, checkpoint_path(run_dir).is_file())
+    csv = (run_dir / "metrics.csv").read_text().splitlines()
+    val = {r.split(",")[2]: float(r.split(",")[3]) for r in csv if ",val," in r}
+    prior = load_prior(run_dir / "model")
+    t0 = time.perf_counter()
+    images, _ = sample_images(tokenizer, prior, 64, SampleOptions(), seed=0)
+    seconds = time.perf_counter() - t0
+    grid = make_grid(to_unit(images), nrow=16, padding=2, pad_value=1.0)
+    save_image(grid, out / f"samples_{name}.png")
+    h, w = read_token_meta(tokens)["layout"]["primary_grid"]
+    return {"prior_val_nll": val["nll"], "prior_val_bits_per_image": val["bits_per_image"],
+            "sample_seconds_per_image": seconds / 64, "tokens_per_image": h * w + 1}  # fmt: skip
+
+
+def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     """``metrics.json`` and a Markdown table; returns the table."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [
-        f"Fashion-MNIST test split (10,000 images), 4+1 tokens, K=16, {steps} steps each.",
+        f"Fashion-MNIST test split (10,000 images), 4+1 tokens, K=16 (8+8 entries); "
+        f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps.",
         "",
-        "| model | test MSE | primary usage | secondary usage | bits/image | train img/s |",
-        "|---|---|---|---|---|---|",
+        "| model | test MSE | primary usage | secondary usage | bits/image | train img/s "
+        "| prior val NLL (nats/token) | prior bits/image | sampling s/image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics.items():
         lines.append(
             f"| {name} | {m['mse']:.4f} | {m['primary_usage']:.2f} | {m['secondary_usage']:.2f} "
-            f"| {m['bits_per_image']:.0f} | {m['images_per_s']:.0f} |"
+            f"| {m['bits_per_image']:.0f} | {m['images_per_s']:.0f} | {m['prior_val_nll']:.3f} "
+            f"| {m['prior_val_bits_per_image']:.2f} | {m['sample_seconds_per_image']:.5f} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "metrics.md").write_text(table)
@@ -87,7 +132,7 @@ def write_grid(out: Path, cfg: RunConfig, n: int = 12) -> None:
     """Rows: test originals, VQ-VAE-2 reconstructions, MVQVAE reconstructions."""
     rows = []
     for name in MODELS:
-        model = load_tokenizer(out / name / "model").eval()
+        model = load_tokenizer(out / name / "model")
         _, test = build_splits(cfg, model)
         x = first_images(test, n)
         torch.manual_seed(0)
@@ -98,28 +143,35 @@ def write_grid(out: Path, cfg: RunConfig, n: int = 12) -> None:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The demo's options (shared by ``mvq demo`` and ``python -m mvq.demo``)."""
+    """The demo's options (``mvq demo``)."""
     ap.add_argument("--out", default="runs/demo", help="output directory")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps per tokenizer")
+    ap.add_argument("--prior-steps", type=int, default=1000, help="training steps per prior")
     ap.add_argument("--num-hypotheses", type=int, default=64, help="MH-Dropout J")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train, evaluate and report both models."""
+    """Train, evaluate and report both tokenizers and their priors."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(args.out)
+    t0 = time.perf_counter()
     metrics = {}
     for name, registered in MODELS.items():
-        print(f"== {name} ({registered}), {args.steps} steps", flush=True)
+        print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
         cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root)
-        metrics[name] = run_one(name, cfg, out)
+        metrics[name] = run_tokenizer(name, cfg, out)
+        print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
+        metrics[name] |= run_prior(name, cfg, args.prior_steps, out)
     write_grid(out, cfg)
-    print(write_report(out, metrics, args.steps))
-    print(f"wrote {out}/reconstructions.png, {out}/metrics.md")
+    print(write_report(out, metrics, args))
+    print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
+          f"in {time.perf_counter() - t0:.0f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
+    import sys
+
     from mvq.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))
