@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python benchmarks/quantizers.py
 	$(BIN)/python benchmarks/mh_dropout.py
+	$(BIN)/python benchmarks/tokenizers.py
+	$(BIN)/python benchmarks/sampling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,12 +14,8 @@ from torch import Tensor
 
 from mvq.sampling.common import (
     check_sampling_args,
-    chunks,
-    eval_mode,
-    gather_samples,
-    model_device,
-    prepare_labels,
     require_prior,
+    sample_in_batches,
     sample_logits,
 )
 
@@ -93,14 +89,9 @@ def sample_autoregressive(
     """
     require_prior(prior, "TransformerPrior", "sample_autoregressive")
     check_sampling_args(n, temperature, top_k, top_p, batch_size)
-    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    parts = []
-    with eval_mode(prior):
-        for start, size in chunks(n, batch_size):
-            part_labels = None if labels is None else labels[start : start + size]
-            parts.append(_sample_batch(prior, part_labels, size, draw, generator))
-    return gather_samples(parts)
+    batch = lambda lab, size: _sample_batch(prior, lab, size, draw, generator)  # noqa: E731
+    return sample_in_batches(prior, n, labels, batch_size, batch)
 
 
 def _naive_one(prior, label: Tensor | None, draw: dict, generator) -> dict[str, Tensor]:
@@ -136,11 +127,6 @@ def sample_autoregressive_naive(
     without a cache (every step recomputes the full prefix). Same arguments and output."""
     require_prior(prior, "TransformerPrior", "sample_autoregressive_naive")
     check_sampling_args(n, temperature, top_k, top_p)
-    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    with eval_mode(prior):
-        parts = [
-            _naive_one(prior, None if labels is None else labels[i : i + 1], draw, generator)
-            for i in range(n)
-        ]
-    return gather_samples(parts)
+    one = lambda lab, size: _naive_one(prior, lab, draw, generator)  # noqa: E731
+    return sample_in_batches(prior, n, labels, 1, one)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -139,3 +139,22 @@ def model_device(model: nn.Module) -> torch.device:
 def gather_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Concatenate per-batch sample dicts along the batch; the result is a normal tensor."""
     return {key: torch.cat([p[key] for p in parts]).clone() for key in parts[0]}
+
+
+def sample_in_batches(
+    prior: nn.Module,
+    n: int,
+    labels: Tensor | int | None,
+    batch_size: int,
+    sample_batch: Callable[[Tensor | None, int], dict[str, Tensor]],
+) -> dict[str, Tensor]:
+    """The loop every sampler shares: check labels, then ``sample_batch(labels, size)`` over
+    consecutive batches in eval/inference mode, concatenated."""
+    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
+    parts = []
+    with eval_mode(prior):
+        for start, size in chunks(n, batch_size):
+            parts.append(
+                sample_batch(None if labels is None else labels[start : start + size], size)
+            )
+    return gather_samples(parts)

@@ -19,12 +19,9 @@ from torch import Tensor
 
 from mvq.sampling.common import (
     check_sampling_args,
-    chunks,
-    eval_mode,
-    gather_samples,
     model_device,
-    prepare_labels,
     require_prior,
+    sample_in_batches,
     sampling_logits,
 )
 
@@ -162,12 +159,7 @@ def sample_maskgit(
     num_masked(0, steps, prior.config.num_tokens, schedule)  # checks steps <= N and the name
     if not choice_temperature >= 0:
         raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature!r}")
-    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
     opts = dict(steps=steps, schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p)
     opts["choice_temperature"] = choice_temperature
-    parts = []
-    with eval_mode(prior):
-        for start, size in chunks(n, batch_size):
-            part_labels = None if labels is None else labels[start : start + size]
-            parts.append(_sample_batch(prior, part_labels, size, opts, generator))
-    return gather_samples(parts)
+    batch = lambda lab, size: _sample_batch(prior, lab, size, opts, generator)  # noqa: E731
+    return sample_in_batches(prior, n, labels, batch_size, batch)

@@ -12,12 +12,9 @@ from torch import Tensor
 
 from mvq.sampling.common import (
     check_sampling_args,
-    chunks,
-    eval_mode,
-    gather_samples,
     model_device,
-    prepare_labels,
     require_prior,
+    sample_in_batches,
     sample_logits,
 )
 
@@ -58,11 +55,6 @@ def sample_pixelcnn(
     """
     require_prior(prior, "PixelCNNPrior", "sample_pixelcnn")
     check_sampling_args(n, temperature, top_k, top_p, batch_size)
-    labels = prepare_labels(labels, prior.config.num_classes, n, model_device(prior))
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    parts = []
-    with eval_mode(prior):
-        for start, size in chunks(n, batch_size):
-            part_labels = None if labels is None else labels[start : start + size]
-            parts.append(_sample_batch(prior, part_labels, size, draw, generator))
-    return gather_samples(parts)
+    batch = lambda lab, size: _sample_batch(prior, lab, size, draw, generator)  # noqa: E731
+    return sample_in_batches(prior, n, labels, batch_size, batch)

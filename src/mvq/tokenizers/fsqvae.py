@@ -10,13 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
-from mvq.quantizers import FSQ, QuantizerOutput, Tokens
+from mvq.quantizers import FSQ
 from mvq.quantizers.fsq import levels_for_codebook_size
-from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenLayout
-from mvq.tokenizers.vqvae2 import top_upsampler
+from mvq.tokenizers.base import TokenizerConfig, TokenLayout
+from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
 
 
 @dataclass
@@ -41,7 +38,7 @@ class FSQVAEConfig(TokenizerConfig):
         )
 
 
-class FSQVAE(Tokenizer):
+class FSQVAE(HierarchicalTokenizer):
     """Hierarchical FSQ tokenizer: prod(levels) primary codes per position, one top token."""
 
     config_class = FSQVAEConfig
@@ -51,29 +48,6 @@ class FSQVAE(Tokenizer):
         c = config
         self.quant_bottom = FSQ(c.levels, in_channels=c.dim, bound=c.bound)
         self.quant_top = FSQ(c.secondary_levels, in_channels=c.secondary_dim, bound=c.bound)
-        self.upsample_top = top_upsampler(c.secondary_dim, c.grid)
         self.token_layout = TokenLayout(
             math.prod(c.levels), (c.grid, c.grid), math.prod(c.secondary_levels)
         )
-
-    @property
-    def decoder_in_dim(self) -> int:
-        return self.config.dim + self.config.secondary_dim
-
-    def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
-        bottom, top = self.quant_bottom(y), self.quant_top(y2)
-        latent = torch.cat(
-            [bottom.quantized, self.upsample_top(top.quantized)], 1
-        )  # (B, D+D', h, w)
-        logs = {f"primary_{k}": v for k, v in bottom.logs.items()}
-        logs |= {f"secondary_{k}": v for k, v in top.logs.items()}
-        logs |= {"usage": bottom.logs["usage"], "y_rms": y.detach().pow(2).mean().sqrt()}
-        return QuantizerOutput(
-            latent, Tokens(bottom.indices, top.indices), bottom.loss + top.loss, logs
-        )
-
-    def decode_latent(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
-        if tokens.secondary is None:
-            raise ValueError("FSQVAE tokens need secondary (top) indices")
-        top = self.upsample_top(self.quant_top.decode(Tokens(tokens.secondary)))
-        return torch.cat([self.quant_bottom.decode(Tokens(tokens.indices)), top], 1)

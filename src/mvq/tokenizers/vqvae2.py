@@ -27,18 +27,18 @@ def top_upsampler(dim: int, grid: int) -> nn.Module:
     return nn.ConvTranspose2d(dim, dim, grid, stride=grid) if grid > 1 else nn.Identity()
 
 
-class VQVAE2(Tokenizer):
-    """Hierarchical VQ tokenizer: K/2 bottom entries on the primary grid, K/2 top entries."""
+class HierarchicalTokenizer(Tokenizer):
+    """Bottom codes on the primary grid + one top code, concatenated for the decoder.
 
-    config_class = VQVAE2Config
+    Subclasses set ``quant_bottom`` / ``quant_top`` (any quantizer of ``mvq.quantizers``).
+    """
 
-    def __init__(self, config: VQVAE2Config) -> None:
+    quant_bottom: nn.Module
+    quant_top: nn.Module
+
+    def __init__(self, config: TokenizerConfig) -> None:
         super().__init__(config)
-        c = config
-        self.quant_bottom = VectorQuantizer(c.half_codebook, c.dim, **c.vq_kwargs())
-        self.quant_top = VectorQuantizer(c.half_codebook, c.secondary_dim, **c.vq_kwargs())
-        self.upsample_top = top_upsampler(c.secondary_dim, c.grid)
-        self.token_layout = TokenLayout(c.half_codebook, (c.grid, c.grid), c.half_codebook)
+        self.upsample_top = top_upsampler(config.secondary_dim, config.grid)
 
     @property
     def decoder_in_dim(self) -> int:
@@ -58,6 +58,19 @@ class VQVAE2(Tokenizer):
 
     def decode_latent(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
         if tokens.secondary is None:
-            raise ValueError("VQVAE2 tokens need secondary (top) indices")
+            raise ValueError(f"{type(self).__name__} tokens need secondary (top) indices")
         top = self.upsample_top(self.quant_top.decode(tokens.secondary))
         return torch.cat([self.quant_bottom.decode(tokens.indices), top], 1)
+
+
+class VQVAE2(HierarchicalTokenizer):
+    """Hierarchical VQ tokenizer: K/2 bottom entries on the primary grid, K/2 top entries."""
+
+    config_class = VQVAE2Config
+
+    def __init__(self, config: VQVAE2Config) -> None:
+        super().__init__(config)
+        c = config
+        self.quant_bottom = VectorQuantizer(c.half_codebook, c.dim, **c.vq_kwargs())
+        self.quant_top = VectorQuantizer(c.half_codebook, c.secondary_dim, **c.vq_kwargs())
+        self.token_layout = TokenLayout(c.half_codebook, (c.grid, c.grid), c.half_codebook)
