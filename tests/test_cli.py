@@ -127,3 +127,19 @@ def test_tiny_mvqvae_trains_stably_on_fashion_mnist(tmp_path) -> None:
     assert all(math.isfinite(v) for v in rec + y_rms)
     assert rec[-1] < 0.5 * rec[0]
     assert max(y_rms) < 10.0  # the encoder output does not blow up
+
+
+@needs_fmnist
+def test_demo_end_to_end_quick(tmp_path, capsys) -> None:
+    """`make demo`'s job with tiny step counts: both tokenizers, priors, grids and the table."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--steps", "4", "--prior-steps", "3", "--subset", "256",
+            "--num-hypotheses", "8"]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("reconstructions.png", "samples_vqvae2.png", "samples_mvqvae.png", "metrics.md"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mvqvae"]["bits_per_image"] == 31 and metrics["vqvae2"]["bits_per_image"] == 15
+    assert all(math.isfinite(m["mse"]) and m["prior_val_nll"] > 0 for m in metrics.values())
+    assert "| mvqvae |" in capsys.readouterr().out
+    assert main(argv) == 0  # a re-run reuses the finished runs

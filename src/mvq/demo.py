@@ -27,13 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import dataset_info
 from mvq.priors import load_prior
 from mvq.runconfig import RunConfig
 from mvq.sample import SampleOptions, sample_images
-from mvq.tokenizers import load_tokenizer
+from mvq.tokenizers import Tokenizer, load_tokenizer
 from mvq.tokens import encode_dataset, read_token_meta, tokenizer_identity
 from mvq.train_prior import train_prior
 from mvq.train_tokenizer import (
@@ -70,24 +72,36 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "model" / "config.json").is_file()
 
 
-def run_tokenizer(name: str, cfg: RunConfig, out: Path) -> dict[str, float]:
-    """Train (or resume / reuse) one tokenizer, then evaluate it on the whole test split."""
+def splits(cfg: RunConfig, model: Tokenizer, subset: int | None) -> tuple[Dataset, Dataset]:
+    """Train and test splits, cut to their first ``subset`` images when given."""
+    parts = build_splits(cfg, model)
+    if subset is None:
+        return parts
+    return tuple(Subset(p, range(min(subset, len(p)))) for p in parts)  # type: ignore[return-value]
+
+
+def run_tokenizer(name: str, cfg: RunConfig, out: Path, subset: int | None) -> dict[str, float]:
+    """Train (or resume / reuse) one tokenizer, then evaluate it on the test split."""
     run_dir = out / name
-    throughput = float("nan")
+    previous = out / "metrics.json"  # a reused run keeps the throughput measured when it trained
+    old = json.loads(previous.read_text()).get(name, {}) if previous.is_file() else {}
+    throughput = old.get("images_per_s", float("nan"))
     if not finished(run_dir):
         _, result = train_tokenizer(cfg, run_dir, resume=checkpoint_path(run_dir).is_file())
         throughput = result.items_per_second
     model = load_tokenizer(run_dir / "model")
-    _, test = build_splits(cfg, model)
+    _, test = splits(cfg, model, subset)
     return evaluate_tokenizer(model, test) | {"images_per_s": throughput}
 
 
-def run_prior(name: str, cfg: RunConfig, steps: int, out: Path) -> dict[str, float]:
+def run_prior(
+    name: str, cfg: RunConfig, steps: int, out: Path, subset: int | None
+) -> dict[str, float]:
     """Encode the data with the trained tokenizer, train the prior, sample 64 images."""
     tok_dir, tokens, run_dir = out / name / "model", out / f"{name}_tokens", out / f"{name}_prior"
     tokenizer = load_tokenizer(tok_dir)
     if not (tokens / "meta.json").is_file():
-        train_set, val_set = build_splits(cfg, tokenizer)
+        train_set, val_set = splits(cfg, tokenizer, subset)
         encode_dataset(tokenizer, {"train": train_set, "val": val_set}, tokens,
                        tokenizer_identity(tokenizer, tok_dir), cfg.data,
                        dataset_info("fashion_mnist").num_classes)  # fmt: skip
@@ -99,8 +113,9 @@ def run_prior(name: str, cfg: RunConfig, steps: int, out: Path) -> dict[str, flo
     t0 = time.perf_counter()
     images, _ = sample_images(tokenizer, prior, 64, SampleOptions(), seed=0)
     seconds = time.perf_counter() - t0
-    grid = make_grid(to_unit(images), nrow=16, padding=2, pad_value=1.0)
-    save_image(grid, out / f"samples_{name}.png")
+    save_big(
+        make_grid(to_unit(images), nrow=16, padding=2, pad_value=1.0), out / f"samples_{name}.png"
+    )
     h, w = read_token_meta(tokens)["layout"]["primary_grid"]
     return {"prior_val_nll": val["nll"], "prior_val_bits_per_image": val["bits_per_image"],
             "sample_seconds_per_image": seconds / 64, "tokens_per_image": h * w + 1}  # fmt: skip
@@ -110,7 +125,7 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse
     """``metrics.json`` and a Markdown table; returns the table."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [
-        f"Fashion-MNIST test split (10,000 images), 4+1 tokens, K=16 (8+8 entries); "
+        f"Fashion-MNIST test split ({args.subset or 10_000} images), 4+1 tokens, K=16 (8+8); "
         f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps.",
         "",
         "| model | test MSE | primary usage | secondary usage | bits/image | train img/s "
@@ -139,7 +154,12 @@ def write_grid(out: Path, cfg: RunConfig, n: int = 12) -> None:
         with torch.no_grad():
             rows.append(model(x).recon)
     grid = make_grid(to_unit(torch.cat([x, *rows])), nrow=n, padding=2, pad_value=1.0)
-    save_image(grid, out / "reconstructions.png")
+    save_big(grid, out / "reconstructions.png")
+
+
+def save_big(grid: torch.Tensor, path: Path, scale: int = 3) -> None:
+    """Save a grid of 28-pixel images enlarged ``scale`` times (nearest) to be readable."""
+    save_image(F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0], path)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -149,6 +169,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prior-steps", type=int, default=1000, help="training steps per prior")
     ap.add_argument("--num-hypotheses", type=int, default=64, help="MH-Dropout J")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
+    ap.add_argument(
+        "--subset", type=int, help="encode/evaluate only the first N images (quick runs)"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -160,9 +183,9 @@ def run(args: argparse.Namespace) -> None:
     for name, registered in MODELS.items():
         print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
         cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root)
-        metrics[name] = run_tokenizer(name, cfg, out)
+        metrics[name] = run_tokenizer(name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
-        metrics[name] |= run_prior(name, cfg, args.prior_steps, out)
+        metrics[name] |= run_prior(name, cfg, args.prior_steps, out, args.subset)
     write_grid(out, cfg)
     print(write_report(out, metrics, args))
     print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
