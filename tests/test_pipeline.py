@@ -90,6 +90,22 @@ def test_encode_train_prior_sample(prior: str, tmp_path, capsys) -> None:
     assert (tmp_path / "again" / "00000.png").read_bytes() == first  # seeds fix the images
 
 
+def test_sampled_images_have_the_data_shape_and_range(tmp_path) -> None:
+    from mvq.priors import create_prior
+    from mvq.sample import sample_images
+    from mvq.tokenizers import load_tokenizer
+
+    tok, _ = make_tokens(tmp_path)
+    tokenizer = load_tokenizer(tok)
+    prior = create_prior("maskgit_small", primary_grid=(2, 2), primary_vocab=8, secondary_vocab=8,
+                         layers=1, heads=2, dim=16)  # fmt: skip
+    images, tokens = sample_images(tokenizer, prior, 7, seed=1)
+    assert images.shape == (7, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    assert tokens.indices.shape == (7, 2, 2) and tokens.indices.max() < 8
+    again, _ = sample_images(tokenizer, prior, 7, seed=1)
+    assert torch.equal(images, again)
+
+
 def test_prior_from_another_tokenizer_is_refused(tmp_path, capsys) -> None:
     tok, tokens = make_tokens(tmp_path, "mvqvae")
     other, _ = make_tokens(tmp_path, "vqvae2")

@@ -93,7 +93,7 @@ def sample_images(
         tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)
         for i in range(0, n, options.batch_size)
     ])  # fmt: skip
-    return images, tokens
+    return images.clamp(-1.0, 1.0), tokens  # the decoder is unbounded; data live in [-1, 1]
 
 
 def write_samples(images: Tensor, out: str | Path, nrow: int = 16) -> Path:
