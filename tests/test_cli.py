@@ -143,3 +143,31 @@ def test_demo_end_to_end_quick(tmp_path, capsys) -> None:
     assert all(math.isfinite(m["mse"]) and m["prior_val_nll"] > 0 for m in metrics.values())
     assert "| mvqvae |" in capsys.readouterr().out
     assert main(argv) == 0  # a re-run reuses the finished runs
+
+
+@needs_fmnist
+def test_torchrun_two_processes_train_a_tokenizer(tmp_path) -> None:
+    """The README's `torchrun ... -m mvq.cli train` line, on 2 CPU processes (gloo)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, model_config={"num_hypotheses": 8, "channels": 16,
+                                               "res_channels": 8})  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mvq.cli", "train", "--config", str(cfg), "--run-dir", str(tmp_path / "ddp"),
+           "--max-steps", "3", "--batch-size", "8", "--set", "train.val_batches=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, err[-3000:]
+    summaries = [line for line in out.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["steps"] == 3  # rank 0 reports
+    model = load_tokenizer(tmp_path / "ddp" / "model")
+    assert model.config.channels == 16

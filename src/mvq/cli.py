@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,12 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     PermissionError,
 )
+
+
+def _print_rank0(summary: dict) -> None:
+    """Print a run's JSON summary once, from rank 0 of a torchrun launch."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -47,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
     summary = {"steps": result.steps, "images_per_s": round(result.items_per_second, 1)}
     if result.last_val_loss is not None:
         summary["val_loss"] = round(result.last_val_loss, 6)
-    print(json.dumps(summary))
+    _print_rank0(summary)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -83,7 +90,7 @@ def _train_prior(args: argparse.Namespace) -> None:
     }
     if result.last_val_loss is not None:
         summary["val_nll_nats_per_token"] = round(result.last_val_loss, 4)
-    print(json.dumps(summary))
+    _print_rank0(summary)
 
 
 def _sample(args: argparse.Namespace) -> None:
