@@ -90,6 +90,11 @@ def check_feature_map(z: Tensor, channels: int, name: str = "input") -> None:
 def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
     """Usage (fraction of codes hit at least once) and perplexity of ``indices``."""
     counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    return stats_from_counts(counts)
+
+
+def stats_from_counts(counts: Tensor) -> dict[str, Tensor]:
+    """Usage and perplexity from a code histogram ``(K,)``."""
     probs = counts / counts.sum().clamp_min(1.0)
     perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
     usage = (counts > 0).float().mean()

@@ -17,7 +17,7 @@ from mvq.quantizers.base import (
     QuantizerOutput,
     Tokens,
     check_feature_map,
-    codebook_stats,
+    stats_from_counts,
     to_channel_first,
     to_channel_last,
 )
@@ -168,12 +168,13 @@ class VectorQuantizer(nn.Module):
             loss = self.beta * commit
             if not self.ema:
                 loss = loss + F.mse_loss(q, flat32.detach())
+            counts = torch.bincount(idx, minlength=self.codebook_size).float()  # (K,)
             if self.training:
-                self._update_statistics(flat32.detach(), idx)
+                self._update_statistics(flat32.detach(), idx, counts)
         q_st = q.to(flat.dtype) + (flat - flat.detach())  # straight-through; value exactly q
         quantized = to_channel_first(self.project_out(q_st.view_as(y)))
         indices = idx.view(y.shape[:-1])
-        logs = codebook_stats(idx, self.codebook_size) | {"commitment": commit.detach()}
+        logs = stats_from_counts(counts) | {"commitment": commit.detach()}
         return QuantizerOutput(quantized, Tokens(indices), loss, logs)
 
     @torch.no_grad()
@@ -219,9 +220,9 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _update_statistics(self, x: Tensor, idx: Tensor) -> None:
+    def _update_statistics(self, x: Tensor, idx: Tensor, counts: Tensor) -> None:
         """EMA codebook update, usage tracking and dead-code restart, in fp32."""
-        counts = _all_reduce_(torch.bincount(idx, minlength=self.codebook_size).float())
+        counts = _all_reduce_(counts.clone())  # the logs keep this rank's own histogram
         self.code_usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
             sums = _all_reduce_(torch.zeros_like(self.ema_sum).index_add_(0, idx, x))
