@@ -159,10 +159,12 @@ class Tokenizer(nn.Module, PretrainedMixin):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tokens:
         """Images ``(B, C, H, W)`` -> tokens (eval-mode statistics; no codebook updates)."""
+        self.check_images(x)
         was_training = self.training
         self.eval()
         try:
-            return self(x).tokens
+            y = self.encoder(x)  # (B, D, h, w); no decoder pass: only the tokens are wanted
+            return self.quantize(y, self.secondary_encoder(y)).tokens
         finally:
             self.train(was_training)
 
