@@ -175,16 +175,15 @@ class MaskedVectorQuantizer(nn.Module):
         inverse = self.mask_groups(s.indices)  # (B,) group of each instance, or None
         masks = self.sample_masks(z.shape[0] if inverse is None else int(inverse.max()) + 1,
                                   self.num_hypotheses, z.device)  # (G, J, D')  # fmt: skip
-        rows = torch.arange(z.shape[0], device=z.device)
-        per_row = masks if inverse is None else masks[inverse]  # (B, J, D')
+        group = torch.arange(z.shape[0], device=z.device) if inverse is None else inverse  # (B,)
         if self.search == "all_in_graph":
-            y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, per_row)
-            chosen = per_row[rows, winner]  # (B, D')
+            y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, masks[group])
+            chosen = masks[group, winner]  # (B, D')
         else:
             winner, stats = self.search_winner(
                 p.quantized.detach(), code.detach(), y, masks, inverse
             )
-            chosen = per_row[rows, winner]  # (B, D')
+            chosen = masks[group, winner]  # (B, D'), without a (B, J, D') copy of the masks
             y_hat = p.quantized + self._f(code * _bcast(chosen), y)  # the winner, with autograd
             mhd = F.mse_loss(y_hat, y)
         quantized = to_channel_first(self.project_out(to_channel_last(y_hat)))
