@@ -1,7 +1,8 @@
 """Sample images: a prior draws tokens, the tokenizer decodes them (``mvq sample``).
 
-For MVQ the mask is not modelled: ``decode`` draws one from Bernoulli(0.5) per image with the
-same seeded generator, so a seed fixes the images.
+For MVQ the mask is drawn by ``decode`` from Bernoulli(0.5) per image with the same seeded
+generator (the paper's choice), unless the prior models the mask (``model_mask=True``): then the
+sampled mask is used.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def sample_images(
     device = next(prior.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     drawn = sampler(prior, n, labels=labels, generator=generator, **options.for_prior(prior))
-    tokens = Tokens(drawn["primary"], drawn.get("secondary"))
+    tokens = Tokens(drawn["primary"], drawn.get("secondary"), drawn.get("mask"))
     tokenizer.eval()
     images = torch.cat([
         tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)

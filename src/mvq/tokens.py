@@ -7,8 +7,8 @@ Layout of a token directory (written atomically by ``encode_dataset``)::
     train.safetensors    primary (N, h, w), secondary (N, 1, 1), [mask (N, ceil(D'/8)) uint8],
     val.safetensors      label (N,) — indices stored in the smallest unsigned integer type
 
-``TokenDataset(dir, split)`` serves ``{"primary", "secondary", "label"}`` int64 dicts, the batch
-format of ``mvq.priors``.
+``TokenDataset(dir, split)`` serves ``{"primary", "secondary", "label"}`` int64 dicts, plus
+``"mask"`` (the packed uint8 mask bytes) for MVQ tokens, the batch format of ``mvq.priors``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 class TokenDataset(Dataset):
-    """One split of a token directory, as int64 dicts ``{"primary", "secondary", "label"}``."""
+    """One split of a token directory, as dicts ``{"primary", "secondary", "label"}`` (int64)
+    and ``"mask"`` (packed uint8 bytes ``(ceil(D'/8),)``) when the tokens carry MVQ masks."""
 
     def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
         self.meta = read_token_meta(directory)
@@ -131,9 +132,13 @@ class TokenDataset(Dataset):
         self.primary = tensors["primary"].long()  # (N, h, w)
         self.secondary = tensors["secondary"].long()  # (N, 1, 1)
         self.label = tensors["label"].long()  # (N,)
+        self.mask = tensors.get("mask")  # (N, ceil(D'/8)) uint8, MVQ only
 
     def __len__(self) -> int:
         return len(self.primary)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"primary": self.primary[i], "secondary": self.secondary[i], "label": self.label[i]}
+        item = {"primary": self.primary[i], "secondary": self.secondary[i], "label": self.label[i]}
+        if self.mask is not None:
+            item["mask"] = self.mask[i]
+        return item

@@ -22,13 +22,13 @@ from mvq.train_tokenizer import build_train_config
 from mvq.training import TrainResult, train
 
 TOKENIZER_FILE = "tokenizer.json"
-LAYOUT_KEYS = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid")
+LAYOUT_KEYS = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits")
 
 
 def prior_overrides(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """Config overrides of the prior: the tokens' layout, then ``cfg.model_config``."""
     layout = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["layout"].items()}
-    overrides = {k: layout[k] for k in LAYOUT_KEYS} | cfg.model_config
+    overrides = {k: layout.get(k, 0) for k in LAYOUT_KEYS} | cfg.model_config
     classes = overrides.get("num_classes", 0)
     if classes and classes != meta.get("num_classes", 0):
         raise ConfigError(

@@ -2,8 +2,10 @@
 
 A token batch is a dict: ``"primary"`` ``(B, h, w)`` int64 in ``[0, K1)``, optionally
 ``"secondary"`` ``(B, h2, w2)`` int64 in ``[0, K2)`` (MVQ and VQ-VAE-2: ``h2 = w2 = 1``) and
-``"label"`` ``(B,)`` int64 class labels. Other keys (e.g. an MVQ mask) are ignored: the mask is
-drawn at random at generation time, not modelled.
+``"label"`` ``(B,)`` int64 class labels, and for MVQ ``"mask"`` ``(B, ceil(D'/8))`` the packed
+mask bytes. By default the mask is not modelled (the paper draws it at random at generation
+time) and ``"mask"`` is ignored; a prior with ``model_mask=True`` models it as ``D'/b`` extra
+tokens of ``b = mask_token_bits`` bits after the secondary tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mvq.quantizers.masked_vq import pack_masks, unpack_masks
 from mvq.registry import Registry
 
 PRIORS: Registry[nn.Module] = Registry("prior")
@@ -35,6 +38,10 @@ class PriorLayout:
         secondary_vocab: K2, entries of the secondary codebook; 0 = no secondary tokens.
         secondary_grid: ``(h2, w2)`` of the secondary grid (``(1, 1)`` for MVQ / VQ-VAE-2).
         num_classes: number of class labels for class conditioning; 0 = unconditional.
+        mask_bits: D', the bits of an MVQ mask in the tokens (0: no mask).
+        model_mask: model the mask as ``mask_len`` tokens after the secondary tokens (priors
+            that support it; default False, as the paper: the mask is drawn at random).
+        mask_token_bits: b, mask bits per mask token (vocabulary ``2**b``).
     """
 
     primary_vocab: int = 128
@@ -42,6 +49,9 @@ class PriorLayout:
     secondary_vocab: int = 128
     secondary_grid: tuple[int, int] = (1, 1)
     num_classes: int = 0
+    mask_bits: int = 0
+    model_mask: bool = False
+    mask_token_bits: int = 4
 
     def __post_init__(self) -> None:
         self.primary_grid = tuple(self.primary_grid)  # type: ignore[assignment]
@@ -58,6 +68,16 @@ class PriorLayout:
         ):
             if len(grid) != 2 or min(grid) < 1:
                 raise ValueError(f"{name} must be two positive sizes (h, w), got {grid}")
+        if self.mask_bits < 0 or not 1 <= self.mask_token_bits <= 12:
+            raise ValueError(
+                f"mask_bits must be >= 0 (got {self.mask_bits}) and mask_token_bits in [1, 12] "
+                f"(got {self.mask_token_bits})"
+            )
+        if self.model_mask and (self.mask_bits == 0 or not self.has_secondary):
+            raise ValueError(
+                "model_mask=True but the tokens have no MVQ mask (mask_bits=0) or no secondary "
+                "stream: only MVQ tokens carry a mask; set model_mask=false"
+            )
 
     @property
     def primary_len(self) -> int:
@@ -75,27 +95,69 @@ class PriorLayout:
         return self.secondary_grid[0] * self.secondary_grid[1] if self.has_secondary else 0
 
     @property
+    def mask_len(self) -> int:
+        """M = ceil(D' / b) mask tokens per instance when the mask is modelled, else 0."""
+        return -(-self.mask_bits // self.mask_token_bits) if self.model_mask else 0
+
+    @property
+    def mask_vocab(self) -> int:
+        """2**b values of a mask token, 0 when the mask is not modelled."""
+        return 2**self.mask_token_bits if self.model_mask else 0
+
+    @property
     def num_tokens(self) -> int:
-        """S + S', modelled tokens per instance."""
-        return self.primary_len + self.secondary_len
+        """S + S' + M, modelled tokens per instance."""
+        return self.primary_len + self.secondary_len + self.mask_len
+
+
+def refuse_mask_model(layout: PriorLayout, prior: str) -> None:
+    """A prior that cannot model the MVQ mask refuses ``model_mask=True`` with one line."""
+    if layout.model_mask:
+        raise ValueError(
+            f"{prior} does not model the MVQ mask: set model_config.model_mask=false (the mask is "
+            "then drawn at random) or use a transformer prior"
+        )
+
+
+def mask_to_tokens(packed: Tensor, mask_bits: int, token_bits: int) -> Tensor:
+    """Packed masks ``(B, ceil(D'/8))`` uint8 -> ``(B, ceil(D'/b))`` int64 tokens of b bits.
+
+    Bit ``i`` of the mask is bit ``i % b`` of token ``i // b`` (LSB first, as ``pack_masks``);
+    a last partial token has its high bits 0.
+    """
+    bits = unpack_masks(packed, mask_bits).long()  # (B, D')
+    bits = torch.nn.functional.pad(bits, (0, (-mask_bits) % token_bits))  # (B, M*b)
+    weights = 2 ** torch.arange(token_bits, device=packed.device)
+    return (bits.unflatten(-1, (-1, token_bits)) * weights).sum(-1)  # (B, M)
+
+
+def tokens_to_mask(tokens: Tensor, mask_bits: int, token_bits: int) -> Tensor:
+    """Inverse of ``mask_to_tokens``: ``(B, M)`` tokens -> packed ``(B, ceil(D'/8))`` uint8."""
+    shifts = torch.arange(token_bits, device=tokens.device)
+    bits = (tokens.long().unsqueeze(-1) >> shifts) & 1  # (B, M, b)
+    return pack_masks(bits.flatten(-2)[..., :mask_bits].bool())
 
 
 def layout_overrides(layout: object) -> dict[str, object]:
-    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` of any
-    layout object (e.g. ``tokenizer.token_layout``), as config overrides for ``create_prior``."""
+    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` and
+    ``mask_bits`` (0 when absent) of any layout object (e.g. ``tokenizer.token_layout``), as
+    config overrides for ``create_prior``."""
     names = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid")
     missing = [n for n in names if not hasattr(layout, n)]
     if missing:
         raise TypeError(f"{type(layout).__name__} is not a token layout: it lacks {missing}")
-    return {n: tuple(v) if isinstance(v := getattr(layout, n), list) else v for n in names}
+    out = {n: tuple(v) if isinstance(v := getattr(layout, n), list) else v for n in names}
+    return out | {"mask_bits": getattr(layout, "mask_bits", 0)}
 
 
 class TokenBatch(NamedTuple):
-    """A checked batch: ``primary`` (B, h, w), ``secondary`` (B, h2, w2) or None, ``labels``."""
+    """A checked batch: ``primary`` (B, h, w), ``secondary`` (B, h2, w2) or None, ``labels``,
+    and ``mask`` ``(B, M)`` int64 mask tokens when the prior models the mask, else None."""
 
     primary: Tensor
     secondary: Tensor | None
     labels: Tensor | None
+    mask: Tensor | None = None
 
 
 def _check_stream(tokens: object, name: str, vocab: int, grid: tuple[int, int]) -> Tensor:
@@ -182,19 +244,48 @@ def check_batch(batch: object, layout: PriorLayout) -> TokenBatch:
                 f"batch sizes differ: {primary.shape[0]} primary vs {secondary.shape[0]} secondary"
             )
     labels = check_labels(batch.get("label"), layout.num_classes, primary.shape[0])
-    return TokenBatch(primary, secondary, labels)
+    return TokenBatch(primary, secondary, labels, _check_mask(batch, layout, primary.shape[0]))
 
 
-def nll_logs(ce_primary: Tensor, ce_secondary: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+def _check_mask(batch: dict, layout: PriorLayout, batch_size: int) -> Tensor | None:
+    """The batch's packed mask as ``(B, M)`` tokens when the prior models it, else None."""
+    if not layout.model_mask:
+        return None
+    packed = batch.get("mask")
+    nbytes = (layout.mask_bits + 7) // 8
+    if packed is None:
+        raise ValueError(
+            "the prior models the MVQ mask (model_mask=True) but the batch has no 'mask': "
+            "encode the tokens with `mvq encode` from an MVQ tokenizer"
+        )
+    if not isinstance(packed, Tensor) or tuple(packed.shape) != (batch_size, nbytes):
+        got = tuple(packed.shape) if isinstance(packed, Tensor) else type(packed).__name__
+        raise ValueError(
+            f"'mask' must be packed mask bytes of shape ({batch_size}, {nbytes}) for "
+            f"mask_bits={layout.mask_bits}, got {got}"
+        )
+    if packed.is_floating_point() or int(packed.min()) < 0 or int(packed.max()) > 255:
+        raise ValueError("'mask' must hold packed mask bytes (integers in [0, 255])")
+    return mask_to_tokens(packed.to(torch.uint8), layout.mask_bits, layout.mask_token_bits)
+
+
+def nll_logs(
+    ce_primary: Tensor, ce_secondary: Tensor | None, ce_mask: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean cross-entropy over all tokens and the shared logs, from per-token CE ``(B, S)``.
 
     Returns ``(loss, logs)``: ``loss`` in nats per token; logs ``nll``, ``nll_primary``,
-    ``nll_secondary`` (when present) and ``bits_per_image`` (summed over an instance's tokens).
+    ``nll_secondary`` / ``nll_mask`` (when present) and ``bits_per_image`` (summed over an
+    instance's tokens, mask tokens included; ``mask_bits_per_image`` is their share).
     """
-    per_token = ce_primary if ce_secondary is None else torch.cat([ce_primary, ce_secondary], 1)
+    parts = [ce for ce in (ce_primary, ce_secondary, ce_mask) if ce is not None]
+    per_token = torch.cat(parts, 1)  # (B, S + S' + M)
     loss = per_token.mean()
     logs = {"nll": loss.detach(), "nll_primary": ce_primary.detach().mean()}
     if ce_secondary is not None:
         logs["nll_secondary"] = ce_secondary.detach().mean()
+    if ce_mask is not None:
+        logs["nll_mask"] = ce_mask.detach().mean()
+        logs["mask_bits_per_image"] = ce_mask.detach().sum(1).mean() / LN2
     logs["bits_per_image"] = per_token.detach().sum(1).mean() / LN2
     return loss, logs

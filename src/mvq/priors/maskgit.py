@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvq.pretrained import PretrainedMixin
-from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch
+from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch, refuse_mask_model
 from mvq.priors.transformer import Block, init_gpt_weights
 from mvq.sampling.maskgit import SCHEDULES, mask_schedule
 
@@ -51,6 +51,7 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
     def __init__(self, config: MaskGITPriorConfig) -> None:
         super().__init__()
         self.config = c = config
+        refuse_mask_model(c, "MaskGITPrior")
         self.primary_emb = nn.Embedding(c.primary_vocab + 1, c.dim)
         self.secondary_emb = nn.Embedding(c.secondary_vocab + 1, c.dim) if c.has_secondary else None
         self.class_emb = nn.Embedding(c.num_classes, c.dim) if c.num_classes else None
@@ -111,7 +112,7 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy on the masked positions (nats per masked token) and its logs."""
-        primary, secondary, labels = check_batch(batch, self.config)
+        primary, secondary, labels, _ = check_batch(batch, self.config)
         B, S = primary.shape[0], self.config.primary_len
         masked = self.random_mask(B, primary.device)  # (B, N)
         x = primary.reshape(B, S)

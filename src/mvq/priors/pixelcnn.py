@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvq.pretrained import PretrainedMixin
-from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs
+from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs, refuse_mask_model
 
 
 def down_shift(x: Tensor) -> Tensor:
@@ -97,6 +97,7 @@ class PixelCNNPrior(nn.Module, PretrainedMixin):
     def __init__(self, config: PixelCNNPriorConfig) -> None:
         super().__init__()
         self.config = c = config
+        refuse_mask_model(c, "PixelCNNPrior")
         cond = c.num_classes
         self.embed = nn.Embedding(c.primary_vocab, c.dim)
         self.layers = nn.ModuleList(GatedLayer(c.dim, c.kernel_size, cond) for _ in range(c.layers))
@@ -137,7 +138,7 @@ class PixelCNNPrior(nn.Module, PretrainedMixin):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """Logits: primary ``(B, S, K1)`` in raster order, secondary ``(B, 1, K2)`` or None."""
-        primary, _, labels = check_batch(batch, self.config)
+        primary, _, labels, _ = check_batch(batch, self.config)
         features, emb = self.backbone(primary, labels)
         logits_p = self.primary_head(features).flatten(2).transpose(1, 2)  # (B, S, K1)
         if not self.config.has_secondary:

@@ -10,6 +10,10 @@ Two GPT-style decoders (pre-LN, learned position embeddings, fused QKV, GELU MLP
   as a prefix (the conditional GPT of taming-transformers), so every secondary token is
   conditioned on the whole primary sequence, the two networks train independently, and at
   sampling time the prefix is one parallel forward.
+* with ``model_mask=True`` (MVQ tokens; not in the paper, which draws the mask at random) the
+  secondary transformer continues with the ``M = ceil(D'/b)`` mask tokens of ``b`` bits each:
+  it reads ``[start, x, s, m_1, ..., m_{M-1}]`` and predicts ``s`` then ``m`` from its last
+  ``S' + M`` positions, so a sampled mask is conditioned on the image's codes.
 
 Parameter counts with Table 4's sizes, K1 = K2 = 128 (measured; the paper's in brackets)::
 
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvq.pretrained import PretrainedMixin
-from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs
+from mvq.priors.common import PRIORS, PriorLayout, check_batch, mask_to_tokens, nll_logs
 
 
 @dataclass
@@ -209,48 +213,60 @@ class TransformerPrior(nn.Module, PretrainedMixin):
             c.primary_layers, c.primary_heads, c.primary_dim, c.mlp_ratio, c.dropout,
         )  # fmt: skip
         self.secondary = None
-        if c.has_secondary:
+        if c.has_secondary:  # input ids: primary, secondary, mask values, then start tokens
             self.secondary = CausalTransformer(
-                c.primary_vocab + c.secondary_vocab + starts, c.secondary_vocab,
-                c.primary_len + c.secondary_len,
+                c.primary_vocab + c.secondary_vocab + c.mask_vocab + starts,
+                c.secondary_vocab + c.mask_vocab, c.primary_len + c.secondary_len + c.mask_len,
                 c.secondary_layers, c.secondary_heads, c.secondary_dim, c.mlp_ratio, c.dropout,
             )  # fmt: skip
 
     def start_tokens(self, labels: Tensor | None, batch_size: int, stream: str) -> Tensor:
         """The first input ``(B, 1)`` of the ``"primary"`` or ``"secondary"`` decoder."""
         c = self.config
-        offset = c.primary_vocab + (c.secondary_vocab if stream == "secondary" else 0)
+        offset = c.primary_vocab + (
+            c.secondary_vocab + c.mask_vocab if stream == "secondary" else 0
+        )
         device = self.primary.pos_emb.weight.device
         if labels is None:
             return torch.full((batch_size, 1), offset, dtype=torch.long, device=device)
         return (labels.to(device) + offset).view(batch_size, 1)
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits: primary ``(B, S, K1)``, secondary ``(B, S', K2)`` or None."""
-        primary, secondary, labels = check_batch(batch, self.config)
-        B, S = primary.shape[0], self.config.primary_len
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Teacher-forced logits: primary ``(B, S, K1)``, secondary ``(B, S', K2)`` or None,
+        mask ``(B, M, 2**b)`` or None (None unless ``model_mask``)."""
+        primary, secondary, labels, mask = check_batch(batch, self.config)
+        c = self.config
+        B, S, S2 = primary.shape[0], c.primary_len, c.secondary_len
         x = primary.reshape(B, S)  # (B, h, w) -> (B, S), raster order
         start = self.start_tokens(labels, B, "primary")
         logits_p = self.primary(torch.cat([start, x[:, :-1]], 1))  # (B, S, K1)
         if self.secondary is None or secondary is None:
-            return logits_p, None
-        s = secondary.reshape(B, -1) + self.config.primary_vocab  # (B, S')
-        seq = torch.cat([self.start_tokens(labels, B, "secondary"), x, s[:, :-1]], 1)
-        logits_s = self.secondary(seq)[:, S:]  # (B, S', K2)
-        return logits_p, logits_s
+            return logits_p, None, None
+        s = secondary.reshape(B, -1) + c.primary_vocab  # (B, S')
+        seq = [self.start_tokens(labels, B, "secondary"), x, s]
+        if mask is not None:
+            seq.append(mask + c.primary_vocab + c.secondary_vocab)  # (B, M)
+        logits = self.secondary(torch.cat(seq, 1)[:, :-1])[:, S:]  # (B, S' + M, K2 + 2**b)
+        if mask is None:
+            return logits_p, logits, None
+        return logits_p, logits[:, :S2, : c.secondary_vocab], logits[:, S2:, c.secondary_vocab :]
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Mean cross-entropy in nats per token over all primary and secondary tokens."""
-        logits_p, logits_s = self(batch)
+        """Mean cross-entropy in nats per token over all modelled tokens (see ``nll_logs``)."""
+        logits_p, logits_s, logits_m = self(batch)
         B = logits_p.shape[0]
         ce_p = F.cross_entropy(
             logits_p.transpose(1, 2), batch["primary"].reshape(B, -1).long(), reduction="none"
         )  # (B, S)
-        ce_s = None
+        ce_s = ce_m = None
         if logits_s is not None:
             target = batch["secondary"].reshape(B, -1).long()
             ce_s = F.cross_entropy(logits_s.transpose(1, 2), target, reduction="none")  # (B, S')
-        return nll_logs(ce_p, ce_s)
+        if logits_m is not None:
+            c = self.config
+            target = mask_to_tokens(batch["mask"].to(torch.uint8), c.mask_bits, c.mask_token_bits)
+            ce_m = F.cross_entropy(logits_m.transpose(1, 2), target, reduction="none")  # (B, M)
+        return nll_logs(ce_p, ce_s, ce_m)
 
 
 def _table4(primary: tuple[int, int, int], secondary: tuple[int, int, int], grid: int, **kw):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mvq.priors.common import tokens_to_mask
 from mvq.sampling.common import (
     check_sampling_args,
     require_prior,
@@ -34,19 +35,25 @@ def _sample_primary(prior, start: Tensor, draw: dict, generator) -> Tensor:
     return out
 
 
-def _sample_secondary(prior, start: Tensor, primary: Tensor, draw: dict, generator) -> Tensor:
-    """``(B, S')`` secondary tokens given the start token ``(B, 1)`` and primary ``(B, S)``."""
+def _sample_secondary(
+    prior, start: Tensor, primary: Tensor, draw: dict, generator
+) -> tuple[Tensor, Tensor | None]:
+    """``(B, S')`` secondary tokens and ``(B, M)`` mask tokens (None unless the prior models
+    the mask), given the start token ``(B, 1)`` and the primary tokens ``(B, S)``."""
     net, c = prior.secondary, prior.config
     B, S = primary.shape
+    S2, M, K2 = c.secondary_len, c.mask_len, c.secondary_vocab
     cache = net.new_cache(B)
-    out = torch.empty(B, c.secondary_len, dtype=torch.long, device=primary.device)
-    logits = net(torch.cat([start, primary], 1), cache, pos=0, last_only=True)[:, 0]  # (B, K2)
-    for j in range(c.secondary_len):
-        out[:, j] = sample_logits(logits, generator=generator, **draw)
-        if j + 1 < c.secondary_len:
-            idx = out[:, j : j + 1] + c.primary_vocab  # secondary ids follow the primary ones
+    out = torch.empty(B, S2 + M, dtype=torch.long, device=primary.device)
+    logits = net(torch.cat([start, primary], 1), cache, pos=0, last_only=True)[:, 0]
+    for j in range(S2 + M):  # logits (B, K2 + 2**b): secondary values, then mask values
+        out[:, j] = sample_logits(
+            logits[:, K2:] if j >= S2 else logits[:, :K2], generator=generator, **draw
+        )
+        if j + 1 < S2 + M:  # input ids: secondary after the primary ones, mask values after
+            idx = out[:, j : j + 1] + c.primary_vocab + (K2 if j >= S2 else 0)
             logits = net(idx, cache, pos=S + 1 + j, last_only=True)[:, 0]
-    return out
+    return out[:, :S2], (out[:, S2:] if M else None)
 
 
 def _sample_batch(prior, labels: Tensor | None, B: int, draw: dict, generator) -> dict[str, Tensor]:
@@ -56,8 +63,10 @@ def _sample_batch(prior, labels: Tensor | None, B: int, draw: dict, generator) -
     out = {"primary": primary.view(B, *c.primary_grid)}
     if c.has_secondary:
         start = prior.start_tokens(labels, B, "secondary")
-        secondary = _sample_secondary(prior, start, primary, draw, generator)
+        secondary, mask = _sample_secondary(prior, start, primary, draw, generator)
         out["secondary"] = secondary.view(B, *c.secondary_grid)
+        if mask is not None:
+            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_bits)
     return out
 
 
@@ -85,7 +94,8 @@ def sample_autoregressive(
 
     Returns:
         ``{"primary": (n, h, w) int64, "secondary": (n, h2, w2) int64}`` (no secondary key
-        without a secondary stream).
+        without a secondary stream), and ``"mask"`` ``(n, ceil(D'/8))`` uint8 packed MVQ masks
+        when the prior models the mask.
     """
     require_prior(prior, "TransformerPrior", "sample_autoregressive")
     check_sampling_args(n, temperature, top_k, top_p, batch_size)
@@ -103,13 +113,18 @@ def _naive_one(prior, label: Tensor | None, draw: dict, generator) -> dict[str, 
         seq = torch.cat([seq, sample_logits(logits, generator=generator, **draw)[:, None]], 1)
     out = {"primary": seq[:, 1:].reshape(1, *c.primary_grid)}
     if c.has_secondary:
+        S2, K2 = c.secondary_len, c.secondary_vocab
         seq = torch.cat([prior.start_tokens(label, 1, "secondary"), seq[:, 1:]], 1)
-        for _ in range(c.secondary_len):
-            logits = prior.secondary(seq)[:, -1]  # (1, K2)
+        for j in range(S2 + c.mask_len):
+            logits = prior.secondary(seq)[:, -1]  # (1, K2 + 2**b)
+            logits = logits[:, K2:] if j >= S2 else logits[:, :K2]
             token = sample_logits(logits, generator=generator, **draw) + c.primary_vocab
-            seq = torch.cat([seq, token[:, None]], 1)
-        secondary = seq[:, -c.secondary_len :] - c.primary_vocab
-        out["secondary"] = secondary.reshape(1, *c.secondary_grid)
+            seq = torch.cat([seq, token[:, None] + (K2 if j >= S2 else 0)], 1)
+        drawn = seq[:, 1 + c.primary_len :] - c.primary_vocab  # (1, S' + M)
+        out["secondary"] = drawn[:, :S2].reshape(1, *c.secondary_grid)
+        if c.mask_len:
+            mask = drawn[:, S2:] - K2
+            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_bits)
     return out
 
 

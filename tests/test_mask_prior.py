@@ -1,0 +1,150 @@
+"""A transformer prior that models MVQ's mask bits as extra tokens (``model_mask=True``)."""
+
+import json
+
+import pytest
+import torch
+from test_pipeline import make_tokens, prior_config
+
+from mvq.cli import main
+from mvq.priors import PixelCNNPriorConfig, TransformerPrior, TransformerPriorConfig, create_prior
+from mvq.priors.common import mask_to_tokens, tokens_to_mask
+from mvq.quantizers.masked_vq import pack_masks, unpack_masks
+from mvq.sampling import sample_autoregressive, sample_autoregressive_naive
+
+SIZES = dict(primary_layers=1, primary_heads=2, primary_dim=16,
+             secondary_layers=2, secondary_heads=2, secondary_dim=32)  # fmt: skip
+
+
+def mask_prior(mask_bits: int = 16, token_bits: int = 4, **kw) -> TransformerPrior:
+    layout = dict(primary_vocab=8, primary_grid=(2, 2), secondary_vocab=8, mask_bits=mask_bits,
+                  model_mask=True, mask_token_bits=token_bits)  # fmt: skip
+    return TransformerPrior(TransformerPriorConfig(**{**layout, **SIZES, **kw}))
+
+
+def random_batch(prior: TransformerPrior, n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    c, g = prior.config, torch.Generator().manual_seed(seed)
+    bits = torch.rand(n, c.mask_bits, generator=g) < 0.5
+    return {
+        "primary": torch.randint(0, c.primary_vocab, (n, *c.primary_grid), generator=g),
+        "secondary": torch.randint(0, c.secondary_vocab, (n, 1, 1), generator=g),
+        "mask": pack_masks(bits),
+    }
+
+
+@pytest.mark.parametrize("mask_bits,token_bits", [(16, 4), (10, 4), (16, 3), (7, 1), (16, 8)])
+def test_mask_tokens_round_trip(mask_bits: int, token_bits: int) -> None:
+    bits = torch.rand(50, mask_bits, generator=torch.Generator().manual_seed(1)) < 0.5
+    tokens = mask_to_tokens(pack_masks(bits), mask_bits, token_bits)
+    assert tokens.shape == (50, -(-mask_bits // token_bits))
+    assert int(tokens.max()) < 2**token_bits
+    assert torch.equal(unpack_masks(tokens_to_mask(tokens, mask_bits, token_bits), mask_bits), bits)
+
+
+def test_mask_token_holds_consecutive_bits_lsb_first() -> None:
+    bits = torch.zeros(1, 16, dtype=torch.bool)
+    bits[0, [0, 2, 5, 15]] = True  # token 0: bits 0, 2 -> 5; token 1: bit 1 -> 2; token 3: 8
+    assert mask_to_tokens(pack_masks(bits), 16, 4).tolist() == [[5, 2, 0, 8]]
+
+
+def test_logit_shapes_and_loss_logs() -> None:
+    torch.manual_seed(0)
+    prior = mask_prior().eval()
+    batch = random_batch(prior)
+    logits_p, logits_s, logits_m = prior(batch)
+    assert logits_p.shape == (6, 4, 8) and logits_s.shape == (6, 1, 8)
+    assert logits_m.shape == (6, 4, 16)  # 16 bits as 4 tokens of 4 bits
+    loss, logs = prior.loss(batch)
+    assert torch.isclose(loss, logs["nll"])
+    per_image = (4 * logs["nll_primary"] + logs["nll_secondary"] + 4 * logs["nll_mask"]) / 0.6931
+    assert torch.isclose(logs["bits_per_image"], per_image, rtol=1e-4)
+    assert torch.isclose(logs["mask_bits_per_image"], 4 * logs["nll_mask"] / 0.693147, rtol=1e-4)
+
+
+def test_mask_logits_depend_on_exactly_the_earlier_tokens() -> None:
+    torch.manual_seed(0)
+    prior = mask_prior().eval()
+    batch = random_batch(prior, 1)
+    c = prior.config
+    base = prior(batch)[2]  # (1, M, 16)
+    for k in range(c.mask_len):
+        tokens = mask_to_tokens(batch["mask"], c.mask_bits, c.mask_token_bits)
+        tokens[0, k] = (tokens[0, k] + 1) % 16
+        changed = prior({**batch, "mask": tokens_to_mask(tokens, c.mask_bits, 4)})[2]
+        same = (changed - base).abs().amax(-1)[0] < 1e-6  # (M,)
+        assert same[: k + 1].all() and not same[k + 1 :].any()  # causal over the mask tokens
+    other = {**batch, "secondary": (batch["secondary"] + 1) % 8}
+    assert not torch.allclose(prior(other)[2], base)  # the mask is conditioned on the codes
+
+
+def test_cached_sampler_equals_naive_and_returns_packed_masks() -> None:
+    torch.manual_seed(0)
+    prior = mask_prior(mask_bits=10)
+    seeded = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    fast = sample_autoregressive(prior, 5, generator=seeded(), batch_size=1)
+    naive = sample_autoregressive_naive(prior, 5, generator=seeded())
+    assert fast["mask"].dtype == torch.uint8 and fast["mask"].shape == (5, 2)
+    assert sorted(fast) == ["mask", "primary", "secondary"]
+    assert all(torch.equal(fast[k], naive[k]) for k in fast)
+
+
+def test_prior_learns_a_mask_that_depends_on_the_secondary_code() -> None:
+    """Each secondary code comes with one fixed mask: the prior must learn the pairing."""
+    torch.manual_seed(0)
+    prior = mask_prior()
+    table = torch.rand(8, 16, generator=torch.Generator().manual_seed(3)) < 0.5  # (K2, D')
+    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for step in range(150):
+        batch = random_batch(prior, 64, seed=step)
+        batch["mask"] = pack_masks(table[batch["secondary"].view(-1)])
+        loss, logs = prior.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logs["nll_mask"] < 0.1  # uniform would be log(16) = 2.77 nats
+    drawn = sample_autoregressive(prior, 32, temperature=1e-3, generator=torch.Generator())
+    expected = pack_masks(table[drawn["secondary"].view(-1)])
+    assert torch.equal(drawn["mask"], expected)
+
+
+def test_bad_configs_and_batches() -> None:
+    with pytest.raises(ValueError, match="no MVQ mask"):
+        TransformerPriorConfig(model_mask=True, mask_bits=0)
+    with pytest.raises(ValueError, match="does not model the MVQ mask"):
+        create_prior("pixelcnn_small", mask_bits=16, model_mask=True)
+    with pytest.raises(ValueError, match="does not model the MVQ mask"):
+        create_prior("maskgit_small", mask_bits=16, model_mask=True)
+    assert not PixelCNNPriorConfig(mask_bits=16).model_mask  # the mask is ignored by default
+    prior = mask_prior()
+    batch = random_batch(prior)
+    with pytest.raises(ValueError, match="has no 'mask'"):
+        prior.loss({k: v for k, v in batch.items() if k != "mask"})
+    with pytest.raises(ValueError, match="packed mask bytes of shape"):
+        prior.loss({**batch, "mask": batch["mask"][:, :1]})
+
+
+def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
+    from mvq.priors import load_prior
+    from mvq.sample import sample_images
+    from mvq.tokenizers import load_tokenizer
+
+    tok, tokens = make_tokens(tmp_path, "mvqvae")
+    run = tmp_path / "prior"
+    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--run-dir", str(run),
+            "--max-steps", "4"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and "bits_per_image" in summary
+    prior = load_prior(run / "model")
+    assert prior.config.model_mask and prior.config.mask_bits == 16 and prior.config.mask_len == 4
+    tokenizer = load_tokenizer(tok)
+    images, drawn = sample_images(tokenizer, prior, 6, seed=2)
+    assert drawn.mask is not None and drawn.mask.shape == (6, 2)
+    assert torch.allclose(images, tokenizer.decode(drawn).clamp(-1, 1))  # the sampled mask decodes
+
+    vq_tok, vq_tokens = make_tokens(tmp_path, "vqvae2")
+    argv = ["train-prior", "--tokens", str(vq_tokens), "--config", str(cfg), "--run-dir",
+            str(tmp_path / "vq_prior"), "--max-steps", "2"]  # fmt: skip
+    assert main(argv) == 2
+    assert "no MVQ mask" in capsys.readouterr().err
