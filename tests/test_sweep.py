@@ -144,6 +144,8 @@ def test_grid_expands_to_cells_and_commands(tmp_path) -> None:
     assert cells[2].run_config.model_config["ema"] is True
     stages = cell_stages(sweep, cell, tmp_path / "c")
     assert [s.name for s in stages] == ["train", "encode", "prior", "eval"]
+    bare = load_sweep(write_sweep(tmp_path, prior=None, eval=None))  # null: no such stage
+    assert [s.name for s in cell_stages(bare, expand(bare)[0], tmp_path / "c")] == ["train"]
     parser = build_parser()
     for stage in stages[:3]:  # the real commands accept these arguments
         parser.parse_args(stage.args)

@@ -14,14 +14,15 @@ prior, evaluated with ``mvq eval``, and collected into one table::
       variant:
         paper: {}
         healthy: {model_config.ema: true, model_config.dead_code_threshold: 1.0}
-    exclude: [{method: fsqvae, variant: healthy}]   # drop cells matching all given labels
+    exclude: [{method: mvqvae, variant: healthy}]   # drop cells matching all given labels
     seeds: [0, 1]                     # the last axis, `seed`
     budget: {max_steps: 3750, batch_size: 32}       # train.* of every cell: one budget
     set: [train.val_batches=20]       # overrides of every cell (before the axes' ones)
     device: cuda                      # --device of every stage (default: each command's own)
     prior: {max_steps: 2000, set: []} # optional; `config` here: a template like
                                       # configs/priors/transformer_{K}.yaml, else each entry's
-    eval: {split: val, n: 10000, metrics: [mse, fd_fmnist]}  # optional; data: the config's
+    eval: {split: val, n: 10000, metrics: [mse, fd_fmnist]}  # optional (absent or null: no
+                                      # eval stage); data: default the config's data.name
 
 Cells are configs x overrides x seeds (in that order, seeds fastest). Each cell lives in
 ``OUT/cells/<axis=label__...>/`` and runs the stages ``train`` (``mvq train``), ``encode``
@@ -287,7 +288,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepConfig:
         raise SweepError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
     raw = _mapping(raw, str(path))
     check_keys(raw, SWEEP_KEYS, str(path))
-    has_prior, has_eval = "prior" in raw, "eval" in raw and raw["eval"] is not False
+    has_prior, has_eval = (raw.get(k) not in (None, False) for k in ("prior", "eval"))
     sweep = SweepConfig(
         path=path,
         name=str(raw.get("name") or path.stem),
