@@ -54,7 +54,11 @@ def order_columns(axes: list[str], rows: list[dict[str, Any]]) -> list[str]:
     metrics = [k for k in METRIC_ORDER if k in seen]
     metrics += [k for k in rest if k.startswith("random_mask_")]
     others = [k for k in rest if not k.startswith("random_mask_") and not k.endswith("_wall_s")]
-    walls = [k for k in rest if k.endswith("_wall_s")]
+    stage_order = ["train_wall_s", "encode_wall_s", "prior_wall_s", "eval_wall_s", "total_wall_s"]
+    walls = sorted(
+        (k for k in rest if k.endswith("_wall_s")),
+        key=lambda k: stage_order.index(k) if k in stage_order else len(stage_order),
+    )
     train = [k for k in TRAIN_ORDER if k in seen]
     tail = ["unavailable"] if "unavailable" in seen else []
     return ["cell", *axes, *metrics, *others, *train, *walls, *tail]
