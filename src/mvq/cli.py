@@ -1,5 +1,5 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``.
+``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -12,10 +12,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mvq.pretrained import CheckpointError
 from mvq.runconfig import ConfigError, RunConfig, apply_override, load_run_config
 from mvq.training import RunDirError, TrainingDiverged
+
+if TYPE_CHECKING:
+    import torch
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -64,16 +68,36 @@ def _list(args: argparse.Namespace) -> None:
     print("\n".join(list_priors() if args.priors else list_tokenizers()))
 
 
+def _device(name: str) -> torch.device:
+    """``--device`` of encode and sample, chosen as the trainer chooses (LOCAL_RANK's GPU under
+    torchrun); a bad name or CUDA without a GPU is a ``ValueError``."""
+    from mvq.training.distributed import resolve_device
+
+    try:
+        return resolve_device(name, int(os.environ.get("LOCAL_RANK", 0)))
+    except RuntimeError as err:
+        raise ValueError(f"--device {name}: {err}") from None
+
+
+def _is_rank0() -> bool:
+    """True unless this is a non-zero rank of a torchrun launch (which must not write)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _encode(args: argparse.Namespace) -> None:
     from mvq.data import build_dataset, dataset_info
     from mvq.tokenizers import load_tokenizer
     from mvq.tokens import encode_dataset, tokenizer_identity
 
+    device = _device(args.device)
     model = load_tokenizer(args.tokenizer)
     data = {"name": args.data, "root": args.root, "download": args.download}
     splits = {s: build_dataset(split=s, **data) for s in args.splits.split(",")}
     identity = tokenizer_identity(model, args.tokenizer)
     num_classes = dataset_info(args.data).num_classes
+    if not _is_rank0():
+        return  # every rank would write the same token directory
+    model.to(device)
     out = encode_dataset(model, splits, args.out, identity, data, num_classes, seed=args.seed)
     print(json.dumps({"out": str(out), "splits": {k: len(v) for k, v in splits.items()},
                       "tokens_per_image": model.token_layout.num_tokens}))  # fmt: skip
@@ -98,8 +122,11 @@ def _sample(args: argparse.Namespace) -> None:
 
     options = SampleOptions(args.temperature, args.top_k, args.top_p, args.steps, args.schedule,
                             args.batch_size)  # fmt: skip
+    device = _device(args.device)
+    if not _is_rank0():
+        return  # every rank would write the same images
     report = run_sample(
-        args.tokenizer, args.prior, args.n, args.out, options, args.label, args.seed
+        args.tokenizer, args.prior, args.n, args.out, options, args.label, args.seed, device
     )
     print(json.dumps(report))
 
@@ -115,6 +142,15 @@ def _demo(args: argparse.Namespace) -> None:
     from mvq.demo import run
 
     run(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mvq.sweep import sweep_command
+
+    return sweep_command(args)
+
+
+DEVICE_HELP = "auto (cuda if available), cpu, cuda or cuda:N; torchrun: LOCAL_RANK's GPU"
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,6 +174,7 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--splits", default="train,val", help="comma-separated splits")
     en.add_argument("--out", required=True, help="token directory to write")
     en.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
+    en.add_argument("--device", default="auto", help=DEVICE_HELP)
     en.set_defaults(func=_encode)
     tp = sub.add_parser("train-prior", help="train a token prior on a token directory")
     tp.add_argument("--tokens", required=True, help="token directory from `mvq encode`")
@@ -157,6 +194,7 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--label", type=int, help="class to sample (class-conditional priors)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--batch-size", type=int, default=64)
+    sa.add_argument("--device", default="auto", help=DEVICE_HELP)
     sa.set_defaults(func=_sample)
 
 
@@ -180,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the main job: MVQVAE vs VQ-VAE-2 on Fashion-MNIST")
     add_arguments(dm)
     dm.set_defaults(func=_demo)
+    from mvq.sweep import add_arguments as add_sweep_arguments
+
+    sw = sub.add_parser("sweep", help="a resumable grid of runs with one budget, and its table")
+    add_sweep_arguments(sw)
+    sw.set_defaults(func=_sweep)
     return parser
 
 
@@ -187,12 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mvq`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except EXPECTED_ERRORS as err:
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mvq: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
