@@ -43,12 +43,15 @@ if command in ("train", "train-prior"):
     if failing:
         os.kill(os.getpid(), signal.SIGKILL) if fail.endswith("kill") else sys.exit(1)
     (out / "model").mkdir()
+    (out / "model" / "model.safetensors").write_text("weights")
     print(json.dumps({"steps": 3, "images_per_s": 100.0}))
 else:
     assert not out.exists(), "encode and eval start from an empty folder"
     out.mkdir(parents=True)
     if failing:
         sys.exit(1)
+    if command == "encode":
+        (out / "meta.json").write_text("{}")
     if command == "eval":
         seed = int(str(out).split("seed=")[1].split("/")[0])
         metrics = {"mse": 0.1 + 0.01 * seed, "psnr": 20.0 - seed, "usage_primary": 1.0,
@@ -244,6 +247,27 @@ def test_partial_stage_restarts_clean_and_reruns_what_follows(
     (cell / "markers" / "eval.json").unlink()
     assert main(["sweep", path]) == 1
     assert "failed at eval; log:" in capsys.readouterr().out
+    assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
+
+
+def test_results_without_weights_keep_finished_cells_and_rerun_what_a_stage_needs(
+    tmp_path, capsys, fake_mvq
+) -> None:
+    """A sweep folder committed without its heavy files (weights, tokens) after a session."""
+    path = str(prior_per_entry(tmp_path, seeds=[0], exclude=[{"method": "mvqvae"}]))
+    assert main(["sweep", path]) == 0
+    cells = sorted((tmp_path / "out" / "cells").iterdir())
+    for heavy in ("tokenizer/model/model.safetensors", "tokenizer/checkpoints/last.pt",
+                  "tokens/meta.json", "prior/model/model.safetensors",
+                  "prior/checkpoints/last.pt"):  # fmt: skip
+        for cell in cells:
+            (cell / heavy).unlink()
+    (cells[1] / "markers" / "eval.json").unlink()  # this cell was not evaluated yet
+    fake_mvq.unlink()
+    assert main(["sweep", path]) == 0
+    calls = calls_of(fake_mvq)
+    assert [c["argv"][0] for c in calls] == ["train", "encode", "train-prior", "eval"]
+    assert all(cells[1].name in " ".join(c["argv"]) for c in calls)  # cell 0 stays finished
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
 
 

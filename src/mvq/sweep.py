@@ -454,6 +454,7 @@ class Stage:
     out: Path
     spec: dict[str, Any]
     resumable: bool = False
+    product: Path | None = None  # the file later stages read; missing -> the stage reruns
 
     def argv(self, resume: bool = False) -> list[str]:
         """The full command line (``--resume`` added when asked)."""
@@ -493,7 +494,7 @@ def _train_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     args = ["train", "--config", str(cell.config), "--run-dir", str(run_dir)]
     args += [*_set_args(cell.sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.run_config.to_dict())
-    return Stage("train", args, run_dir, spec, resumable=True)
+    return Stage("train", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
 
 
 def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
@@ -504,7 +505,8 @@ def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
         args += ["--root", str(data["root"])]
     args += ["--out", str(cell_dir / "tokens"), "--seed", str(cell.seed), *_device_args(sweep)]
     spec = _spec(sweep, data=data["name"], root=data.get("root"), seed=cell.seed)
-    return Stage("encode", args, cell_dir / "tokens", spec)
+    tokens = cell_dir / "tokens"
+    return Stage("encode", args, tokens, spec, product=tokens / "meta.json")
 
 
 def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
@@ -514,7 +516,7 @@ def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     args = ["train-prior", "--tokens", str(cell_dir / "tokens"), "--config", str(cell.prior_config)]
     args += ["--run-dir", str(run_dir), *_set_args(cell.prior_sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.prior_run_config.to_dict())
-    return Stage("prior", args, run_dir, spec, resumable=True)
+    return Stage("prior", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
 
 
 def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | None) -> Stage:
@@ -580,6 +582,21 @@ def stage_done(cell_dir: Path, stage: Stage) -> bool:
     """True when the stage has a marker made by the same spec."""
     marker = read_marker(cell_dir, stage.name)
     return marker is not None and marker.get("spec") == stage.spec
+
+
+def first_stage_to_run(cell_dir: Path, stages: list[Stage]) -> int | None:
+    """Index of the first stage to run, None when the cell is finished.
+
+    A stage runs when it is not done, and so does a done stage whose product a stage that
+    must run needs but which is gone (e.g. a results folder committed without its weights).
+    """
+    first = next((i for i, s in enumerate(stages) if not stage_done(cell_dir, s)), None)
+    while first:
+        product = stages[first - 1].product
+        if product is None or product.exists():
+            break
+        first -= 1
+    return first
 
 
 def check_cell_dir(cell_dir: Path, stages: list[Stage]) -> None:
@@ -735,7 +752,7 @@ def run_cell(
         if not mine:
             progress(cell, "running in another process, skipped")
             return CellOutcome(cell, "busy")
-        first = next((i for i, s in enumerate(stages) if not stage_done(cell_dir, s)), None)
+        first = first_stage_to_run(cell_dir, stages)
         if first is None:
             progress(cell, "finished earlier, skipped")
             return CellOutcome(cell, "done")
