@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from mvq.pretrained import CheckpointError
+from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
 from mvq.quantizers import Tokens
 from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
@@ -117,6 +117,7 @@ def run_sample(
     seed: int = 0,
 ) -> dict[str, float]:
     """Load, check the pair, sample, write; returns timing figures."""
+    tokenizer_dir, prior_dir = resolve_pretrained(tokenizer_dir), resolve_pretrained(prior_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     check_pair(tokenizer_dir, prior_dir, tokenizer)
     prior = load_prior(prior_dir).eval()

@@ -76,6 +76,14 @@ def build_splits(cfg: RunConfig, model: Tokenizer) -> tuple[Dataset, Dataset]:
     return splits[0], splits[1]
 
 
+def data_summary(cfg: RunConfig, train_set: Dataset) -> dict[str, Any]:
+    """What a tokenizer was trained on, for its model card (no local paths but a folder's name)."""
+    summary: dict[str, Any] = {"name": cfg.data["name"], "train_images": len(train_set)}  # type: ignore[arg-type]
+    if cfg.data["name"] == "folder" and cfg.data.get("root"):
+        summary["folder"] = Path(str(cfg.data["root"])).expanduser().resolve().name
+    return summary
+
+
 class ReconstructionGrid:
     """Trainer callback: originals (top row) and reconstructions (bottom row) of fixed images."""
 
@@ -113,7 +121,7 @@ def train_tokenizer(
     grid = ReconstructionGrid(first_images(val_set, 8))
     result = train(
         model, train_set, val_set, train_cfg, run_dir, resume=resume, callbacks=[grid],
-        save_model=lambda m, path: m.save_pretrained(path),
+        save_model=lambda m, path: m.save_pretrained(path, data=data_summary(cfg, train_set)),
     )  # fmt: skip
     return model, result
 
