@@ -1,6 +1,8 @@
 """Your own images: a grayscale and an RGB folder train; ``mvq reconstruct``, ``mvq tokenize``
 and ``mvq decode`` end to end; their bad inputs are one line, exit 2, nothing written."""
 
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from mvq.token_files import load_token_file, save_token_file
 from mvq.tokenizers import load_tokenizer
 
 TINY = {"channels": 8, "res_channels": 4, "num_hypotheses": 4}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def image_folder(root: Path, mode: str, sizes: tuple[tuple[int, int], ...]) -> Path:
@@ -163,3 +166,32 @@ def test_bad_inputs_are_one_line_and_write_nothing(gray_run, tmp_path: Path, cap
     (tmp_path / "full" / "keep.txt").write_text("mine")
     expect_error(capsys, ["reconstruct", *tok, "--images", str(folder), "--out",
                           str(tmp_path / "full")], "not an empty folder")  # fmt: skip
+
+
+def test_readme_train_on_your_own_images(tmp_path: Path, monkeypatch) -> None:
+    """The README section's config and commands, as written, on a small folder (2 steps)."""
+    section = README.read_text().split("## Train on your own images")[1].split("\n## ")[0]
+    config = re.search(r"```yaml\n(.*?)```", section, flags=re.S)[1]
+    commands = re.search(r"```bash\n(.*?)```", section, flags=re.S)[1].strip().splitlines()
+    assert len(config.splitlines()) + len(commands) <= 8 and "name: folder" in config
+    monkeypatch.chdir(tmp_path)
+    image_folder(tmp_path / "my_images", "RGB", ((48, 36), (32, 32)))
+    (tmp_path / "my_run.yaml").write_text(config)
+    quick = ["--max-steps", "2", "--batch-size", "4", "--set", "train.val_batches=1"]
+    quick += [f"--set=model_config.{k}={v}" for k, v in TINY.items()]
+    for line in commands:
+        argv = shlex.split(line)
+        assert argv[0] == "mvq", line
+        assert main(argv[1:] + (quick if argv[1] == "train" else [])) == 0, line
+    assert load_tokenizer("runs/mine").config.in_channels == 3
+    assert len(list(Path("runs/mine_recon").rglob("*.png"))) == 3
+    assert load_token_file("runs/mine_val.safetensors").names == [
+        "im0.png",
+        "im2.jpg",
+        "sub/im1.jpg",
+    ]
+    assert sorted(p.name for p in Path("runs/mine_decoded").rglob("*.png")) == [
+        "im0.png",
+        "im1.png",
+        "im2.png",
+    ]

@@ -64,7 +64,7 @@ def _class_names(root: Path) -> list[str]:
     return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+def _open(path: str | Path, mode: str) -> Image.Image:
     """The image at ``path`` converted to ``mode``."""
     try:
         with Image.open(path) as im:
@@ -97,7 +97,7 @@ def check_channels(channels: object) -> int:
     return channels  # type: ignore[return-value]
 
 
-def read_image(path: Path, channels: int, image_size: int) -> Tensor:
+def read_image(path: str | Path, channels: int, image_size: int) -> Tensor:
     """The image at ``path`` as float ``(channels, image_size, image_size)`` in [-1, 1]:
     converted to grayscale or RGB, shorter side resized and the other center-cropped."""
     pixels = TF.pil_to_tensor(_open(path, _MODES[check_channels(channels)]))  # (C, H, W) uint8
