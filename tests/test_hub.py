@@ -92,7 +92,7 @@ def test_hub_id_offline_and_not_cached_is_one_line(offline_cache: Path) -> None:
     for fragment in ("someone/missing@v2", "not in the local Hugging Face cache", "hf download "
                      "someone/missing --revision v2", "local path"):  # fmt: skip
         assert fragment in message, message
-    with pytest.raises(CheckpointError, match="does not exist: pass a saved model folder"):
+    with pytest.raises(CheckpointError, match="does not exist; pass a saved model folder"):
         load_tokenizer("no/such/folder")
 
 

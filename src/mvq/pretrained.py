@@ -221,8 +221,8 @@ def resolve_pretrained(name: str | os.PathLike) -> Path:
     hub = parse_hub_id(str(name))
     if hub is None:
         raise CheckpointError(
-            f"{name} does not exist: pass a saved model folder (e.g. runs/x/model), a run "
-            "directory, or a Hugging Face Hub id org/name[@revision]"
+            f"{name} is not a saved model: it does not exist; pass a saved model folder (e.g. "
+            "runs/x/model), a run directory, or a Hugging Face Hub id org/name[@revision]"
         )
     return download_from_hub(*hub)
 

@@ -97,7 +97,10 @@ def load_token_file(path: str | os.PathLike) -> TokenFile:
         raise CheckpointError(f"{path} is not a readable token file ({err})") from err
     if header.get("format") != FORMAT or "indices" not in tensors:
         raise CheckpointError(f"{path} is not an mvq token file: make one with `mvq tokenize`")
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    version = header.get("format_version")
+    if not isinstance(version, int) or "tokenizer" not in header or "layout" not in header:
+        raise CheckpointError(f"{path} is a corrupted token file (its header is incomplete)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is a newer token file format; upgrade mvq to read it")
     secondary = tensors.get("secondary")
     tokens = Tokens(
