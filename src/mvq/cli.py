@@ -1,5 +1,6 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``.
+``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``, ``mvq reconstruct``,
+``mvq tokenize``, ``mvq decode``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -131,6 +132,28 @@ def _sample(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def _reconstruct(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import reconstruct
+
+    summary = reconstruct(args.tokenizer, args.images, args.out, args.device, args.batch_size,
+                          args.seed)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def _tokenize(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import tokenize
+
+    summary = tokenize(args.tokenizer, args.images, args.out, args.device, args.batch_size,
+                       args.seed)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import decode
+
+    print(json.dumps(decode(args.tokenizer, args.tokens, args.out, args.device, args.batch_size)))
+
+
 def _configs(args: argparse.Namespace) -> None:
     from mvq.runconfig import write_paper_configs
 
@@ -198,6 +221,30 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     sa.set_defaults(func=_sample)
 
 
+def _image_parsers(sub: argparse._SubParsersAction) -> None:
+    """``reconstruct``, ``tokenize`` and ``decode``: a trained tokenizer on image files."""
+    tok = "a trained tokenizer: its model/ folder, a run directory or a Hub id org/name"
+    re_ = sub.add_parser("reconstruct", help="a folder of images -> reconstructions (PNG)")
+    tz = sub.add_parser("tokenize", help="a folder of images -> a token file")
+    de = sub.add_parser("decode", help="a token file -> images (PNG)")
+    for p in (re_, tz, de):
+        p.add_argument("--tokenizer", required=True, help=tok)
+    for p in (re_, tz):
+        p.add_argument("--images", required=True, help="a folder of images (recursive) or one")
+    re_.add_argument("--out", required=True, help="new folder for the PNGs (same names as IN)")
+    tz.add_argument("--out", required=True, help="token file to write (.safetensors)")
+    de.add_argument("--tokens", required=True, help="a token file from `mvq tokenize`")
+    de.add_argument("--out", required=True, help="new folder for the PNGs")
+    for p in (re_, tz, de):
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    for p in (re_, tz):
+        p.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
+    re_.set_defaults(func=_reconstruct)
+    tz.set_defaults(func=_tokenize)
+    de.set_defaults(func=_decode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mvq``."""
     parser = argparse.ArgumentParser(prog="mvq", description=__doc__.splitlines()[0])
@@ -210,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--priors", action="store_true", help="list the priors instead")
     ls.set_defaults(func=_list)
     _sampling_parsers(sub)
+    _image_parsers(sub)
     cf = sub.add_parser("configs", help="write the paper's run configs (configs/*.yaml)")
     cf.add_argument("--out", default="configs", help="output directory")
     cf.set_defaults(func=_configs)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from mvq.pretrained import CheckpointError
+from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
 from mvq.quantizers import Tokens
 from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
@@ -119,6 +119,7 @@ def run_sample(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Load, check the pair, sample on ``device``, write; returns timing figures."""
+    tokenizer_dir, prior_dir = resolve_pretrained(tokenizer_dir), resolve_pretrained(prior_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     check_pair(tokenizer_dir, prior_dir, tokenizer)  # hashes the weights before moving them
     tokenizer.to(device)
