@@ -337,21 +337,23 @@ from mvq.training import TrainConfig, train
 out, rank = Path(sys.argv[1]), int(os.environ["RANK"])
 train_set, val_set = make_data(32, 0), make_data(10, 1)
 
-def run(name, steps, noisy, resume=False):
+def run(name, steps, noisy, resume=False, **extra):
     torch.manual_seed(100 + rank)  # different inits: DDP must broadcast rank 0's
     model = Lin(noisy)
-    cfg = TrainConfig(max_steps=steps, batch_size=8, log_every=1, ckpt_every=2, device="cpu")
+    cfg = TrainConfig(max_steps=steps, batch_size=8, log_every=1, ckpt_every=2, device="cpu",
+                      **extra)
     return model, train(model, train_set, val_set, cfg, out / name, resume=resume)
 
-plain, result = run("plain", 4, noisy=False)  # train() joins torchrun's group, then destroys it
+# train() joins torchrun's group, then destroys it; 2 micro-batches per rank (DDP's no_sync)
+plain, result = run("plain", 4, noisy=False, grad_accum=2)
 assert not dist.is_initialized()
 # A group made by the caller is used and left alone. (A file store: re-initialising on torchrun's
 # TCP store in the same process can read the previous group's stale addresses.)
 world = int(os.environ["WORLD_SIZE"])
 dist.init_process_group("gloo", init_method=f"file://{{out}}/store", rank=rank, world_size=world)
-full, _ = run("full", 6, noisy=True)
-run("part", 3, noisy=True)
-resumed, _ = run("part", 6, noisy=True, resume=True)
+full, _ = run("full", 6, noisy=True, ema_decay=0.5)  # returns with the EMA weights
+run("part", 3, noisy=True, ema_decay=0.5)
+resumed, _ = run("part", 6, noisy=True, resume=True, ema_decay=0.5)
 assert dist.is_initialized()
 dist.destroy_process_group()
 states = {{"plain": plain.state_dict(), "full": full.state_dict(), "resumed": resumed.state_dict()}}

@@ -26,8 +26,9 @@ class TrainConfig:
         val_every: steps between validations; None validates at the end of every epoch.
         val_batches: validate on at most this many batches per rank (None: the whole set).
         ckpt_every: steps between ``checkpoints/last.pt`` writes (one is always written at the end).
-        ckpt_minutes: also write a checkpoint at the first check (``log_every``) after this many
-            minutes since the last one; None: by steps only.
+        ckpt_minutes: also write a checkpoint once this many minutes passed since the last one
+            (after the step; under DDP at the next check, every ``log_every`` steps); None: by
+            steps only.
         keep_last: checkpoints kept: ``last.pt`` plus, for K > 1, ``step_<N>.pt`` of the K
             newest (``last.pt`` is a hard link to the newest).
         sample_every: steps between calls of the image callbacks (and once at the end).
