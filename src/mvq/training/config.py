@@ -7,6 +7,20 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIONAL_INTS = ("max_steps", "epochs", "val_every", "val_batches")
+INT_MINIMUMS = {"batch_size": 1, "log_every": 1, "ckpt_every": 1, "sample_every": 1,
+                "grad_accum": 1, "keep_last": 1, "warmup_steps": 0, "num_workers": 0,
+                **dict.fromkeys(OPTIONAL_INTS, 1)}  # fmt: skip
+
+
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool (YAML's ``true`` is not a step count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _invalid(name: str, value: object, rule: str) -> None:
+    """Raise the one-line error for field ``name``."""
+    raise ValueError(f"TrainConfig.{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -83,45 +97,35 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # YAML and JSON give lists
         for name, choices in (("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"TrainConfig.{name} must be one of {', '.join(choices)}, "
-                    f"got '{getattr(self, name)}'"
-                )
+                _invalid(name, getattr(self, name), f"one of {', '.join(choices)}")
         for name in ("tf32", "compile", "find_unused_parameters"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"TrainConfig.{name} must be true or false, got {getattr(self, name)!r}"
-                )
-        for name in ("batch_size", "log_every", "ckpt_every", "sample_every", "grad_accum",
-                     "keep_last"):  # fmt: skip
+                _invalid(name, getattr(self, name), "true or false")
+        for name, low in INT_MINIMUMS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(
-                f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}"
-            )
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(
-                f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}"
-            )
-        if self.ckpt_minutes is not None and self.ckpt_minutes <= 0:
-            raise ValueError(
-                f"TrainConfig.ckpt_minutes must be > 0 or None, got {self.ckpt_minutes}"
-            )
+            if value is None and name in OPTIONAL_INTS:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                _invalid(
+                    name, value, f"an integer >= {low}" + (" or null" * (name in OPTIONAL_INTS))
+                )
+        for name, ok, rule in (
+            ("lr", lambda v: v > 0, "> 0"),
+            ("min_lr", lambda v: 0 <= v <= self.lr, f"in [0, lr={self.lr}]"),
+            ("grad_clip", lambda v: v > 0, "> 0 or null"),
+            ("ema_decay", lambda v: 0 < v < 1, "in (0, 1) or null"),
+            ("ckpt_minutes", lambda v: v > 0, "> 0 or null"),
+        ):
+            value = getattr(self, name)
+            if value is None and rule.endswith("null"):
+                continue
+            if not _is_number(value) or not ok(value):
+                _invalid(name, value, rule)
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"TrainConfig.batch_size {self.batch_size} does not split into "
                 f"grad_accum={self.grad_accum} micro-batches"
             )
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        for name in ("max_steps", "epochs", "val_every", "val_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
 
     def total_steps(self, batches_per_epoch: int) -> int:
         """Steps the run ends at: ``max_steps``, else ``epochs`` whole epochs."""
