@@ -183,7 +183,11 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from run-dir's last checkpoint (none yet: start the run)",
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
 
