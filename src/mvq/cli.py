@@ -1,5 +1,5 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``.
+``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq viz``, ``mvq report``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -117,6 +117,18 @@ def _demo(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _viz(args: argparse.Namespace) -> None:
+    from mvq.viz import run
+
+    print(json.dumps(run(args)))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from mvq.report import write_report
+
+    print(write_report(args.dir, args.out))
+
+
 def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the model go")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -180,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the main job: MVQVAE vs VQ-VAE-2 on Fashion-MNIST")
     add_arguments(dm)
     dm.set_defaults(func=_demo)
+    from mvq.viz import add_arguments as viz_arguments
+
+    vz = sub.add_parser("viz", help="figures of a trained tokenizer (transfer, compose, ...)")
+    viz_arguments(vz)
+    vz.set_defaults(func=_viz)
+    rp = sub.add_parser("report", help="one static HTML page of a run or a folder of runs")
+    rp.add_argument("dir", help="a run directory, a demo directory or a sweep directory")
+    rp.add_argument("--out", help="the HTML file (default: DIR/report.html)")
+    rp.set_defaults(func=_report)
     return parser
 
 
