@@ -261,12 +261,14 @@ def codebook_counts(model: Tokenizer, data: Dataset, batch_size: int = 250) -> d
 def plot_codebook(counts: dict[str, Tensor], num_images: int) -> Figure:
     """Bar charts of ``codebook_counts``, one panel per codebook, with usage and perplexity."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(4.2 * len(counts), 3.2), layout="constrained")
     for ax, (name, c) in zip(
         fig.subplots(1, len(counts), squeeze=False)[0], counts.items(), strict=True
     ):
         ax.bar(range(len(c)), c.numpy(), color="#4c72b0" if name != "mask bits" else "#dd8452")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if name == "mask bits":
             ax.set_title(f"mask bits on ({num_images} images)")
             ax.set_xlabel("secondary dimension d")
@@ -420,14 +422,16 @@ def tokenizer_figure(
     if kind == "transfer":
         return block_grid(transfer(model, x, random_masks(model, 6, g)))  # type: ignore[arg-type]
     if kind == "compose":
-        return block_grid(compose(model, x, g), blocks_per_row=n)
+        return block_grid(compose(model, x, g).unflatten(1, (3, 3)), blocks_per_row=n)
     if kind == "dimensions":
         dims = opts.dims if opts.dims is not None else rank_dimensions(model, x)[:n]
         return block_grid(dimensions(model, x, dims))
     if kind == "diversity":
         return block_grid(diversity(model, x, 8, g).unflatten(1, (2, 4)), blocks_per_row=3)
     if kind == "reconstructions":
-        return block_grid(reconstructions(model, x).unflatten(1, (-1, min(n, 8))).transpose(0, 1))
+        cols = min(n, 8)  # blocks of 8 originals over their 8 reconstructions
+        pairs = reconstructions(model, x[: n - n % cols])  # (2, N, C, H, W)
+        return block_grid(pairs.unflatten(1, (-1, cols)).transpose(0, 1))
     raise VizError(f"unknown figure '{kind}'; choose one of {', '.join(KINDS)}")
 
 
