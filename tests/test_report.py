@@ -4,6 +4,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_report_of_a_demo_folder_puts_runs_side_by_side(
     rows = re.findall(r"<tr><td><a href='#run-([\w-]+)'>", side)
     assert rows == ["mvqvae", "mvqvae_prior", "vqvae2"]
     assert "<td>0.0982</td>" in text  # metrics.md as a table
-    assert "samples of the prior trained on its tokens (samples_mvqvae.png)" in text
+    assert "samples_mvqvae.png: images sampled from the prior trained on mvqvae" in text
     vqvae2 = text[text.index("id='run-vqvae2'") :]
     assert "reconstructions:" in vqvae2 and "compose:" not in vqvae2  # MVQ figures: MVQ only
     check_in_browser(out, tmp_path)
@@ -145,3 +146,38 @@ def test_report_of_a_sweep_and_bad_folders(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY_TRAIN = ["--max-steps", "6", "--batch-size", "8",
+              *(a for s in ("model_config.channels=16", "model_config.res_channels=8",
+                            "model_config.num_hypotheses=8", "train.val_batches=1")
+                for a in ("--set", s))]  # fmt: skip
+
+
+def tour_commands() -> list[list[str]]:
+    """The ``mvq`` lines of the README's Tour block, comments dropped."""
+    tour = README.read_text().split("## Tour", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", tour, flags=re.S).group(1)
+    return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")  # fmt: skip
+def test_readme_tour_commands_run(tmp_path, tiny_vqvae2_model, monkeypatch, capsys) -> None:
+    """Every Tour line, as written; training shortened and fewer images (options appended)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(README.parent / "configs")
+    commands = tour_commands()
+    assert [c[:2] for c in commands] == [["mvq", "train"], *[["mvq", "viz"]] * 2,
+                                         *[["mvq", "report"]] * 2]  # fmt: skip
+    for cmd in commands:
+        extra = {"train": TINY_TRAIN, "viz": ["--n", "2"]}.get(cmd[1], [])
+        if cmd[1] == "report" and "runs/demo" in cmd:  # a demo folder: this run and a VQVAE2
+            shutil.copytree(tmp_path / "runs" / "mvq_s4", tmp_path / "runs" / "demo" / "mvqvae")
+            shutil.copytree(tiny_vqvae2_model, tmp_path / "runs" / "demo" / "vqvae2" / "model")
+        assert main([*cmd[1:], *extra]) == 0, cmd
+    assert (tmp_path / "runs/mvq_s4/viz/compose.png").is_file()
+    assert len(list((tmp_path / "runs/mvq_s4/viz").glob("*.png"))) == 7
+    assert "vqvae2" in (tmp_path / "runs/demo/report.html").read_text()
+    assert (tmp_path / "runs/mvq_s4/report.html").is_file()

@@ -141,6 +141,11 @@ def read_run(path: Path, root: Path) -> Run:
     if source.model_dir is not None:
         meta = json.loads((source.model_dir / "config.json").read_text())
         run.model_class, run.model_config = meta["class"], dict(meta["config"])
+        tokenizer = source.model_dir / "tokenizer.json"  # a prior: the tokenizer of its tokens
+        if tokenizer.is_file():
+            ident = json.loads(tokenizer.read_text())
+            sha = str(ident.get("sha256", ""))[:12]
+            run.model_config["tokenizer"] = f"{ident.get('class')} (weights sha256 {sha}...)"
     run.train_config = train_config(path)
     run.final, run.steps = final_metrics(path / "metrics.csv")
     run.evals = find_evals(path)
@@ -297,7 +302,7 @@ def run_images(run: Run, root: Path) -> list[tuple[str, Path]]:
     for grid in sorted(run.path.rglob("grid.png")):
         found.append((f"samples: {grid.relative_to(root)}", grid))
     beside = run.path.parent / f"samples_{run.path.name}.png"
-    if beside.is_file():
+    if beside.is_file() and beside.parent != root:  # else the overview shows it
         found.append((f"samples of the prior trained on its tokens ({beside.name})", beside))
     return found
 
@@ -379,8 +384,17 @@ def overview_html(root: Path, runs: list[Run]) -> str:
     if len(runs) > 1:
         parts.append("<h3>Runs side by side</h3>" + comparison_html(runs))
     for png in sorted(root.glob("*.png")):
-        parts.append(img(png_uri(png.read_bytes()), png.name))
+        parts.append(img(png_uri(png.read_bytes()), f"{png.name}: {demo_caption(png.name)}"))
     return "".join(parts) + "</section>"
+
+
+def demo_caption(name: str) -> str:
+    """What the PNGs ``mvq demo`` writes show (empty for other files)."""
+    if name == "reconstructions.png":
+        return "rows: test images, VQ-VAE-2 reconstructions, MVQVAE reconstructions"
+    if name.startswith("samples_"):
+        return f"images sampled from the prior trained on {name[8:-4]}'s tokens, decoded by it"
+    return ""
 
 
 def under_runs(path: Path, runs: list[Run]) -> bool:
