@@ -49,8 +49,9 @@ CAPTIONS = {
     "compose": "Fig. 6b, per image: centre D(e), the primary code alone; the four orthogonal "
     "neighbours add one masked configuration each, D(e + f(e'⊙m_i)); the corners add the two "
     "of their neighbours, D(e + f(e'⊙m_a) + f(e'⊙m_b)).",
-    "dimensions": "Fig. 2: one row per secondary dimension, most visible first; the weight of "
-    "that mask bit runs 0 (off), 0.25, ..., 1 (on), ..., 2, the rest of the searched mask fixed.",
+    "dimensions": "Fig. 2: one row per secondary dimension (the 8 most visible, on the image of "
+    "16 where they show most); the weight of that mask bit runs 0 (off), 0.25, ..., 1 (on), "
+    "..., 2, the rest of the image's searched mask fixed.",
     "diversity": "Fig. 8: each 2x4 block is one code vector (e, e') under 8 random masks.",
 }
 REPORT_CODEBOOK_IMAGES = 2000
@@ -200,10 +201,11 @@ def figure_uri(figure: Any, image_size: int) -> str:
     return png_uri(buf.getvalue())
 
 
-def img(uri: str, caption: str, pixels: bool = True) -> str:
+def img(uri: str, caption: str, pixels: bool = True, width: int | None = None) -> str:
     """A figure with an embedded image and its caption; ``pixels``: an image grid, drawn with
-    sharp pixels (a plot is smoothed instead)."""
+    sharp pixels (a plot is smoothed instead); ``width``: display width in CSS pixels."""
     cls = " class='grid'" if pixels else ""
+    cls += f" width='{width}'" if width else ""
     return (
         f'<figure><img{cls} src="{uri}" alt="{esc(caption)}">'
         f"<figcaption>{esc(caption)}</figcaption></figure>"
@@ -329,6 +331,15 @@ def metrics_html(run: Run) -> str:
     return f"<p>Last logged values, step {run.steps}.</p>" + table(["metric", *splits], rows)
 
 
+def display_width(png: Path) -> int | None:
+    """Three times the width of a grid of small images (< 100 pixels high), else None."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        width, height = image.size
+    return 3 * width if height < 100 else None
+
+
 def run_section(run: Run, root: Path) -> str:
     """One run: config, metrics, eval tables, figures and the PNG grids found."""
     kind = run.model_class or "run in progress (no model/ yet)"
@@ -341,7 +352,8 @@ def run_section(run: Run, root: Path) -> str:
     images = run_images(run, root)
     if images:
         parts.append("<h3>Images in the run</h3>")
-        parts += [img(png_uri(p.read_bytes()), caption) for caption, p in images]
+        parts += [img(png_uri(p.read_bytes()), caption, width=display_width(p))
+                  for caption, p in images]  # fmt: skip
     return "".join(parts) + "</section>"
 
 

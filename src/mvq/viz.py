@@ -9,6 +9,7 @@ The figure functions are pure: they take a tokenizer and images ``(B, C, H, W)``
 and return image blocks ``(..., C, H, W)`` in [-1, 1] (``block_grid`` lays them out) or a
 matplotlib ``Figure``. MVQ-only figures (``transfer``, ``compose``, ``dimensions``,
 ``diversity``) raise ``VizError`` for another tokenizer: the CLI prints one line, exit 2.
+MVQ's ``encode`` searches masks with the global torch RNG: seed it for repeatable figures.
 
     mvq viz RUN_DIR --kind compose --out RUN_DIR/viz [--n 4] [--seed 0] [--device cpu]
 """
@@ -191,8 +192,9 @@ def dimensions(
     parts = split_codes(mvq, mvq.encode(x[:1]))
     r, a = len(dims), len(alphas)
     weights = parts.mask.float().repeat(r * a, 1)  # (R*A, D')
-    rows = torch.tensor(dims).repeat_interleave(a)
-    weights[torch.arange(r * a), rows] = torch.tensor(alphas, device=weights.device).repeat(r)
+    dev = weights.device
+    rows = torch.tensor(dims, device=dev).repeat_interleave(a)  # (R*A,) the dimension changed
+    weights[torch.arange(r * a, device=dev), rows] = torch.tensor(alphas, device=dev).repeat(r)
     e = parts.primary.expand(r * a, -1, -1, -1)
     code = parts.secondary.expand(r * a, -1, -1, -1)
     images = decode_latent_sum(mvq, e + masked_term(mvq, code, weights, e))
@@ -200,20 +202,26 @@ def dimensions(
 
 
 @torch.no_grad()
-def rank_dimensions(model: Tokenizer, x: Tensor) -> list[int]:
-    """Secondary dimensions, most visible first: mean |D(bit on) - D(bit off)| over ``x``."""
+def dimension_effects(model: Tokenizer, x: Tensor) -> Tensor:
+    """How much each secondary dimension changes each image, ``(B, D')`` on the CPU: the mean
+    |D(bit d on) - D(bit d off)| over pixels, the rest of the image's searched mask kept."""
     mvq = require_mvq(model, "dimensions")
     parts = split_codes(mvq, mvq.encode(x))
-    d2 = mvq.quantizer.secondary_dim
-    effect = torch.zeros(d2)
-    for d in range(d2):
-        on, off = parts.mask.float(), parts.mask.float()
+    effects = torch.zeros(len(x), mvq.quantizer.secondary_dim)
+    for d in range(effects.shape[1]):
+        on, off = parts.mask.float(), parts.mask.float()  # (B, D') each
         on[:, d], off[:, d] = 1.0, 0.0
-        pair = [decode_latent_sum(mvq, parts.primary + masked_term(mvq, parts.secondary, w,
-                                                                   parts.primary))
-                for w in (on, off)]  # fmt: skip
-        effect[d] = (pair[0] - pair[1]).abs().mean()
-    return effect.argsort(descending=True).tolist()
+        e, code = parts.primary, parts.secondary
+        pair = [decode_latent_sum(mvq, e + masked_term(mvq, code, w, e)) for w in (on, off)]
+        effects[:, d] = (pair[0] - pair[1]).abs().flatten(1).mean(1).cpu()
+    return effects
+
+
+def pick_dimensions(effects: Tensor, n: int) -> tuple[int, list[int]]:
+    """The ``n`` dimensions most visible on average over ``effects`` ``(B, D')``, and the image
+    on which they show most."""
+    dims = effects.mean(0).argsort(descending=True)[:n]
+    return int(effects[:, dims].sum(1).argmax()), dims.tolist()
 
 
 @torch.no_grad()
@@ -424,8 +432,9 @@ def tokenizer_figure(
     if kind == "compose":
         return block_grid(compose(model, x, g).unflatten(1, (3, 3)), blocks_per_row=n)
     if kind == "dimensions":
-        dims = opts.dims if opts.dims is not None else rank_dimensions(model, x)[:n]
-        return block_grid(dimensions(model, x, dims))
+        image, top = pick_dimensions(dimension_effects(model, x), n)
+        dims = opts.dims if opts.dims is not None else top
+        return block_grid(dimensions(model, x[image : image + 1], dims))
     if kind == "diversity":
         return block_grid(diversity(model, x, 8, g).unflatten(1, (2, 4)), blocks_per_row=3)
     if kind == "reconstructions":
