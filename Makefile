@@ -19,7 +19,14 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(STAMP) lint
+CHROMIUM := /usr/bin/chromium
+
+# Debian's chromium opens `mvq report` pages headless in the tests; they are skipped without it.
+$(CHROMIUM):
+	-(apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1 || \
+	  echo "chromium not installed via apt; the browser tests of mvq report will be skipped"
+
+test: $(STAMP) lint $(CHROMIUM)
 	OMP_NUM_THREADS=2 $(BIN)/pytest
 
 FMNIST := /usr/share/datasets/fashion-mnist

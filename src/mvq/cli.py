@@ -1,6 +1,6 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
 ``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``, ``mvq reconstruct``,
-``mvq tokenize``, ``mvq decode``.
+``mvq tokenize``, ``mvq decode``, ``mvq viz``, ``mvq report``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -173,6 +173,19 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_command(args)
 
 
+
+def _viz(args: argparse.Namespace) -> None:
+    from mvq.viz import run
+
+    print(json.dumps(run(args)))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from mvq.report import write_report
+
+    print(write_report(args.dir, args.out))
+
+
 DEVICE_HELP = "auto (cuda if available), cpu, cuda or cuda:N; torchrun: LOCAL_RANK's GPU"
 
 
@@ -275,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="a resumable grid of runs with one budget, and its table")
     add_sweep_arguments(sw)
     sw.set_defaults(func=_sweep)
+
+    from mvq.viz import add_arguments as viz_arguments
+
+    vz = sub.add_parser("viz", help="figures of a trained tokenizer (transfer, compose, ...)")
+    viz_arguments(vz)
+    vz.set_defaults(func=_viz)
+    rp = sub.add_parser("report", help="one static HTML page of a run or a folder of runs")
+    rp.add_argument("dir", help="a run directory, a demo directory or a sweep directory")
+    rp.add_argument("--out", help="the HTML file (default: DIR/report.html)")
+    rp.set_defaults(func=_report)
     return parser
 
 
