@@ -860,7 +860,7 @@ def run_sweep(
     jobs = max(1, min(jobs, len(selected)))
     per_cell = str(max(1, threads // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": per_cell, "MKL_NUM_THREADS": per_cell}
-    env.setdefault("TQDM_MININTERVAL", "30")  # stage logs get a progress line per 30 s, not per step
+    env.setdefault("TQDM_MININTERVAL", "30")  # a progress line per 30 s in logs, not per step
     progress = Progress(len(cells))
 
     def one(cell: Cell) -> CellOutcome:
