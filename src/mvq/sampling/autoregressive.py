@@ -95,7 +95,9 @@ def sample_autoregressive(
     return sample_in_batches(prior, n, labels, batch_size, batch)
 
 
-def _uncached_batch(prior, labels: Tensor | None, B: int, draw: dict, generator):
+def _uncached_batch(
+    prior, labels: Tensor | None, B: int, draw: dict, generator
+) -> dict[str, Tensor]:
     """``B`` instances, recomputing the whole prefix at every step (no cache)."""
     c = prior.config
     seq = prior.start_tokens(labels, B, "primary")  # (B, 1)
@@ -127,7 +129,8 @@ def sample_autoregressive_naive(
 ) -> dict[str, Tensor]:
     """The benchmark baseline: like ``sample_autoregressive`` but without a cache (every step
     recomputes the full prefix), by default one instance at a time. Same arguments and output;
-    with the same ``batch_size`` and seed it draws the same tokens as the cached sampler."""
+    with the same ``batch_size`` and seed it makes the same random draws as the cached sampler,
+    so the same tokens up to the float rounding of the logits."""
     require_prior(prior, "TransformerPrior", "sample_autoregressive_naive")
     check_sampling_args(n, temperature, top_k, top_p, batch_size)
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
