@@ -2,23 +2,35 @@
 
     python benchmarks/quantizers.py [--rounds 5] [--repeats 30]
 
-Cases (training mode, backward on ``mean(quantized**2) + aux loss``):
-  1. VQ, K = 512 codes of D = 64, input (32, 256, 64): ``VectorQuantizer`` (ours, takes the
-     channel-first view (B, C, N)), ``vector_quantize_pytorch.VectorQuantize`` (channel-last, its
-     default EMA codebook) and a plain ``torch.cdist`` + ``argmin`` VQ for reference. The distance
-     matmul costs 2·N·K·D flops; the same matmul alone gives the arithmetic limit.
+Cases (training mode, backward on ``mean(quantized**2) + aux loss``), each against a baseline
+measured in the same run:
+  1. VQ, K = 512 codes of D = 64, input (32, 256, 64). Ours (``VectorQuantizer``, fed the
+     channel-first view (B, C, N)) against ``vector_quantize_pytorch.VectorQuantize`` like for
+     like: straight-through gradient (``rotation_trick=False``), commitment weight 0.25 as our
+     beta, and
+       - no EMA vs no EMA: ours ``ema=False`` (codebook loss) against theirs with
+         ``learnable_codebook=True, ema_update=False`` (codebook learned by gradient);
+       - EMA vs EMA: ours ``ema=True`` against theirs with its EMA (its default), both decay 0.99.
+     Their defaults (EMA with decay 0.8, the rotation trick: another gradient and extra work,
+     commitment 1.0) are a separate row, not like for like. A plain ``torch.cdist`` + ``argmin``
+     VQ is a third baseline. The arithmetic limit: the distance GEMM costs 2·B·N·K·D flops (the
+     backward has none: argmin has no gradient), and the same GEMM alone, timed in the run,
+     gives this machine's rate; every VQ row reports the GEMM's time over its own.
   2. FSQ, levels (8, 5, 5, 5), input (32, 256, 4): ``FSQ`` (ours, channel-first view again) and
-     ``vector_quantize_pytorch.FSQ``. Ours also checks its input for NaN/Inf and computes usage
-     and perplexity (timed apart as ``fsq_input_check`` and ``fsq_codebook_stats``); theirs
-     does neither. ``quantize()`` alone compares the two quantisers without the module around.
+     ``vector_quantize_pytorch.FSQ``; like for like, our ``bound="vqpytorch"`` computes their
+     formula. Ours also checks its input for NaN/Inf and computes usage and perplexity (timed
+     apart as ``fsq_input_check`` and ``fsq_codebook_stats``); theirs does neither.
+     ``quantize()`` alone compares the two quantisers without the module around. FSQ has no
+     GEMM: a few elementwise passes over 128 KiB, bound by overheads, so no arithmetic limit.
 Each figure is the median over ``rounds`` of per-round medians; the cases are interleaved in
 every round so that load from other processes hits all of them alike. Prints a table, then, as
-the last line, one JSON object with every figure.
+the last line, one JSON object with every figure, the baseline of each ratio and the versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import statistics
 import time
@@ -76,17 +88,30 @@ class CdistVQ(torch.nn.Module):
         return (flat + (q - flat).detach()).view_as(x), loss
 
 
-def vq_cases() -> dict[str, Callable[[], object]]:
-    """Forward+backward steps of the three VQs and the forward-only / matmul-only figures."""
+def settings(vq: torch.nn.Module) -> dict[str, object]:
+    """The options of a ``vqp.VectorQuantize`` that decide what it computes, as it reports them."""
+    return {
+        "rotation_trick": bool(vq.rotation_trick),
+        "ema_update": bool(vq._codebook.ema_update),
+        "learnable_codebook": bool(vq.learnable_codebook),
+        "decay": float(vq._codebook.decay),
+        "commitment_weight": float(vq.commitment_weight),
+    }
+
+
+def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, object]]]:
+    """Forward+backward steps of our VQs, vector-quantize-pytorch's and cdist, and the GEMM;
+    with the settings of each vector-quantize-pytorch layer."""
     x = torch.randn(B, N, D, requires_grad=True)  # (B, N, D) channel-last
     z = x.detach().transpose(1, 2).requires_grad_()  # (B, D, N) view, what ours takes
-    ours, theirs, cdist = (
-        VectorQuantizer(K, D),
-        vqp.VectorQuantize(dim=D, codebook_size=K),
-        CdistVQ(),
-    )
-    ours_ema = VectorQuantizer(K, D, ema=True)
-    ours_eval = VectorQuantizer(K, D).eval()
+    like = dict(dim=D, codebook_size=K, rotation_trick=False, commitment_weight=0.25)
+    theirs = {
+        "vq_vqpytorch_noema": vqp.VectorQuantize(**like, learnable_codebook=True, ema_update=False),
+        "vq_vqpytorch_ema": vqp.VectorQuantize(**like, decay=0.99),
+        "vq_vqpytorch_defaults": vqp.VectorQuantize(dim=D, codebook_size=K),
+    }
+    ours, ours_ema = VectorQuantizer(K, D), VectorQuantizer(K, D, ema=True, decay=0.99)
+    ours_eval, cdist = VectorQuantizer(K, D).eval(), CdistVQ()
     flat, codebook_t = torch.randn(B * N, D), torch.randn(D, K)
 
     def ours_out(vq: VectorQuantizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,14 +122,16 @@ def vq_cases() -> dict[str, Callable[[], object]]:
         with torch.no_grad():
             ours_eval(z)
 
-    return {
+    cases: dict[str, Callable[[], object]] = {
         "vq_ours": fwd_bwd(lambda: ours_out(ours)),
         "vq_ours_ema": fwd_bwd(lambda: ours_out(ours_ema)),
-        "vq_vqpytorch": fwd_bwd(lambda: theirs(x)[::2]),  # (quantized, indices, loss)
         "vq_cdist": fwd_bwd(lambda: cdist(x)),
         "vq_forward_ours": forward_only,
         "vq_distance_matmul": lambda: torch.mm(flat, codebook_t),
     }
+    for name, vq in theirs.items():  # (quantized, indices, loss) -> (quantized, loss)
+        cases[name] = fwd_bwd(lambda vq=vq: vq(x)[::2])
+    return cases, {name: settings(vq) for name, vq in theirs.items()}
 
 
 def fsq_cases() -> dict[str, Callable[[], object]]:
@@ -112,10 +139,17 @@ def fsq_cases() -> dict[str, Callable[[], object]]:
     x = torch.randn(B, N, len(LEVELS), requires_grad=True)  # (B, N, d) channel-last
     z = x.detach().transpose(1, 2).requires_grad_()  # (B, d, N) view, what ours takes
     ours, theirs = FSQ(LEVELS), vqp.FSQ(levels=list(LEVELS))
+    ours_theirs_bound = FSQ(LEVELS, bound="vqpytorch")
     zero = torch.zeros(())
     indices = ours(z).indices
+
+    def module(fsq: FSQ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = fsq(z)
+        return out.quantized, out.loss
+
     return {
-        "fsq_ours": fwd_bwd(lambda: (lambda out: (out.quantized, out.loss))(ours(z))),
+        "fsq_ours": fwd_bwd(lambda: module(ours)),
+        "fsq_ours_vqpytorch_bound": fwd_bwd(lambda: module(ours_theirs_bound)),
         "fsq_vqpytorch": fwd_bwd(lambda: (theirs(x)[0], zero)),  # (quantized, indices)
         "fsq_quantize_ours": fwd_bwd(lambda: (ours.quantize(x), zero)),
         "fsq_quantize_vqpytorch": fwd_bwd(lambda: (theirs.quantize(x), zero)),
@@ -133,44 +167,63 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, repeats: int) -
     return {name: statistics.median(ms) for name, ms in per_round.items()}
 
 
-def report(ms: dict[str, float]) -> dict[str, float | int | str]:
+# (label, ours, baseline, JSON name of ours / baseline); every baseline is timed in the same run
+ROWS = [
+    ("VQ no EMA vs vqpytorch no EMA, no rotation", "vq_ours", "vq_vqpytorch_noema",
+     "vq_noema_time_over_vqpytorch_noema"),
+    ("VQ EMA vs vqpytorch EMA, no rotation", "vq_ours_ema", "vq_vqpytorch_ema",
+     "vq_ema_time_over_vqpytorch_ema"),
+    ("VQ EMA vs vqpytorch DEFAULTS (rotation trick)", "vq_ours_ema", "vq_vqpytorch_defaults",
+     "vq_ema_time_over_vqpytorch_defaults"),
+    ("VQ no EMA vs cdist+argmin", "vq_ours", "vq_cdist", "vq_time_over_cdist"),
+    ("VQ forward (eval, no grad) vs distance GEMM", "vq_forward_ours", "vq_distance_matmul",
+     "vq_forward_time_over_matmul"),
+    ("FSQ (8,5,5,5) vs vqpytorch FSQ", "fsq_ours", "fsq_vqpytorch", "fsq_time_over_vqpytorch"),
+    ("FSQ bound='vqpytorch' vs vqpytorch FSQ", "fsq_ours_vqpytorch_bound", "fsq_vqpytorch",
+     "fsq_vqpytorch_bound_time_over_vqpytorch"),
+    ("FSQ quantize() only", "fsq_quantize_ours", "fsq_quantize_vqpytorch",
+     "fsq_quantize_time_over_vqpytorch"),
+]  # fmt: skip
+VQ_STEPS = ["vq_ours", "vq_ours_ema", "vq_vqpytorch_noema", "vq_vqpytorch_ema",
+            "vq_vqpytorch_defaults", "vq_cdist", "vq_forward_ours"]  # fmt: skip
+
+
+def report(ms: dict[str, float], vqpytorch_settings: dict[str, object]) -> dict[str, object]:
     """Print the table and return every figure for the JSON line."""
-    flops = 2 * B * N * K * D  # the distance matmul of the VQ forward
-    figures: dict[str, float | int | str] = {f"{name}_ms": round(t, 4) for name, t in ms.items()}
+    flops = 2 * B * N * K * D  # the distance GEMM of a VQ forward (the backward has none)
+    gemm_gflops = flops / ms["vq_distance_matmul"] / 1e6
+    figures: dict[str, object] = {f"{name}_ms": round(t, 4) for name, t in ms.items()}
+    figures |= {key: ms[a] / ms[b] for _, a, b, key in ROWS}
+    figures["baselines"] = {key: b for _, _, b, key in ROWS}  # all measured in this run
+    figures["vqpytorch_settings"] = vqpytorch_settings
     figures |= {
-        "vq_time_over_vqpytorch": ms["vq_ours"] / ms["vq_vqpytorch"],
-        "vq_time_over_cdist": ms["vq_ours"] / ms["vq_cdist"],
-        "vq_ema_time_over_vqpytorch": ms["vq_ours_ema"] / ms["vq_vqpytorch"],
-        "fsq_time_over_vqpytorch": ms["fsq_ours"] / ms["fsq_vqpytorch"],
-        "fsq_quantize_time_over_vqpytorch": ms["fsq_quantize_ours"] / ms["fsq_quantize_vqpytorch"],
-        "vq_forward_flops": flops,
-        "vq_forward_gflops": flops / ms["vq_forward_ours"] / 1e6,
-        "matmul_gflops": flops / ms["vq_distance_matmul"] / 1e6,
-        "vq_forward_fraction_of_matmul_limit": ms["vq_distance_matmul"] / ms["vq_forward_ours"],
+        "vq_distance_gemm_flops": flops,
+        "matmul_gflops": gemm_gflops,  # this run's measured GEMM rate: the arithmetic limit
+        # GEMM time / step time: the fraction of the limit each VQ step reaches
+        "fraction_of_gemm_limit": {n: ms["vq_distance_matmul"] / ms[n] for n in VQ_STEPS},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "vector_quantize_pytorch": getattr(vqp, "__version__", "unknown"),
+        "vector_quantize_pytorch": importlib.metadata.version("vector-quantize-pytorch"),
     }
-    rows = [
-        ("VQ K=512 D=64 (32,256,64) fwd+bwd", "vq_ours", "vq_vqpytorch"),
-        ("  ours EMA vs vqpytorch (EMA)", "vq_ours_ema", "vq_vqpytorch"),
-        ("  ours vs cdist+argmin", "vq_ours", "vq_cdist"),
-        ("  forward only (eval, no grad) vs matmul", "vq_forward_ours", "vq_distance_matmul"),
-        ("FSQ (8,5,5,5) (32,256,4) fwd+bwd", "fsq_ours", "fsq_vqpytorch"),
-        ("  quantize() only", "fsq_quantize_ours", "fsq_quantize_vqpytorch"),
-    ]
-    print(f"{'case':44s} {'ours ms':>9s} {'other ms':>9s} {'ratio':>7s}")
-    for label, a, b in rows:
-        print(f"{label:44s} {ms[a]:9.3f} {ms[b]:9.3f} {ms[a] / ms[b]:7.2f}")
+    print(f"{'case':46s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>7s}")
+    for label, a, b, _ in ROWS:
+        print(f"{label:46s} {ms[a]:9.3f} {ms[b]:9.3f} {ms[a] / ms[b]:7.2f}")
     print(
-        f"VQ distance matmul: {flops / 1e6:.0f} MFLOP, limit {figures['matmul_gflops']:.1f} "
-        f"GFLOP/s; our forward reaches {figures['vq_forward_gflops']:.1f} GFLOP/s "
-        f"({100 * figures['vq_forward_fraction_of_matmul_limit']:.0f}% of the limit)"
+        f"Distance GEMM (8192x64)·(64x512): {flops / 1e6:.0f} MFLOP in "
+        f"{ms['vq_distance_matmul']:.3f} ms = {gemm_gflops:.1f} GFLOP/s, the arithmetic limit."
     )
+    print("Fraction of that limit reached (GEMM time / step time):")
+    for name in VQ_STEPS:
+        print(f"  {name:24s} {ms[name]:8.3f} ms  {100 * ms['vq_distance_matmul'] / ms[name]:5.1f}%")
     print(
         f"FSQ module overheads inside fsq_ours: input check {ms['fsq_input_check']:.3f} ms, "
-        f"codebook_stats {ms['fsq_codebook_stats']:.3f} ms (vqpytorch computes neither)"
+        f"codebook_stats {ms['fsq_codebook_stats']:.3f} ms (vqpytorch computes neither); "
+        "FSQ has no GEMM, so no arithmetic limit is given."
     )
+    for name, options in vqpytorch_settings.items():
+        print(f"{name}: {options}")
+    version = figures["vector_quantize_pytorch"]
+    print(f"vector-quantize-pytorch {version}, torch {torch.__version__}")
     return figures
 
 
@@ -182,8 +235,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ms = measure(vq_cases() | fsq_cases(), args.rounds, args.repeats)
-    print(json.dumps(report(ms)))
+    cases, vqpytorch_settings = vq_cases()
+    ms = measure(cases | fsq_cases(), args.rounds, args.repeats)
+    print(json.dumps(report(ms, vqpytorch_settings)))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = torch.rand(32, 1, 28, 28, device=args.device) * 2 - 1
     res: dict[str, float | str] = {"device": args.device, "threads": args.threads}
+    res["baseline"] = "vqvae2, measured in this run (every *_over_vqvae2 divides by it)"
     print(f"{'tokenizer':>22} {'img/s':>8} {'vs VQVAE2':>10}")
     for key, (name, overrides) in VARIANTS.items():
         rate = images_per_second(name, overrides, x, args.repeats)

@@ -22,7 +22,6 @@ from mvq.data import (
     dataset_info,
     uint8_to_float,
 )
-from mvq.data.fashion_mnist import DEBIAN_ROOT
 
 # ---------------------------------------------------------------- writers of the real formats
 
@@ -254,11 +253,9 @@ def test_fashion_mnist_corrupt_file(tmp_path: Path, damage, message: str) -> Non
     assert str(path) in str(err.value)
 
 
-@pytest.mark.skipif(
-    not DEBIAN_ROOT.is_dir(),
-    reason=f"{DEBIAN_ROOT} absent (apt-get install dataset-fashion-mnist)",
-)
-def test_real_fashion_mnist_from_debian_package() -> None:
+@pytest.mark.real_data
+def test_real_fashion_mnist_from_its_default_place() -> None:
+    """Debian's dataset-fashion-mnist (or the user cache): the real files, read with root=None."""
     train = build_dataset("fashion_mnist", None, "train")
     val = build_dataset("fashion_mnist", None, "val")
     assert (len(train), len(val)) == (60000, 10000)

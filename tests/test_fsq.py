@@ -189,10 +189,11 @@ def test_vqpytorch_variant_matches_vector_quantize_pytorch(levels):
     ours = FSQ(levels, bound="vqpytorch")(z.movedim(-1, 1))
     assert torch.equal(ours.quantized.movedim(1, -1), theirs_q)
     assert torch.equal(ours.indices, theirs_idx.long())
-    # theirs (1+eps, atanh) differs from the paper's formula by one level near bin edges
+    # theirs (1+eps, atanh) differs from the paper's formula by one level near bin edges:
+    # on these seeded inputs 0.63% (3, 4, 6, 7) to 1.37% (8, 8, 8, 5, 5, 5) of the tokens
     reference = FSQ(levels)(z.movedim(-1, 1)).indices
     differ = (reference != ours.indices).float().mean().item()
-    assert 0 < differ < 0.03, differ
+    assert 0.005 < differ < 0.015, differ
 
 
 @pytest.mark.parametrize("levels", [(8, 5, 5, 5), (4, 4), (2, 2, 2)])

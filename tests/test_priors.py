@@ -312,22 +312,25 @@ def test_load_prior_rejects_other_models(tmp_path):
 
 # ---------------------------------------------------------------------------- Table 4 sizes
 
-# (name, primary M, secondary M) from the MVQ paper's Table 4
+# (name, primary M, secondary M) from the MVQ paper's Table 4, and the largest relative error
+# allowed, just above the measured one. Measured (primary, secondary): 1p1 0.217 / 0.225 M
+# (+8.4%, +12.5%: Table 4 prints 0.2 with one digit, i.e. 0.15-0.25 M); 4p1 1.620 / 0.843 M
+# (+1.2%, +5.4%); 16p1 9.548 / 3.263 M (+0.5%, +2.0%; 3.263 would print as 3.3).
 TABLE4 = [
-    ("transformer_1p1", 0.2, 0.2),
-    ("transformer_4p1", 1.6, 0.8),
-    ("transformer_16p1", 9.5, 3.2),
+    ("transformer_1p1", 0.2, 0.2, 0.13),
+    ("transformer_4p1", 1.6, 0.8, 0.06),
+    ("transformer_16p1", 9.5, 3.2, 0.025),
 ]
 
 
-@pytest.mark.parametrize(("name", "primary_m", "secondary_m"), TABLE4)
-def test_table4_parameter_counts(name, primary_m, secondary_m):
+@pytest.mark.parametrize(("name", "primary_m", "secondary_m", "tolerance"), TABLE4)
+def test_table4_parameter_counts(name, primary_m, secondary_m, tolerance):
     prior = create_prior(name)
     count = lambda module: sum(p.numel() for p in module.parameters()) / 1e6  # noqa: E731
     got_p, got_s = count(prior.primary), count(prior.secondary)
     print(f"{name}: primary {got_p:.3f} M (paper {primary_m}), ", end="")
     print(f"secondary {got_s:.3f} M (paper {secondary_m})")
-    assert abs(got_p / primary_m - 1) < 0.3 and abs(got_s / secondary_m - 1) < 0.3
+    assert abs(got_p / primary_m - 1) < tolerance and abs(got_s / secondary_m - 1) < tolerance
 
 
 def test_layout_overrides_from_a_tokenizer_layout():

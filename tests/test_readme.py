@@ -11,6 +11,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 3
+    assert len(BLOCKS) == README.read_text().count("```python")  # every block is found and run
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -169,16 +169,24 @@ def test_sampling_restores_training_mode(kind):
     assert prior.training
 
 
-def test_cached_sampler_equals_naive_sampler():
-    """Same seed, one instance per batch: the cache changes the speed, not the samples."""
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_cached_sampler_equals_naive_sampler(batch_size):
+    """Same seed and batch size: the cache changes the speed, not the samples."""
     torch.manual_seed(0)
     prior = make_prior("transformer", secondary_grid=(1, 2), num_classes=3)
     labels = torch.tensor([0, 2, 1, 1])
     seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    fast = sample_autoregressive(prior, 4, labels=labels, batch_size=1, generator=seeded())
-    naive = sample_autoregressive_naive(prior, 4, labels=labels, generator=seeded())
+    kw = dict(labels=labels, batch_size=batch_size)
+    fast = sample_autoregressive(prior, 4, generator=seeded(), **kw)
+    naive = sample_autoregressive_naive(prior, 4, generator=seeded(), **kw)
     assert fast["secondary"].shape == (4, 1, 2)
     assert all(torch.equal(fast[k], naive[k]) for k in fast)
+    if batch_size == 1:  # one instance at a time is the naive sampler's default
+        default = sample_autoregressive_naive(prior, 4, labels=labels, generator=seeded())
+        assert all(torch.equal(default[k], naive[k]) for k in fast)
+    # the RNG stream depends on the batch size: batches draw their tokens together
+    other = sample_autoregressive_naive(prior, 4, generator=seeded(), labels=labels, batch_size=4)
+    assert not all(torch.equal(other[k], naive[k]) for k in fast)
 
 
 @pytest.mark.parametrize("kind", KINDS)

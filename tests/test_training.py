@@ -397,9 +397,12 @@ def test_ddp_two_processes_on_gloo(tmp_path):
 
 
 def test_bf16_autocast_trains_and_moves_dict_batches(tmp_path):
+    computed = []  # dtype of a Linear inside each loss call: bf16 only if autocast is on
+
     class DictTiny(Tiny):
         def loss(self, batch: dict[str, torch.Tensor]):
             assert batch["x"].dtype == torch.float32  # the batch arrives unchanged
+            computed.append(self.net[0](batch["x"]).dtype)
             return super().loss((batch["x"], batch["y"]))
 
     class DictData(torch.utils.data.Dataset):
@@ -414,4 +417,5 @@ def test_bf16_autocast_trains_and_moves_dict_batches(tmp_path):
     model = DictTiny()
     result = train(model, DictData(), DictData(), config(max_steps=3, precision="bf16"), tmp_path)
     assert result.steps == 3 and math.isfinite(result.last_val_loss)
+    assert len(computed) > 3 and set(computed) == {torch.bfloat16}  # train and val steps
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())

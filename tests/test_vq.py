@@ -112,7 +112,9 @@ def test_data_initialisation_uses_first_batch(init: str) -> None:
     vq(x)
     assert bool(vq.initialized)
     nearest = torch.cdist(vq.codebook.detach(), centres).min(1).values
-    assert (nearest < 0.5).all()
+    # data init copies points (noise 0.01 per axis: measured <= 0.026 from a centre); k-means
+    # averages ~50 of them (measured <= 0.0024)
+    assert (nearest < (0.05 if init == "data" else 0.005)).all(), nearest
     if init == "kmeans":  # k-means finds all four clusters
         assert len(set(torch.cdist(vq.codebook.detach(), centres).argmin(1).tolist())) == 4
 

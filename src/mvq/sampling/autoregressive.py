@@ -4,7 +4,8 @@
 primary token (``(B, 1)`` in, ``(B, K1)`` out), then the secondary decoder reads the start token
 and all sampled primary tokens in one parallel forward (its prefix), and steps once per further
 secondary token. ``sample_autoregressive_naive`` is the textbook loop the benchmark compares
-against: one instance at a time, the whole prefix recomputed at every step, no cache.
+against: the whole prefix recomputed at every step, no cache; one instance at a time unless
+given a ``batch_size``, so that the benchmark can time caching and batching apart.
 """
 
 from __future__ import annotations
@@ -104,24 +105,26 @@ def sample_autoregressive(
     return sample_in_batches(prior, n, labels, batch_size, batch)
 
 
-def _naive_one(prior, label: Tensor | None, draw: dict, generator) -> dict[str, Tensor]:
-    """One instance, recomputing the whole prefix at every step (no cache)."""
+def _uncached_batch(
+    prior, labels: Tensor | None, B: int, draw: dict, generator
+) -> dict[str, Tensor]:
+    """``B`` instances, recomputing the whole prefix at every step (no cache)."""
     c = prior.config
-    seq = prior.start_tokens(label, 1, "primary")  # (1, 1)
+    seq = prior.start_tokens(labels, B, "primary")  # (B, 1)
     for _ in range(c.primary_len):
-        logits = prior.primary(seq)[:, -1]  # full forward over the prefix, (1, K1)
+        logits = prior.primary(seq)[:, -1]  # full forward over the prefix, (B, K1)
         seq = torch.cat([seq, sample_logits(logits, generator=generator, **draw)[:, None]], 1)
-    out = {"primary": seq[:, 1:].reshape(1, *c.primary_grid)}
+    out = {"primary": seq[:, 1:].reshape(B, *c.primary_grid)}
     if c.has_secondary:
         S2, K2 = c.secondary_len, c.secondary_vocab
-        seq = torch.cat([prior.start_tokens(label, 1, "secondary"), seq[:, 1:]], 1)
+        seq = torch.cat([prior.start_tokens(labels, B, "secondary"), seq[:, 1:]], 1)
         for j in range(S2 + c.mask_len):
-            logits = prior.secondary(seq)[:, -1]  # (1, K2 + 2**b)
+            logits = prior.secondary(seq)[:, -1]  # (B, K2 + 2**b)
             logits = logits[:, K2:] if j >= S2 else logits[:, :K2]
             token = sample_logits(logits, generator=generator, **draw) + c.primary_vocab
             seq = torch.cat([seq, token[:, None] + (K2 if j >= S2 else 0)], 1)
-        drawn = seq[:, 1 + c.primary_len :] - c.primary_vocab  # (1, S' + M)
-        out["secondary"] = drawn[:, :S2].reshape(1, *c.secondary_grid)
+        drawn = seq[:, 1 + c.primary_len :] - c.primary_vocab  # (B, S' + M)
+        out["secondary"] = drawn[:, :S2].reshape(B, *c.secondary_grid)
         if c.mask_len:
             mask = drawn[:, S2:] - K2
             out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_bits)
@@ -137,11 +140,14 @@ def sample_autoregressive_naive(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Tensor]:
-    """The benchmark baseline: like ``sample_autoregressive`` but one instance at a time and
-    without a cache (every step recomputes the full prefix). Same arguments and output."""
+    """The benchmark baseline: like ``sample_autoregressive`` but without a cache (every step
+    recomputes the full prefix), by default one instance at a time. Same arguments and output;
+    with the same ``batch_size`` and seed it makes the same random draws as the cached sampler,
+    so the same tokens up to the float rounding of the logits."""
     require_prior(prior, "TransformerPrior", "sample_autoregressive_naive")
-    check_sampling_args(n, temperature, top_k, top_p)
+    check_sampling_args(n, temperature, top_k, top_p, batch_size)
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    one = lambda lab, size: _naive_one(prior, lab, draw, generator)  # noqa: E731
-    return sample_in_batches(prior, n, labels, 1, one)
+    batch = lambda lab, size: _uncached_batch(prior, lab, size, draw, generator)  # noqa: E731
+    return sample_in_batches(prior, n, labels, batch_size, batch)
