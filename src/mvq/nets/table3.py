@@ -516,7 +516,9 @@ class _SearchTrunk:
     Each matrix is the conv's centre tap with its bias appended as a last input row
     ``(C_in + 1, C_out)``, and each activation is written next to a column of ones: the bias
     rides in the product, saving the pass that ``addmm`` spends copying it into every output
-    row. The residual sum accumulates in place. Weights are copied when the trunk is built
+    row. The residual sum accumulates in place. (Writing every intermediate into reused
+    buffers, layer norms included, was slower inside a training step: no page faults to save
+    there, and ``out=`` into strided views costs copies.) Weights are copied when the trunk is built
     (once per search), so it always sees the current parameters.
     """
 
@@ -540,6 +542,7 @@ class _SearchTrunk:
         torch.ops.aten.leaky_relu.out(x, self.slope, out=buf[:, :c])
         return buf
 
+    @torch.no_grad()
     def __call__(self, h: Tensor) -> Tensor:
         """``(N, C)`` first-layer outputs -> ``(N, D)`` inputs of ``expand``."""
         f, w, norm = self.f, self.w, self._norm

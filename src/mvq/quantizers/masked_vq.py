@@ -355,11 +355,14 @@ class MaskedVectorQuantizer(nn.Module):
             r, t, rest = out_w, s, s.new_zeros(b)
         step = max(1, self.search_chunk // g)
         err = torch.empty(b, j, device=y.device)
-        ones = torch.ones(g, step, 1, device=y.device, dtype=ends.dtype)  # bias rides in the bmm
+        # masks next to a column of ones (the bias rides in the bmm); buffers reused by chunks
+        m = torch.ones(g, step, masks.shape[2] + 1, device=y.device, dtype=ends.dtype)
+        hid = torch.empty(g, step, first.shape[2], device=y.device, dtype=ends.dtype)
         for j0 in range(0, j, step):
-            m = masks[:, j0 : j0 + step]  # (G, Jc, D')
-            m = torch.cat([m.to(ends.dtype), ones[:, : m.shape[1]]], 2)  # (G, Jc, D' + 1)
-            u = ends.trunk(torch.bmm(m, first).flatten(0, 1)).float()  # (G * Jc, P)
+            jc = min(step, j - j0)
+            m[:, :jc, :-1] = masks[:, j0 : j0 + jc]
+            out = torch.bmm(m[:, :jc], first, out=hid if jc == step else None)  # (G, Jc, C)
+            u = ends.trunk(out.flatten(0, 1)).float()  # (G * Jc, P)
             z = (u @ r.t()).unflatten(0, (g, -1))  # (G, Jc, P) or (G, Jc, Q)
             z = (z if inverse is None else z[inverse]) + t[:, None]  # (B, Jc, .)
             err[:, j0 : j0 + step] = z.pow_(2).sum(-1)
