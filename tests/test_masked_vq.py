@@ -251,6 +251,16 @@ def test_search_picks_the_exact_winner_over_many_seeds(search: str) -> None:
         assert torch.equal(winner, ref)
 
 
+def test_search_is_fp32_under_autocast() -> None:
+    """Mixed-precision training must not lower the search's precision: same winners."""
+    mvq = table3_mvq("mvqvae_fmnist_s4_k16", num_hypotheses=256)
+    e, y = torch.randn(2, 16, 16, 2, 2, generator=torch.Generator().manual_seed(2))
+    code, masks = torch.randn(16, 8, 1, 1), mvq.sample_masks(16, 256, y.device)
+    winner, _ = mvq.search_winner(e, code, y, masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(mvq.search_winner(e, code.bfloat16(), y, masks)[0], winner)
+
+
 def test_an_unreliable_first_pass_still_gives_the_exact_winner() -> None:
     """First-pass scores off by more than the gaps between masks: instances whose runner-up
     is not clear of the best are scored exactly, so the winner stays exact."""

@@ -284,8 +284,15 @@ class MaskedVectorQuantizer(nn.Module):
         pass scores all J masks in f's last hidden space (``_trunk_scores``), the ``rescore``
         best are scored again exactly as the reference does, and an instance whose runner-up
         score is not clear of the exact best by a margin (``_uncertain``) is scored exactly on
-        all J. Otherwise every mask is scored exactly.
+        all J. Otherwise every mask is scored exactly. Runs in fp32 under any autocast.
         """
+        with torch.autocast(e.device.type, enabled=False):
+            return self._search(e.float(), code.float(), y.float(), masks, inverse)
+
+    def _search(
+        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``search_winner`` in fp32."""
         b, j = e.shape[0], masks.shape[1]
         group = torch.arange(b, device=e.device) if inverse is None else inverse  # (B,)
         if not hasattr(self.f, "affine_ends") or code.shape[-2:] != (1, 1) or j <= self.rescore:
