@@ -6,7 +6,14 @@ threads by default. Columns: per-instance masks (the default), per-code masks, o
 the all-in-graph reference (per-instance masks, the authors' formulation); speedups are the
 reference's step time over ours; peak memory counts every live tensor (MemTracker / CUDA).
 
-    python benchmarks/mh_dropout.py [--device cuda] [--repeats 5]
+Steps of the variants being compared are interleaved round by round in one process (each
+round times one step of every variant), so drifting load hits all of them alike. A speedup is
+the median over ``--repeats`` rounds of the per-round ratio; step times are medians too. At
+J = 2048 the benchmark also times the search alone and the bf16-first-pass search, counts the
+FLOPs of the search and of whole steps (torch's FlopCounterMode: matrix products), and divides
+their rates by the GEMM peak measured here for the dtype (fp32 and bf16).
+
+    python benchmarks/mh_dropout.py [--device cuda] [--repeats 5] [--js 256,2048]
 
 Prints a table, then one JSON line with every figure (the last line).
 """
@@ -25,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mvq.tokenizers import create_tokenizer
 
 JS = (16, 64, 256, 1024, 2048)
+KINDS = ("chunked", "per_code", "shared", "all_in_graph")  # "chunked": per-instance masks
 
 
 def build(kind: str, j: int, device: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -32,8 +40,8 @@ def build(kind: str, j: int, device: str) -> tuple[torch.nn.Module, torch.optim.
     torch.manual_seed(0)
     if kind == "vq":
         model = create_tokenizer("vqvae2_fmnist_s4_k16")
-    else:  # "chunked" = per-instance masks (the default), "per_code", "shared", "all_in_graph"
-        search = "all_in_graph" if kind == "all_in_graph" else "chunked"
+    else:  # "chunked", "chunked_bf16" = per-instance masks; "per_code", "shared", "all_in_graph"
+        search = kind if kind in ("all_in_graph", "chunked_bf16") else "chunked"
         model = create_tokenizer(
             "mvqvae_fmnist_s4_k16",
             num_hypotheses=j,
@@ -56,19 +64,26 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_step(kind: str, j: int, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds per training step after two warm-up steps."""
-    model, opt = build(kind, j, x.device.type)
-    for _ in range(2):
-        step(model, opt, x)
-    times = []
+def time_steps(kinds: list[str], j: int, x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
+    """Seconds per training step of each kind, ``repeats`` interleaved rounds after 2 warm-ups."""
+    runs = {k: build(k, j, x.device.type) for k in kinds}
+    for model, opt in runs.values():
+        for _ in range(2):
+            step(model, opt, x)
+    times: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(repeats):
-        sync(x.device.type)
-        t0 = time.perf_counter()
-        step(model, opt, x)
-        sync(x.device.type)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, (model, opt) in runs.items():
+            sync(x.device.type)
+            t0 = time.perf_counter()
+            step(model, opt, x)
+            sync(x.device.type)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of ``num / den`` (one ratio per interleaved round)."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
 def peak_memory(kind: str, j: int, x: torch.Tensor) -> int:
@@ -86,78 +101,134 @@ def peak_memory(kind: str, j: int, x: torch.Tensor) -> int:
     return int(tracker.get_tracker_snapshot("peak")[x.device]["Total"])
 
 
-def search_flops(j: int, batch: int) -> float:
-    """FLOPs of f on B*J masked codes, counted by torch's FlopCounterMode on 1024 rows."""
-    model, _ = build("chunked", j, "cpu")
-    code = torch.randn(1024, model.config.secondary_dim, 1, 1)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.quantizer.f(code)
-    return counter.get_total_flops() / 1024 * batch * j
+def _addmm_inplace_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode has no formula for the in-place ``addmm_`` (f's residual sums)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-def gemm_gflops(device: str) -> float:
-    """Achieved fp32 GEMM throughput for f-like shapes (8192 x 128 x 128): the practical limit."""
-    a, b = torch.randn(8192, 128, device=device), torch.randn(128, 128, device=device)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(50):
-        a @ b
-    sync(device)
-    return 2 * 8192 * 128 * 128 * 50 / (time.perf_counter() - t0) / 1e9
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (matrix products, convolutions), ``addmm_`` included."""
+    return FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flop}
+    )
+
+
+def step_flops(kind: str, j: int, x: torch.Tensor) -> float:
+    """FLOPs of matrix products and convolutions in one training step."""
+    model, opt = build(kind, j, x.device.type)
+    with flop_counter() as counter:
+        step(model, opt, x)
+    return float(counter.get_total_flops())
+
+
+def search_cost(kind: str, j: int, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """(median seconds, FLOPs) of the search alone, on the inputs it gets in a training step."""
+    model, opt = build(kind, j, x.device.type)
+    q, seen = model.quantizer, []
+    search = q.search_winner
+    q.search_winner = lambda *a: seen.append(a) or search(*a)  # capture one call's inputs
+    step(model, opt, x)
+    q.search_winner = search
+    with flop_counter() as counter:
+        search(*seen[0])
+    times = []
+    for _ in range(repeats):
+        sync(x.device.type)
+        t0 = time.perf_counter()
+        search(*seen[0])
+        sync(x.device.type)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), float(counter.get_total_flops())
+
+
+def gemm_peak_gflops(device: str, dtype: torch.dtype) -> float:
+    """Best GEMM throughput over 5 tries, on f's shapes (2048 x 129 @ 129 x 128)."""
+    a = torch.randn(2048, 129, device=device, dtype=dtype)
+    b = torch.randn(129, 128, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(6):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048 * 129 * 128 * 20 / best / 1e9
+
+
+def report_j2048(x: torch.Tensor, repeats: int, res: dict, peaks: dict[str, float]) -> None:
+    """Search time, FLOPs and share of the GEMM peak at J = 2048 (fp32 and bf16 first pass)."""
+    for kind, dtype in (("chunked", "fp32"), ("chunked_bf16", "bf16")):
+        t, flops = search_cost(kind, 2048, x, repeats)
+        tag = "" if kind == "chunked" else "_bf16"
+        res[f"search{tag}_ms_j2048"] = 1e3 * t
+        res[f"search{tag}_gflop_j2048"] = flops / 1e9
+        res[f"search{tag}_gflops_j2048"] = flops / t / 1e9
+        res[f"search{tag}_fraction_of_gemm_peak_j2048"] = flops / t / 1e9 / peaks[dtype]
+    for kind in ("chunked", "all_in_graph"):
+        flops = step_flops(kind, 2048, x)
+        rate = flops / (res[f"{kind}_step_ms_j2048"] / 1e3) / 1e9
+        res[f"{kind}_step_gflop_j2048"] = flops / 1e9
+        res[f"{kind}_step_fraction_of_gemm_peak_j2048"] = rate / peaks["fp32"]
+    print(
+        f"J=2048 search alone: {res['search_ms_j2048']:.1f} ms, {res['search_gflop_j2048']:.2f}"
+        f" GFLOP, {100 * res['search_fraction_of_gemm_peak_j2048']:.0f}% of the fp32 GEMM peak"
+        f" ({peaks['fp32']:.0f} GFLOP/s); bf16 first pass: {res['search_bf16_ms_j2048']:.1f} ms,"
+        f" {100 * res['search_bf16_fraction_of_gemm_peak_j2048']:.0f}% of the bf16 peak"
+        f" ({peaks['bf16']:.0f} GFLOP/s). Whole steps: ours"
+        f" {100 * res['chunked_step_fraction_of_gemm_peak_j2048']:.0f}%, all-in-graph"
+        f" {100 * res['all_in_graph_step_fraction_of_gemm_peak_j2048']:.0f}% of the fp32 peak"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians)")
+    ap.add_argument("--js", default=",".join(map(str, JS)), help="comma-separated J values")
     args = ap.parse_args()
+    js = [int(v) for v in args.js.split(",")]
     torch.set_num_threads(args.threads)
     x = torch.rand(32, 1, 28, 28, device=args.device) * 2 - 1
-    res: dict[str, float | str] = {"device": args.device, "threads": args.threads}
-    t_vq = time_step("vq", 0, x, args.repeats)
-    res["vq_step_ms"] = 1e3 * t_vq
+    res: dict[str, float | str | list] = {
+        "device": args.device, "threads": args.threads, "repeats": args.repeats
+    }  # fmt: skip
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {k: gemm_peak_gflops(args.device, d) for k, d in dtypes.items()}
+    res |= {f"gemm_peak_gflops_{k}": v for k, v in peaks.items()}
     res["vq_peak_mb"] = peak_memory("vq", 0, x) / 2**20
-    print(f"VQ (VQVAE2) step: {1e3 * t_vq:.1f} ms, peak {res['vq_peak_mb']:.1f} MiB")
     heads = ("inst ms", "code ms", "shared ms", "graph ms", "speedup", "spd code", "MVQ/VQ",
              "peak MiB", "graph MiB")  # fmt: skip
-    print(f"{'J':>5} " + " ".join(f"{h:>9}" for h in heads) + f" {'GFLOP/s':>8}")
-    limit = gemm_gflops(args.device)
-    for j in JS:
-        t_c = time_step("chunked", j, x, args.repeats)
-        t_p = time_step("per_code", j, x, args.repeats)
-        t_s = time_step("shared", j, x, args.repeats)
-        t_g = time_step("all_in_graph", j, x, args.repeats)
+    print(f"{'J':>5} " + " ".join(f"{h:>9}" for h in heads))
+    for j in js:
+        t = time_steps(["vq", *KINDS], j, x, args.repeats)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        graph, ours = t["all_in_graph"], t["chunked"]
         m_c, m_g = peak_memory("chunked", j, x), peak_memory("all_in_graph", j, x)
-        # the search's share of the step: what the chunked step costs beyond a VQ step
-        extra = t_c - t_vq  # too small to time at small J: reported as NaN
-        gflops = search_flops(j, 32) / extra / 1e9 if extra > 0.1 * t_vq else float("nan")
         res |= {
-            f"chunked_step_ms_j{j}": 1e3 * t_c,
-            f"per_code_step_ms_j{j}": 1e3 * t_p,
-            f"shared_masks_step_ms_j{j}": 1e3 * t_s,
-            f"all_in_graph_step_ms_j{j}": 1e3 * t_g,
-            f"speedup_vs_all_in_graph_j{j}": t_g / t_c,
-            f"speedup_vs_all_in_graph_j{j}_per_code": t_g / t_p,
-            f"mvq_over_vq_j{j}": t_c / t_vq,
-            f"mvq_over_vq_j{j}_per_code": t_p / t_vq,
+            f"vq_step_ms_j{j}": 1e3 * med["vq"],
+            f"chunked_step_ms_j{j}": 1e3 * med["chunked"],
+            f"per_code_step_ms_j{j}": 1e3 * med["per_code"],
+            f"shared_masks_step_ms_j{j}": 1e3 * med["shared"],
+            f"all_in_graph_step_ms_j{j}": 1e3 * med["all_in_graph"],
+            f"speedup_vs_all_in_graph_j{j}": median_ratio(graph, ours),
+            f"speedup_vs_all_in_graph_j{j}_per_code": median_ratio(graph, t["per_code"]),
+            f"speedup_runs_j{j}": [round(a / b, 3) for a, b in zip(graph, ours, strict=True)],
+            f"mvq_over_vq_j{j}": median_ratio(ours, t["vq"]),
+            f"mvq_over_vq_j{j}_per_code": median_ratio(t["per_code"], t["vq"]),
             f"peak_mb_j{j}": m_c / 2**20,
             f"all_in_graph_peak_mb_j{j}": m_g / 2**20,
-            f"search_gflops_j{j}": gflops,
-        }
-        cells = (1e3 * t_c, 1e3 * t_p, 1e3 * t_s, 1e3 * t_g, t_g / t_c, t_g / t_p, t_c / t_vq,
-                 m_c / 2**20, m_g / 2**20)  # fmt: skip
-        print(f"{j:>5} " + " ".join(f"{v:>9.2f}" for v in cells) + f" {gflops:>8.1f}")
-    res["mem_ratio_j2048_over_j16"] = res["peak_mb_j2048"] / res["peak_mb_j16"]
-    res["gemm_limit_gflops"] = limit
-    res["search_fraction_of_gemm_limit_j2048"] = res["search_gflops_j2048"] / limit
-    share = res["search_fraction_of_gemm_limit_j2048"]
-    print(
-        f"GEMM limit (8192x128x128 fp32): {limit:.1f} GFLOP/s; the J=2048 search runs at "
-        f"{res['search_gflops_j2048']:.1f} GFLOP/s ({100 * share:.0f}% of it)"
-    )
+        }  # fmt: skip
+        cells = [1e3 * med[k] for k in KINDS] + [
+            res[f"speedup_vs_all_in_graph_j{j}"], res[f"speedup_vs_all_in_graph_j{j}_per_code"],
+            res[f"mvq_over_vq_j{j}"], m_c / 2**20, m_g / 2**20,
+        ]  # fmt: skip
+        print(f"{j:>5} " + " ".join(f"{v:>9.2f}" for v in cells))
+    if 16 in js and 2048 in js:
+        res["mem_ratio_j2048_over_j16"] = res["peak_mb_j2048"] / res["peak_mb_j16"]
+    if 2048 in js:
+        report_j2048(x, args.repeats, res, peaks)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
 
 

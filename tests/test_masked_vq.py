@@ -6,6 +6,7 @@ from torch import nn
 
 from mvq.quantizers import MaskedVectorQuantizer, Tokens
 from mvq.quantizers.masked_vq import pack_masks, unpack_masks, wta_all_in_graph
+from mvq.tokenizers import create_tokenizer
 
 
 def make_mvq(**kw) -> MaskedVectorQuantizer:
@@ -137,12 +138,25 @@ def test_mask_packing_round_trip_up_to_256_bits() -> None:
     assert pack_masks(torch.tensor([[True, False, True] + [False] * 5])).item() == 5
 
 
-def test_mh_dropout_lowers_error_below_a_random_mask() -> None:
+def test_logged_errors_are_those_of_the_hypotheses() -> None:
+    """``mhd`` is the winner's error and ``mhd_mean_hypothesis`` the mean over all J,
+    both recomputed here from the same masks."""
     torch.manual_seed(6)
     mvq = make_mvq(secondary_dim=8, num_hypotheses=128)
     y, y2 = torch.randn(16, 4, 2, 2), torch.randn(16, 8, 1, 1)
-    logs = mvq(y, y2).logs
-    assert logs["mhd"] < logs["mhd_mean_hypothesis"]
+    torch.manual_seed(8)
+    out = mvq(y, y2)
+    torch.manual_seed(8)
+    masks = mvq.sample_masks(16, 128, y.device)  # (B, J, D')
+    e = mvq.primary.indices_to_codes(out.tokens.indices).movedim(-1, 1)
+    code = mvq.secondary.indices_to_codes(out.tokens.secondary).movedim(-1, 1)
+    with torch.no_grad():
+        hyps = e[:, None] + mvq.f((code[:, None] * masks[..., None, None]).flatten(0, 1)).view(
+            16, 128, 4, 2, 2
+        )
+    err = (hyps - y[:, None]).pow(2).flatten(2).mean(-1)  # (B, J)
+    torch.testing.assert_close(out.logs["mhd"], err.min(1).values.mean())
+    torch.testing.assert_close(out.logs["mhd_mean_hypothesis"], err.mean())
 
 
 def test_bad_options_and_inputs_raise_one_clear_error() -> None:
@@ -168,3 +182,154 @@ def test_bad_options_and_inputs_raise_one_clear_error() -> None:
         mvq.decode(
             Tokens(torch.zeros(1, 2, 2).long(), torch.zeros(1, 1, 1).long(), torch.zeros(1, 3))
         )
+
+
+# -- Table 3's f, the search MVQVAE trains with --------------------------------------------------
+TOKENIZER_GRIDS = {"mvqvae_fmnist_s1_k16": 1, "mvqvae_fmnist_s4_k16": 2, "mvqvae_fmnist_s16_k16": 4}
+
+
+def table3_mvq(name: str, seed: int = 0, **kw) -> MaskedVectorQuantizer:
+    """The quantizer of a registered MVQVAE with narrow Table 3 networks and non-trivial
+    norm affines and biases (a stand-in for trained weights)."""
+    torch.manual_seed(seed)
+    opts = dict(channels=16, res_channels=8, num_hypotheses=96, secondary_dim=8) | kw
+    mvq = create_tokenizer(name, **opts).quantizer
+    with torch.no_grad():
+        for m in mvq.f.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.normal_(1.0, 0.5)
+                m.bias.normal_(0.0, 0.5)
+    return mvq
+
+
+def run(mvq: MaskedVectorQuantizer, search: str, y, y2, seed: int = 0) -> tuple:
+    """Forward + backward with ``search``; the masks come from the RNG seeded here."""
+    mvq.search = search
+    mvq.zero_grad()
+    y, y2 = y.detach().requires_grad_(True), y2.detach().requires_grad_(True)
+    torch.manual_seed(seed)
+    out = mvq(y, y2)
+    (out.loss + out.quantized.pow(2).sum()).backward()
+    grads = [p.grad.clone() for p in mvq.f.parameters()] + [y.grad, y2.grad]
+    return out, grads
+
+
+def batch(grid: int, b: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 16, grid, grid, generator=g), torch.randn(b, 8, 1, 1, generator=g)
+
+
+@pytest.mark.parametrize("name", list(TOKENIZER_GRIDS))
+@pytest.mark.parametrize("mode", ["per_instance", "per_code", "shared"])
+@pytest.mark.parametrize("search", ["chunked", "chunked_bf16"])
+def test_table3_search_matches_all_in_graph(name: str, mode: str, search: str) -> None:
+    """MVQVAE's real f through the search training uses: the reference's winners, loss,
+    outputs and gradients (f's parameters and both inputs), for every mask mode and grid."""
+    mvq = table3_mvq(name, mask_mode=mode, search_chunk=40)
+    y, y2 = batch(TOKENIZER_GRIDS[name])
+    (a, ga), (b, gb) = (run(mvq, s, y, y2) for s in (search, "all_in_graph"))
+    assert torch.equal(a.tokens.mask, b.tokens.mask)
+    torch.testing.assert_close(a.quantized, b.quantized, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-6, rtol=1e-5)
+    for x, z in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, z, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("search", ["chunked", "chunked_bf16"])
+def test_search_picks_the_exact_winner_over_many_seeds(search: str) -> None:
+    """At J = 2048 (the largest J of the paper) with D' = 16: the winner equals the argmin of
+    the reference's errors, over random weights and many draws."""
+    for seed in range(3):
+        mvq = table3_mvq("mvqvae_fmnist_s4_k16", seed, secondary_dim=16, num_hypotheses=2048)
+        mvq.search = search
+        e, y = torch.randn(2, 8, 16, 2, 2, generator=torch.Generator().manual_seed(seed))
+        code = torch.randn(8, 16, 1, 1)
+        masks = mvq.sample_masks(8, 2048, y.device)  # (B, J, D')
+        winner, _ = mvq.search_winner(e, code, y, masks)
+        with torch.no_grad():
+            _, _, ref, _ = wta_all_in_graph(mvq.f, e, code, y, masks)
+        assert torch.equal(winner, ref)
+
+
+def test_search_is_fp32_under_autocast() -> None:
+    """Mixed-precision training must not lower the search's precision: same winners."""
+    mvq = table3_mvq("mvqvae_fmnist_s4_k16", num_hypotheses=256)
+    e, y = torch.randn(2, 16, 16, 2, 2, generator=torch.Generator().manual_seed(2))
+    code, masks = torch.randn(16, 8, 1, 1), mvq.sample_masks(16, 256, y.device)
+    winner, _ = mvq.search_winner(e, code, y, masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(mvq.search_winner(e, code.bfloat16(), y, masks)[0], winner)
+
+
+def test_an_unreliable_first_pass_still_gives_the_exact_winner() -> None:
+    """First-pass scores off by more than the gaps between masks: instances whose runner-up
+    is not clear of the best are scored exactly, so the winner stays exact."""
+    mvq = table3_mvq("mvqvae_fmnist_s4_k16", num_hypotheses=256)
+    e, y = torch.randn(2, 16, 16, 2, 2, generator=torch.Generator().manual_seed(1))
+    code, masks = torch.randn(16, 8, 1, 1), mvq.sample_masks(16, 256, y.device)
+    exact = mvq._exact_scores(e, code, y, masks)  # (B, J)
+    noise = 0.3 * (exact.amax(1, keepdim=True) - exact.amin(1, keepdim=True))
+    noisy = exact + noise * (2 * torch.rand(exact.shape) - 1)
+    assert (noisy.topk(mvq.rescore, largest=False).indices != exact.argmin(1)[:, None]).all(1).any()
+    mvq._trunk_scores = lambda *args: (noisy, noisy.mean())  # stands in for a coarse pass
+    winner, _ = mvq.search_winner(e, code, y, masks)
+    assert torch.equal(winner, exact.argmin(1))
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_affine_ends_reproduce_f(grid: int) -> None:
+    """``out_weight @ trunk(in_weight @ c + in_bias) + out_bias`` is f(c), for Table 3's f and
+    the default MLP f."""
+    name = {v: k for k, v in TOKENIZER_GRIDS.items()}[grid]
+    fs = [table3_mvq(name).f, make_mvq(secondary_dim=8, grid=(grid, grid)).f]
+    c = torch.randn(5, 8, 1, 1)
+    with torch.no_grad():
+        for f in fs:
+            ends = f.affine_ends()
+            u = ends.trunk(c.flatten(1) @ ends.in_weight.t() + ends.in_bias)  # (N, P)
+            out = u @ ends.out_weight.t() + ends.out_bias  # (N, D * g * g)
+            torch.testing.assert_close(out, f(c).flatten(1), atol=1e-5, rtol=1e-5)
+
+
+def _winners(mvq: MaskedVectorQuantizer, search: str, y, y2) -> torch.Tensor:
+    mvq.search = search
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return mvq(y, y2).tokens.mask
+
+
+def _optimizer_step(mvq: MaskedVectorQuantizer, y, y2) -> None:
+    opt = torch.optim.Adam(mvq.f.parameters(), lr=0.5)
+    mvq.search = "chunked"
+    mvq(y, y2).loss.backward()
+    opt.step()
+
+
+def _load_other_weights(mvq: MaskedVectorQuantizer, y, y2) -> None:
+    mvq.f.load_state_dict(table3_mvq("mvqvae_fmnist_s4_k16", seed=9).f.state_dict())
+
+
+def _copy_in_place(mvq: MaskedVectorQuantizer, y, y2) -> None:
+    with torch.no_grad():
+        for p in mvq.f.parameters():
+            p.copy_(torch.randn_like(p))
+
+
+def _copy_into_data(mvq: MaskedVectorQuantizer, y, y2) -> None:
+    for p in mvq.f.parameters():  # .data has its own version counter: a cache keyed on it misses
+        p.data.copy_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize(
+    "change", [_optimizer_step, _load_other_weights, _copy_in_place, _copy_into_data]
+)
+def test_search_sees_weight_updates(change) -> None:
+    """After an optimizer step, ``load_state_dict`` or an in-place copy into f's weights the
+    search picks the reference's winners for the new weights (no stale weights anywhere)."""
+    mvq = table3_mvq("mvqvae_fmnist_s4_k16", num_hypotheses=64)
+    y, y2 = batch(2, b=16)
+    before = _winners(mvq, "chunked", y, y2)
+    change(mvq, y, y2)
+    after = _winners(mvq, "chunked", y, y2)
+    assert not torch.equal(after, before)  # the change matters, so staleness would show
+    assert torch.equal(after, _winners(mvq, "all_in_graph", y, y2))

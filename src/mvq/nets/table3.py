@@ -65,6 +65,8 @@ size  F   D    E          E'         D          f
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -198,15 +200,8 @@ def center_tap(conv: nn.Conv2d) -> Tensor:
     return conv.weight[:, :, t, t]
 
 
-def _apply(module: nn.Module, x: Tensor) -> Tensor:
-    return module(x)
-
-
 def _conv(cin: int, cout: int, k: int, stride: int, padding: int) -> nn.Conv2d:
     return SameConv2d(cin, cout, k) if stride == 1 else nn.Conv2d(cin, cout, k, stride, padding)
-
-
-Apply = Callable[[nn.Module, Tensor], Tensor]
 
 
 class ResidualBlock(nn.Module):
@@ -214,19 +209,13 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, res_channels: int, norm: Callable, act: Callable) -> None:
         super().__init__()
-        self.act, self.act_ = act(), act(inplace=True)
+        self.act = act()
         self.conv3 = SameConv2d(channels, res_channels, 3)
         self.norm = norm(res_channels)
         self.conv1 = SameConv2d(res_channels, channels, 1)
 
-    def forward(
-        self, x: Tensor, conv: Apply = _apply, norm: Apply = _apply, inplace: bool = False
-    ) -> Tensor:
-        # ``conv``/``norm`` let MHNetwork run the same layers as matrix products on 1x1 maps;
-        # ``inplace`` (no autograd only) reuses fresh intermediates instead of allocating
-        h = (self.act_ if inplace else self.act)(norm(self.norm, conv(self.conv3, self.act(x))))
-        out = conv(self.conv1, h)
-        return out.add_(x) if inplace else x + out
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv1(self.act(self.norm(self.conv3(self.act(x)))))
 
 
 class ResidualStack(nn.Module):
@@ -239,14 +228,12 @@ class ResidualStack(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(channels, res_channels, norm, act) for _ in range(num_blocks)
         )
-        self.norm, self.act, self.act_ = norm(channels), act(), act(inplace=True)
+        self.norm, self.act = norm(channels), act()
 
-    def forward(
-        self, x: Tensor, conv: Apply = _apply, norm: Apply = _apply, inplace: bool = False
-    ) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
-            x = block(x, conv, norm, inplace)
-        return (self.act_ if inplace else self.act)(norm(self.norm, x))
+            x = block(x)
+        return self.act(self.norm(x))
 
 
 def _check_input(x: Tensor, channels: int, size: int | None, name: str) -> None:
@@ -379,6 +366,24 @@ class Decoder(nn.Module):
         return self.up(h)  # (B, out_channels, H, W)
 
 
+class AffineEnds(NamedTuple):
+    """An MH network on 1x1 codes as affine ends around a trunk of rows.
+
+    ``f(c).flatten(1) = trunk(c.flatten(1) @ in_weight.T + in_bias) @ out_weight.T + out_bias``,
+    the output flattened in (D, gh, gw) order. The first layer is linear in the code, hence in
+    the mask; the last is linear, so a search can score hypotheses in the trunk's P-dimensional
+    output space. ``trunk`` maps rows ``(N, C) -> (N, P)`` without autograd and may overwrite
+    its input; it computes in ``dtype`` (its input must be cast to it).
+    """
+
+    in_weight: Tensor  # (C, D')
+    in_bias: Tensor  # (C,)
+    trunk: Callable[[Tensor], Tensor]
+    out_weight: Tensor  # (Q, P), Q = D * gh * gw
+    out_bias: Tensor  # (Q,)
+    dtype: torch.dtype
+
+
 class MHNetwork(nn.Module):
     """f: masked secondary code ``(B, in_dim, 1, 1)`` -> residual ``(B, out_dim, grid, grid)``.
 
@@ -394,7 +399,7 @@ class MHNetwork(nn.Module):
 
     ``first`` is a plain conv applied directly to the masked code (no norm or activation before
     it), so on a 1x1 input ``first(e' * m) = W diag(e') m + bias`` with ``W =
-    center_tap(first)``: linear in the mask m, which a quantizer may use to batch hypotheses.
+    center_tap(first)``: linear in the mask m (see ``affine_ends``).
 
     On 1x1 inputs (the MVQ case) every conv sees only its centre tap, so ``forward`` runs the
     layers as matrix products on (N, C) rows (``forward_fast``); other sizes use the convs
@@ -423,57 +428,75 @@ class MHNetwork(nn.Module):
         self.first = SameConv2d(in_dim, channels, factor_kernels[0])
         self.convs = nn.ModuleList(SameConv2d(channels, channels, k) for k in factor_kernels[1:])
         self.norms = nn.ModuleList(nn.GroupNorm(1, channels) for _ in factor_kernels)
-        self.act, self.act_ = nn.LeakyReLU(), nn.LeakyReLU(inplace=True)
+        self.act = nn.LeakyReLU()
         self.res = ResidualStack(
             channels, res_channels, num_res_blocks, lambda c: nn.GroupNorm(1, c), nn.LeakyReLU
         )
         self.proj = SameConv2d(channels, out_dim, 1)
         self.expand = nn.ConvTranspose2d(out_dim, out_dim, grid, grid) if grid > 1 else None
-        self._tap_cache: dict[int, tuple[tuple[int, int], Tensor]] = {}
-
-    def _trunk(self, h: Tensor, conv: Apply, norm: Apply, inplace: bool = False) -> Tensor:
-        act = self.act_ if inplace else self.act  # in place only on fresh intermediates
-        for i, layer in enumerate([self.first, *self.convs]):
-            h = norm(self.norms[i], conv(layer, act(h) if i else h))
-        return conv(self.proj, self.res(h, conv, norm, inplace))
 
     def forward_conv(self, c: Tensor) -> Tensor:
         """Convolutional path, any spatial size: ``(B, D', h', w') -> (B, D, h'*grid, w'*grid)``."""
         _check_input(c, self.in_dim, None, "MHNetwork")
-        h = self._trunk(c, _apply, _apply)  # (B, D, h', w')
+        h = self.norms[0](self.first(c))
+        for conv, norm in zip(self.convs, self.norms[1:], strict=True):
+            h = norm(conv(self.act(h)))
+        h = self.proj(self.res(h))  # (B, D, h', w')
         return h if self.expand is None else self.expand(h)
 
-    def _tap(self, conv: nn.Conv2d) -> Tensor:
-        """Centre tap of ``conv``; without autograd a contiguous copy cached per weight version.
+    def row_weights(self) -> dict[nn.Module, Tensor]:
+        """``(C_in, C_out)`` matrix each conv applies to 1x1 inputs (views), keyed by the conv."""
+        blocks = [conv for b in self.res.blocks for conv in (b.conv3, b.conv1)]
+        convs = [self.first, *self.convs, *blocks, self.proj]
+        return {conv: center_tap(conv).t() for conv in convs}
 
-        The MH-Dropout search calls f chunk after chunk with unchanged weights: re-gathering the
-        strided centre taps each call cost as much as the matrix products themselves.
-        """
-        if torch.is_grad_enabled():
-            return center_tap(conv)
-        key = (conv.weight.data_ptr(), conv.weight._version)
-        hit = self._tap_cache.get(id(conv))
-        if hit is None or hit[0] != key:
-            hit = (key, center_tap(conv).contiguous())
-            self._tap_cache[id(conv)] = hit
-        return hit[1]
-
-    def forward_fast(self, c: Tensor) -> Tensor:
-        """Matrix-product path for 1x1 inputs: ``(B, D', 1, 1) -> (B, D, grid, grid)``.
+    def trunk_rows(self, h: Tensor, weights: dict[nn.Module, Tensor]) -> Tensor:
+        """Everything between ``first`` and ``expand`` on rows: ``(N, C) -> (N, D)``.
 
         GroupNorm(1, C) on an (N, C) row is LayerNorm over C with per-channel affine, and
-        ``F.layer_norm`` is several times faster on the CPU.
+        ``F.layer_norm`` is several times faster on the CPU. ``affine_ends`` has a no-grad
+        version of this (``_SearchTrunk``) for the MH-Dropout search.
         """
+        act = partial(F.leaky_relu, negative_slope=self.act.negative_slope)
+        h = _row_norm(self.norms[0], h)
+        for conv, norm in zip(self.convs, self.norms[1:], strict=True):
+            h = _row_norm(norm, torch.addmm(conv.bias, act(h), weights[conv]))
+        for block in self.res.blocks:
+            t = torch.addmm(block.conv3.bias, act(h), weights[block.conv3])  # (N, res_channels)
+            h = h + torch.addmm(
+                block.conv1.bias, act(_row_norm(block.norm, t)), weights[block.conv1]
+            )
+        h = act(_row_norm(self.res.norm, h))
+        return torch.addmm(self.proj.bias, h, weights[self.proj])  # (N, D)
+
+    def forward_fast(self, c: Tensor) -> Tensor:
+        """Matrix-product path for 1x1 inputs: ``(B, D', 1, 1) -> (B, D, grid, grid)``."""
         _check_input(c, self.in_dim, 1, "MHNetwork")
-        linear = lambda m, x: F.linear(x, self._tap(m), m.bias)  # noqa: E731
-        row_norm = lambda m, x: F.layer_norm(x, x.shape[1:], m.weight, m.bias, m.eps)  # noqa: E731
-        inplace = not torch.is_grad_enabled()  # the search: ~20% faster, identical values
-        h = self._trunk(c.flatten(1), linear, row_norm, inplace)  # (B, D)
+        w = self.row_weights()
+        h = self.trunk_rows(torch.addmm(self.first.bias, c.flatten(1), w[self.first]), w)
         if self.expand is None:
             return h[:, :, None, None]
         g = self.grid
         out = h @ self.expand.weight.flatten(1)  # (B, D * g * g)
         return out.view(-1, self.out_dim, g, g) + self.expand.bias.view(1, -1, 1, 1)
+
+    def affine_ends(self, dtype: torch.dtype | None = None) -> AffineEnds:
+        """f on 1x1 codes as ``AffineEnds``, for a no-grad search over many masks.
+
+        The trunk computes in ``dtype`` (default: the weights'; bfloat16 for a fast approximate
+        pass) with copies of the weights made by this call. Nothing is cached across calls, so
+        call it once per search: later weight updates (an optimizer step, ``load_state_dict``,
+        an in-place copy) are always seen by the next search.
+        """
+        g2 = self.grid**2
+        if self.expand is None:
+            out_w, out_b = torch.eye(self.out_dim), torch.zeros(self.out_dim)
+            out_w, out_b = out_w.to(self.proj.weight), out_b.to(self.proj.weight)
+        else:  # out[d, i, j] = sum_c u[c] W[c, d, i, j] + bias[d]
+            out_w = self.expand.weight.flatten(1).t()  # (D * g * g, D)
+            out_b = self.expand.bias.repeat_interleave(g2)  # (D * g * g,)
+        trunk = _SearchTrunk(self, dtype or self.proj.weight.dtype)
+        return AffineEnds(center_tap(self.first), self.first.bias, trunk, out_w, out_b, trunk.dtype)
 
     def forward(self, c: Tensor) -> Tensor:
         """``forward_fast`` on 1x1 inputs, ``forward_conv`` otherwise."""
@@ -482,8 +505,59 @@ class MHNetwork(nn.Module):
         return self.forward_conv(c)
 
 
+def _row_norm(m: nn.GroupNorm, x: Tensor) -> Tensor:
+    """GroupNorm(1, C) on ``(N, C)`` rows, as the (faster) LayerNorm it equals there."""
+    return F.layer_norm(x, x.shape[1:], m.weight, m.bias, m.eps)
+
+
+class _SearchTrunk:
+    """``MHNetwork.trunk_rows`` without autograd, for a search over many rows in chunks.
+
+    Each matrix is the conv's centre tap with its bias appended as a last input row
+    ``(C_in + 1, C_out)``, and each activation is written next to a column of ones: the bias
+    rides in the product, saving the pass that ``addmm`` spends copying it into every output
+    row. The residual sum accumulates in place. (Writing every intermediate into reused
+    buffers, layer norms included, was slower inside a training step: no page faults to save
+    there, and ``out=`` into strided views costs copies.) Weights are copied when the trunk is built
+    (once per search), so it always sees the current parameters.
+    """
+
+    def __init__(self, f: MHNetwork, dtype: torch.dtype) -> None:
+        self.f, self.slope, self.dtype = f, f.act.negative_slope, dtype
+        taps = f.row_weights()
+        self.w = {conv: torch.cat([taps[conv], conv.bias[None]]).to(dtype) for conv in taps}
+        norms = [*f.norms, *(b.norm for b in f.res.blocks), f.res.norm]
+        self.norms = {m: (m.weight.to(dtype), m.bias.to(dtype), m.eps) for m in norms}
+        self.buffers: dict[tuple[int, int], Tensor] = {}
+
+    def _norm(self, m: nn.GroupNorm, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[1:], *self.norms[m])
+
+    def _act(self, x: Tensor) -> Tensor:
+        """LeakyReLU of ``x`` written into a reused ``(N, C + 1)`` buffer ending in ones."""
+        n, c = x.shape
+        buf = self.buffers.get((n, c))
+        if buf is None:
+            buf = self.buffers[(n, c)] = x.new_ones(n, c + 1)
+        torch.ops.aten.leaky_relu.out(x, self.slope, out=buf[:, :c])
+        return buf
+
+    @torch.no_grad()
+    def __call__(self, h: Tensor) -> Tensor:
+        """``(N, C)`` first-layer outputs -> ``(N, D)`` inputs of ``expand``."""
+        f, w, norm = self.f, self.w, self._norm
+        h = norm(f.norms[0], h)
+        for conv, n in zip(f.convs, f.norms[1:], strict=True):
+            h = norm(n, self._act(h) @ w[conv])
+        for block in f.res.blocks:
+            t = norm(block.norm, self._act(h) @ w[block.conv3])  # (N, res_channels)
+            h = h.addmm_(self._act(t), w[block.conv1])
+        return self._act(norm(f.res.norm, h)) @ w[f.proj]  # (N, D)
+
+
 __all__ = [
     "SUPPORTED",
+    "AffineEnds",
     "Decoder",
     "MHNetwork",
     "PrimaryEncoder",

@@ -13,6 +13,17 @@ winner gets gradient, so the search runs without autograd, in chunks, and the wi
 recomputed with autograd: the gradients are those of the all-in-graph formulation (kept here as
 ``search="all_in_graph"``, the reference) at a memory cost independent of J.
 
+The default search (``"chunked"``) is exact: it returns the reference's winners. When f exposes
+``affine_ends`` (Table 3's f and the default MLP do), a first pass scores every mask without
+building any hypothesis: f's first layer is linear in the mask, and its last layer is linear,
+so the error is a norm in f's last hidden space (16-dim for D = 16, whatever the grid). The k
+best masks per instance (``MaskedVectorQuantizer.rescore``) are then scored again with the
+reference's arithmetic (``e + f(e' * m)`` against y), and the winner is the best of those. An
+instance is scored exactly on all J when its first-pass runner-up is not clear of that best by
+4x the first pass's observed error plus 1e-5 relative, so a first pass in lower precision
+(``"chunked_bf16"``, worth it on CPUs with native bf16 and on GPUs) still returns the
+reference's winner; ties go to the lowest mask index, as in the reference.
+
 At generation time the mask is not modelled: ``decode`` draws it from Bernoulli(mask_prob).
 """
 
@@ -22,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvq.nets.table3 import AffineEnds
 from mvq.quantizers.base import (
     QuantizerOutput,
     Tokens,
@@ -31,7 +43,7 @@ from mvq.quantizers.base import (
 )
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
 
-SEARCHES = ("chunked", "all_in_graph")
+SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")
 MASK_MODES = ("per_instance", "per_code", "shared")
 
 
@@ -83,6 +95,13 @@ class MLPMHNetwork(nn.Module):
             return to_channel_first(x)  # (B, D, h, w)
         return x.view(b, self.out_dim, *self.grid)  # (B, D, gh, gw)
 
+    def affine_ends(self, dtype: torch.dtype | None = None) -> AffineEnds:
+        """f on 1x1 codes as ``AffineEnds`` (first and last layers are linear); fp32 only."""
+        first, last = self.first, self.last
+        return AffineEnds(
+            first.weight, first.bias, self.body, last.weight, last.bias, torch.float32
+        )
+
 
 def check_per_sample(f: nn.Module) -> None:
     """f must treat every hypothesis independently: no BatchNorm, no dropout."""
@@ -112,7 +131,8 @@ class MaskedVectorQuantizer(nn.Module):
             distinct secondary code its own J, shared by the instances quantised to it: every
             instance still sees J i.i.d. masks, and f runs once per code and mask) or
             ``"shared"`` (one set of J for the whole batch).
-        search: ``"chunked"`` (no-grad search, winner recomputed) or ``"all_in_graph"``.
+        search: ``"chunked"`` (no-grad search, winner recomputed), ``"chunked_bf16"`` (the
+            same with a bfloat16 first pass, same winners) or ``"all_in_graph"`` (reference).
         search_chunk: rows of f evaluated at once by the chunked search.
         normalize_secondary: GroupNorm(1) on e' before masking (authors' later code).
         in_channels, secondary_in_channels: input channels, projected to D / D' when different.
@@ -122,6 +142,8 @@ class MaskedVectorQuantizer(nn.Module):
     ``quantized`` ``(B, C, h, w)`` and tokens: ``indices`` ``(B, h, w)``, ``secondary``
     ``(B, h', w')``, ``mask`` ``(B, ceil(D'/8))`` uint8.
     """
+
+    rescore: int = 8  # masks per instance the chunked search re-scores exactly (k)
 
     def __init__(
         self,
@@ -251,35 +273,116 @@ class MaskedVectorQuantizer(nn.Module):
     def search_winner(
         self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Index of the best of J masks per instance, without autograd, in chunks of f rows.
+        """Index of the best of J masks per instance, without autograd.
 
         Args: e ``(B, D, h, w)``, code ``(B, D', h', w')``, y ``(B, D, h, w)``, masks
         ``(G, J, D')`` and ``inverse`` ``(B,)`` the group of each instance (None: G = B, one
-        group each). f runs once per group and mask: a group's instances share its code.
+        group each); a group's instances share its code, so f runs once per group and mask.
         Returns winners ``(B,)`` and the mean hypothesis error (a log).
+
+        When f has ``affine_ends`` (Table 3's f, the default MLP) and codes are 1x1, a first
+        pass scores all J masks in f's last hidden space (``_trunk_scores``), the ``rescore``
+        best are scored again exactly as the reference does, and an instance whose runner-up
+        score is not clear of the exact best by a margin (``_uncertain``) is scored exactly on
+        all J. Otherwise every mask is scored exactly. Runs in fp32 under any autocast.
         """
+        with torch.autocast(e.device.type, enabled=False):
+            return self._search(e.float(), code.float(), y.float(), masks, inverse)
+
+    def _search(
+        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``search_winner`` in fp32."""
+        b, j = e.shape[0], masks.shape[1]
+        group = torch.arange(b, device=e.device) if inverse is None else inverse  # (B,)
+        if not hasattr(self.f, "affine_ends") or code.shape[-2:] != (1, 1) or j <= self.rescore:
+            err = self._exact_scores(e, code, y, masks, inverse)  # (B, J)
+            return err.argmin(1), err.mean()
+        approx, mean_err = self._trunk_scores(e, code, y, masks, inverse)  # (B, J)
+        top = approx.topk(self.rescore + 1, dim=1, largest=False, sorted=True)
+        cand = top.indices[:, :-1].sort(1).values  # (B, k); ties go to the first j, as argmin
+        exact = self._exact_scores(e, code, y, masks[group[:, None], cand])  # (B, k)
+        best, arg = exact.min(1)
+        winner = cand.gather(1, arg[:, None]).squeeze(1)
+        redo = self._uncertain(approx.gather(1, cand), exact, top.values[:, -1], best)
+        if redo.any():  # rare: score those instances exactly on all J masks
+            idx = redo.nonzero().squeeze(1)
+            err = self._exact_scores(e[idx], code[idx], y[idx], masks[group[idx]])  # (R, J)
+            winner[idx] = err.argmin(1)
+        return winner, mean_err
+
+    def _exact_scores(
+        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None = None
+    ) -> Tensor:
+        """``mse(e + f(e' * m), y)`` for every instance and mask ``(B, J)``, in chunks of f
+        rows: the reference's arithmetic. Arguments as in ``search_winner``."""
         b, (g, j) = e.shape[0], masks.shape[:2]
-        if inverse is not None:  # one representative code per group (all equal within it)
-            first = torch.full((g,), b, device=e.device).scatter_reduce(
-                0, inverse, torch.arange(b, device=e.device), "amin"
-            )
-            code = code[first]  # (G, D', h', w')
+        code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', h', w')
         step = max(1, self.search_chunk // g)
-        best = torch.full((b,), float("inf"), device=y.device)
-        winner = torch.zeros(b, dtype=torch.long, device=y.device)
-        total = torch.zeros((), device=y.device)
+        err = torch.empty(b, j, device=y.device)
         for j0 in range(0, j, step):
             c = code.unsqueeze(1) * _bcast(masks[:, j0 : j0 + step])  # (G, Jc, D', h', w')
             out = self._f(c.flatten(0, 1), y).unflatten(0, (g, -1))  # (G, Jc, D, h, w)
             if inverse is not None:
                 out = out[inverse]  # (B, Jc, D, h, w)
-            err = (e.unsqueeze(1) + out - y.unsqueeze(1)).float().pow(2).flatten(2).mean(-1)
-            total += err.sum()
-            val, arg = err.min(1)  # (B,)
-            better = val < best
-            best = torch.where(better, val, best)
-            winner = torch.where(better, arg + j0, winner)
-        return winner, total / (b * j)
+            diff = e.unsqueeze(1) + out - y.unsqueeze(1)
+            err[:, j0 : j0 + step] = diff.float().pow(2).flatten(2).mean(-1)
+        return err
+
+    def _trunk_scores(
+        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """First pass: the errors ``(B, J)`` via f's ``affine_ends``, and their mean.
+
+        The first layer on ``e' * m`` is ``m @ (W diag e').T + b``: one small product per group.
+        The last layer is linear, ``out = A u + a``: with ``A = Q R`` (reduced QR, Q
+        orthonormal) and ``s = a + e - y``, ``||A u + s||^2 = ||R u + Q^T s||^2 + ||s_perp||^2``,
+        so no (B, J, D, h, w) hypothesis is ever built. Same maths as ``_exact_scores``,
+        different rounding: the winner is re-checked exactly.
+        """
+        ends = self.f.affine_ends(torch.bfloat16 if self.search == "chunked_bf16" else None)
+        b, (g, j), (h, w) = e.shape[0], masks.shape[:2], y.shape[-2:]
+        code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', 1, 1)
+        first = code.flatten(1)[:, :, None] * ends.in_weight.t()  # (G, D', C): W diag(e')
+        first = torch.cat([first, ends.in_bias.expand(g, 1, -1)], 1).to(ends.dtype)  # (G, D'+1, C)
+        out_w, out_b = ends.out_weight, ends.out_bias
+        if out_w.shape[0] * h * w == e[0].numel():  # 1x1 output broadcast over the grid
+            out_w, out_b = out_w.repeat_interleave(h * w, 0), out_b.repeat_interleave(h * w)
+        if out_w.shape[0] != e[0].numel():
+            raise ValueError(
+                f"f's affine_ends emit {out_w.shape[0]} values per code, the primary grid "
+                f"holds {e[0].numel()}: build f for this grid"
+            )
+        s = out_b + (e - y).flatten(1)  # (B, Q)
+        if out_w.shape[0] > out_w.shape[1]:  # Q > P: work in the P-dim range of A
+            q, r = torch.linalg.qr(out_w)  # (Q, P), (P, P)
+            t = s @ q  # (B, P)
+            rest = (s - t @ q.t()).pow(2).sum(1)  # (B,) ||s_perp||^2, the same for every mask
+        else:
+            r, t, rest = out_w, s, s.new_zeros(b)
+        step = max(1, self.search_chunk // g)
+        err = torch.empty(b, j, device=y.device)
+        # masks next to a column of ones (the bias rides in the bmm); buffers reused by chunks
+        m = torch.ones(g, step, masks.shape[2] + 1, device=y.device, dtype=ends.dtype)
+        hid = torch.empty(g, step, first.shape[2], device=y.device, dtype=ends.dtype)
+        for j0 in range(0, j, step):
+            jc = min(step, j - j0)
+            m[:, :jc, :-1] = masks[:, j0 : j0 + jc]
+            out = torch.bmm(m[:, :jc], first, out=hid if jc == step else None)  # (G, Jc, C)
+            u = ends.trunk(out.flatten(0, 1)).float()  # (G * Jc, P)
+            z = (u @ r.t()).unflatten(0, (g, -1))  # (G, Jc, P) or (G, Jc, Q)
+            z = (z if inverse is None else z[inverse]) + t[:, None]  # (B, Jc, .)
+            err[:, j0 : j0 + step] = z.pow_(2).sum(-1)
+        err = (err + rest[:, None]) / e[0].numel()
+        return err, err.mean()
+
+    @staticmethod
+    def _uncertain(approx: Tensor, exact: Tensor, runner_up: Tensor, best: Tensor) -> Tensor:
+        """Instances ``(B,)`` whose unscored masks might beat ``best``: a mask left out scored
+        at least ``runner_up`` in the first pass, whose error on the k rescored masks was at
+        most ``slack``; ask for 4x that slack plus 1e-5 relative as margin."""
+        slack = (approx - exact).abs().amax(1)  # (B,)
+        return runner_up - 4 * slack - 1e-5 * best.abs() <= best
 
     def _f(self, c: Tensor, like: Tensor) -> Tensor:
         """Apply f and broadcast a 1x1 output over the primary grid of ``like``."""
@@ -312,6 +415,13 @@ def wta_all_in_graph(
     w = F.one_hot(winner, j).to(err.dtype)  # Kronecker delta, eq. 6
     loss = (w * err).sum(1).mean()
     return hyps[torch.arange(b, device=y.device), winner], loss, winner, err.detach().mean()
+
+
+def _first_of_groups(inverse: Tensor, groups: int) -> Tensor:
+    """Index of the first instance of each group ``(G,)``, given each instance's group."""
+    b = inverse.shape[0]
+    first = torch.full((groups,), b, device=inverse.device)
+    return first.scatter_reduce(0, inverse, torch.arange(b, device=inverse.device), "amin")
 
 
 def _bcast(m: Tensor) -> Tensor:
