@@ -13,7 +13,15 @@ import torch
 import torchvision.datasets
 from PIL import Image
 
-from mvq.data import DATASETS, DataError, DataInfo, build_dataset, dataset_info, uint8_to_float
+from mvq.data import (
+    DATASETS,
+    DataError,
+    DataInfo,
+    build_dataset,
+    data_channels,
+    dataset_info,
+    uint8_to_float,
+)
 from mvq.data.fashion_mnist import DEBIAN_ROOT
 
 # ---------------------------------------------------------------- writers of the real formats
@@ -405,6 +413,25 @@ def test_folder_errors(tmp_path: Path) -> None:
         build_dataset("folder", tmp_path / "wide", "train")
     with pytest.raises(DataError, match="channels"):
         build_dataset("folder", tmp_path / "mixed", "train", channels=4)
+
+
+def test_folder_channels_detected_or_set(tmp_path: Path) -> None:
+    save_png(tmp_path / "gray" / "train" / "a.png", (12, 9), mode="L")
+    save_png(tmp_path / "gray" / "val" / "b.jpg", (9, 9), mode="L")
+    gray = build_dataset("folder", tmp_path / "gray", "val", image_size=4)
+    assert gray.info.channels == 1 and gray[0][0].shape == (1, 4, 4)
+    assert data_channels("folder", tmp_path / "gray") == 1
+    rgb = build_dataset("folder", tmp_path / "gray", "train", image_size=4, channels=3)
+    assert rgb[0][0].shape == (3, 4, 4)  # set: converted
+    save_png(tmp_path / "gray" / "val" / "c.png", (9, 9))  # one colour image: RGB for both splits
+    assert build_dataset("folder", tmp_path / "gray", "train", image_size=4).info.channels == 3
+    assert data_channels("folder", tmp_path / "gray") == 3
+    assert data_channels("fashion_mnist", None) == 1
+    for bad in (2, 4, "rgb", True):
+        with pytest.raises(DataError, match="data.channels must be 1 .grayscale. or 3 .RGB."):
+            build_dataset("folder", tmp_path / "gray", "train", channels=bad)
+        with pytest.raises(DataError, match="data.channels must be 1"):
+            data_channels("folder", tmp_path / "gray", bad)
 
 
 # ---------------------------------------------------------------- names and splits

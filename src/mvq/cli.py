@@ -1,5 +1,6 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``.
+``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``, ``mvq reconstruct``,
+``mvq tokenize``, ``mvq decode``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -12,10 +13,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mvq.pretrained import CheckpointError
 from mvq.runconfig import ConfigError, RunConfig, apply_override, load_run_config
 from mvq.training import RunDirError, TrainingDiverged
+
+if TYPE_CHECKING:
+    import torch
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -64,16 +69,36 @@ def _list(args: argparse.Namespace) -> None:
     print("\n".join(list_priors() if args.priors else list_tokenizers()))
 
 
+def _device(name: str) -> torch.device:
+    """``--device`` of encode and sample, chosen as the trainer chooses (LOCAL_RANK's GPU under
+    torchrun); a bad name or CUDA without a GPU is a ``ValueError``."""
+    from mvq.training.distributed import resolve_device
+
+    try:
+        return resolve_device(name, int(os.environ.get("LOCAL_RANK", 0)))
+    except RuntimeError as err:
+        raise ValueError(f"--device {name}: {err}") from None
+
+
+def _is_rank0() -> bool:
+    """True unless this is a non-zero rank of a torchrun launch (which must not write)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _encode(args: argparse.Namespace) -> None:
     from mvq.data import build_dataset, dataset_info
     from mvq.tokenizers import load_tokenizer
     from mvq.tokens import encode_dataset, tokenizer_identity
 
+    device = _device(args.device)
     model = load_tokenizer(args.tokenizer)
     data = {"name": args.data, "root": args.root, "download": args.download}
     splits = {s: build_dataset(split=s, **data) for s in args.splits.split(",")}
     identity = tokenizer_identity(model, args.tokenizer)
     num_classes = dataset_info(args.data).num_classes
+    if not _is_rank0():
+        return  # every rank would write the same token directory
+    model.to(device)
     out = encode_dataset(model, splits, args.out, identity, data, num_classes, seed=args.seed)
     print(json.dumps({"out": str(out), "splits": {k: len(v) for k, v in splits.items()},
                       "tokens_per_image": model.token_layout.num_tokens}))  # fmt: skip
@@ -98,10 +123,35 @@ def _sample(args: argparse.Namespace) -> None:
 
     options = SampleOptions(args.temperature, args.top_k, args.top_p, args.steps, args.schedule,
                             args.batch_size)  # fmt: skip
+    device = _device(args.device)
+    if not _is_rank0():
+        return  # every rank would write the same images
     report = run_sample(
-        args.tokenizer, args.prior, args.n, args.out, options, args.label, args.seed
+        args.tokenizer, args.prior, args.n, args.out, options, args.label, args.seed, device
     )
     print(json.dumps(report))
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import reconstruct
+
+    summary = reconstruct(args.tokenizer, args.images, args.out, args.device, args.batch_size,
+                          args.seed)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def _tokenize(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import tokenize
+
+    summary = tokenize(args.tokenizer, args.images, args.out, args.device, args.batch_size,
+                       args.seed)  # fmt: skip
+    print(json.dumps(summary))
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from mvq.apply_tokenizer import decode
+
+    print(json.dumps(decode(args.tokenizer, args.tokens, args.out, args.device, args.batch_size)))
 
 
 def _configs(args: argparse.Namespace) -> None:
@@ -117,6 +167,15 @@ def _demo(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from mvq.sweep import sweep_command
+
+    return sweep_command(args)
+
+
+DEVICE_HELP = "auto (cuda if available), cpu, cuda or cuda:N; torchrun: LOCAL_RANK's GPU"
+
+
 def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the model go")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -124,7 +183,11 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from run-dir's last checkpoint (none yet: start the run)",
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
 
@@ -138,6 +201,7 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--splits", default="train,val", help="comma-separated splits")
     en.add_argument("--out", required=True, help="token directory to write")
     en.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
+    en.add_argument("--device", default="auto", help=DEVICE_HELP)
     en.set_defaults(func=_encode)
     tp = sub.add_parser("train-prior", help="train a token prior on a token directory")
     tp.add_argument("--tokens", required=True, help="token directory from `mvq encode`")
@@ -157,7 +221,32 @@ def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--label", type=int, help="class to sample (class-conditional priors)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--batch-size", type=int, default=64)
+    sa.add_argument("--device", default="auto", help=DEVICE_HELP)
     sa.set_defaults(func=_sample)
+
+
+def _image_parsers(sub: argparse._SubParsersAction) -> None:
+    """``reconstruct``, ``tokenize`` and ``decode``: a trained tokenizer on image files."""
+    tok = "a trained tokenizer: its model/ folder, a run directory or a Hub id org/name"
+    re_ = sub.add_parser("reconstruct", help="a folder of images -> reconstructions (PNG)")
+    tz = sub.add_parser("tokenize", help="a folder of images -> a token file")
+    de = sub.add_parser("decode", help="a token file -> images (PNG)")
+    for p in (re_, tz, de):
+        p.add_argument("--tokenizer", required=True, help=tok)
+    for p in (re_, tz):
+        p.add_argument("--images", required=True, help="a folder of images (recursive) or one")
+    re_.add_argument("--out", required=True, help="new folder for the PNGs (same names as IN)")
+    tz.add_argument("--out", required=True, help="token file to write (.safetensors)")
+    de.add_argument("--tokens", required=True, help="a token file from `mvq tokenize`")
+    de.add_argument("--out", required=True, help="new folder for the PNGs")
+    for p in (re_, tz, de):
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    for p in (re_, tz):
+        p.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
+    re_.set_defaults(func=_reconstruct)
+    tz.set_defaults(func=_tokenize)
+    de.set_defaults(func=_decode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--priors", action="store_true", help="list the priors instead")
     ls.set_defaults(func=_list)
     _sampling_parsers(sub)
+    _image_parsers(sub)
     cf = sub.add_parser("configs", help="write the paper's run configs (configs/*.yaml)")
     cf.add_argument("--out", default="configs", help="output directory")
     cf.set_defaults(func=_configs)
@@ -180,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the main job: MVQVAE vs VQ-VAE-2 on Fashion-MNIST")
     add_arguments(dm)
     dm.set_defaults(func=_demo)
+    from mvq.sweep import add_arguments as add_sweep_arguments
+
+    sw = sub.add_parser("sweep", help="a resumable grid of runs with one budget, and its table")
+    add_sweep_arguments(sw)
+    sw.set_defaults(func=_sweep)
     return parser
 
 
@@ -187,12 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mvq`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except EXPECTED_ERRORS as err:
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mvq: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

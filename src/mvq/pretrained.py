@@ -2,7 +2,13 @@
 
 A model that mixes in ``PretrainedMixin`` owns a dataclass config in ``self.config`` and is
 built by ``cls(config)``. Writes are atomic: files go to a temporary directory that is renamed
-into place, so an interrupted save never leaves a half-written model.
+into place, so an interrupted save never leaves a half-written model. Every save also writes a
+model card ``README.md`` (``mvq.model_card``).
+
+Where a model is read from (``resolve_pretrained``): an existing local path wins (a run
+directory stands for its ``model/``); otherwise ``org/name`` or ``org/name@revision`` is a
+Hugging Face Hub id, fetched with ``huggingface_hub.snapshot_download`` into the Hugging Face
+cache (from the cache alone when ``HF_HUB_OFFLINE=1``). ``push_to_hub`` uploads a model.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +29,8 @@ from safetensors.torch import load_file, save_file
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+RUN_MODEL_DIR = "model"  # where a run directory keeps its trained model
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -78,30 +87,90 @@ class PretrainedMixin:
     config: Any
 
     def save_pretrained(
-        self, directory: str | os.PathLike, extra_files: dict[str, str] | None = None
+        self,
+        directory: str | os.PathLike,
+        extra_files: dict[str, str] | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        repo_id: str | None = None,
     ) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (and ``extra_files``, name -> text) to
-        ``directory`` atomically."""
+        """Write ``config.json``, ``model.safetensors``, the model card ``README.md`` (and
+        ``extra_files``, name -> text) to ``directory`` atomically.
+
+        Args:
+            directory: the folder to write (replaced if it exists).
+            extra_files: more files, name -> text.
+            data: what the model was trained on, for the card (kept in config.json, so a
+                loaded model keeps it); default: what it was loaded with.
+            metrics: evaluation numbers for the card; default: an ``eval.json`` in
+                ``directory`` or its parent, else what it was loaded with.
+            repo_id: the Hub id, for the card's loading example.
+        """
+        from mvq.model_card import CARD_NAME, numeric, read_metrics, render_model_card
+
+        known = getattr(self, "card_info", {})
+        data = data if data is not None else known.get("data")
+        metrics = numeric(metrics or read_metrics(Path(directory)) or known.get("metrics") or {})
         meta = {
             "class": type(self).__name__,
             "format_version": FORMAT_VERSION,
             "config": dataclasses.asdict(self.config),
+            "card": {"data": data, "metrics": metrics},
         }
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        card = render_model_card(self, repo_id, data, metrics)
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME))
+            (tmp / CARD_NAME).write_text(card)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
 
         atomic_write_dir(Path(directory), write)
         return Path(directory)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        extra_files: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+    ) -> Any:
+        """Save to a temporary folder (``save_pretrained``) and upload it to the Hugging Face
+        Hub repository ``repo_id`` (created if missing); returns the ``CommitInfo``.
+
+        ``token`` defaults to the one ``huggingface-cli login`` / ``hf auth login`` stored.
+        """
+        from huggingface_hub import HfApi
+
+        if parse_hub_id(repo_id) != (repo_id, None):
+            raise CheckpointError(f"'{repo_id}' is not a Hub repository id; use org/name")
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="mvq-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", extra_files, data=data,
+                                          metrics=metrics, repo_id=repo_id)  # fmt: skip
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            message = commit_message or f"Upload {type(self).__name__} with mvq"
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message
+            )
+
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike, **overrides: Any) -> M:
         """Rebuild the model saved in ``directory``, in eval mode (call ``.train()`` to train);
-        a wrong or broken save is a clear error."""
+        a wrong or broken save is a clear error.
+
+        ``directory``: a saved model folder, a run directory with ``model/``, or a Hugging Face
+        Hub id ``org/name[@revision]`` (see ``resolve_pretrained``).
+        """
+        directory = resolve_pretrained(directory)
         meta = read_pretrained_meta(directory)
         if meta["class"] != cls.__name__:
             raise CheckpointError(
@@ -123,7 +192,80 @@ class PretrainedMixin:
                 "config.json and model.safetensors come from different models"
             )
         model.load_state_dict(state)  # type: ignore[attr-defined]
+        model.card_info = meta.get("card") or {}  # kept for the next save's model card
         return model.eval()  # type: ignore[attr-defined]
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` when ``text`` reads ``org/name`` or ``org/name@revision``, else
+    None (absolute, ``./`` or ``~`` paths and anything with more parts are local paths)."""
+    match = _HUB_ID.fullmatch(text)
+    if match is None or ".." in text or "--" in match["repo"] or match["repo"].endswith(".git"):
+        return None
+    return match["repo"], match["revision"]
+
+
+def resolve_pretrained(name: str | os.PathLike) -> Path:
+    """The local folder holding the model ``name`` names.
+
+    An existing local path wins (a run directory whose ``model/`` holds the model stands for
+    it); otherwise a Hub id ``org/name[@revision]`` is fetched into (or found in) the Hugging
+    Face cache. Anything else, or a Hub id that cannot be had, is a one-line ``CheckpointError``.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        run_model = path / RUN_MODEL_DIR
+        if not (path / CONFIG_NAME).exists() and (run_model / CONFIG_NAME).is_file():
+            return run_model
+        return path
+    hub = parse_hub_id(str(name))
+    if hub is None:
+        raise CheckpointError(
+            f"{name} is not a saved model: it does not exist; pass a saved model folder (e.g. "
+            "runs/x/model), a run directory, or a Hugging Face Hub id org/name[@revision]"
+        )
+    return download_from_hub(*hub)
+
+
+def _hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (read now, not at import) forbids network access."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.upper() in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
+    """The snapshot folder of Hub repository ``repo_id`` (downloaded or already cached)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"@{revision}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=_hub_offline()))
+    except LocalEntryNotFoundError as err:
+        get = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+        raise CheckpointError(
+            f"'{repo_id}{at}' is not a local folder and the Hugging Face Hub id {repo_id}{at} is "
+            f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) while the Hub "
+            f"cannot be reached (offline or no connection): fetch it where there is network "
+            f"with `{get}` (`huggingface-cli download` in older versions) or pass a local path"
+        ) from err
+    except RevisionNotFoundError as err:
+        raise CheckpointError(f"the Hub repository {repo_id} has no revision '{revision}'") from err
+    except RepositoryNotFoundError as err:
+        raise CheckpointError(
+            f"the Hub repository {repo_id} does not exist or is private or gated: check the id, "
+            "or log in with `hf auth login`"
+        ) from err
+    except HfHubHTTPError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"downloading {repo_id}{at} from the Hub failed: {first}") from err
 
 
 def state_mismatch(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> str:

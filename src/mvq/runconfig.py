@@ -4,7 +4,7 @@ A run config has four sections, each overriding one owner's typed config:
 
     model: mvqvae_fmnist_s4_k16        # a registered variant name
     model_config: {num_hypotheses: 256} # fields of that model's config dataclass
-    data: {name: fashion_mnist, root: null, image_size: null, download: false}
+    data: {name: fashion_mnist, root: null, image_size: null, download: false, channels: null}
     train: {epochs: 350, batch_size: 32} # fields of mvq.training.TrainConfig
 
 Every unknown key is a ``ConfigError`` naming the closest valid key.
@@ -22,7 +22,7 @@ import yaml
 from mvq.registry import closest_hint
 
 SECTIONS = ("model", "model_config", "data", "train")
-DATA_KEYS = ("name", "root", "image_size", "download")
+DATA_KEYS = ("name", "root", "image_size", "download", "channels")
 
 
 class ConfigError(ValueError):

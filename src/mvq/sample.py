@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from mvq.pretrained import CheckpointError
+from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
 from mvq.quantizers import Tokens
 from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
@@ -116,11 +116,14 @@ def run_sample(
     options: SampleOptions,
     labels: int | None = None,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Load, check the pair, sample, write; returns timing figures."""
+    """Load, check the pair, sample on ``device``, write; returns timing figures."""
+    tokenizer_dir, prior_dir = resolve_pretrained(tokenizer_dir), resolve_pretrained(prior_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    check_pair(tokenizer_dir, prior_dir, tokenizer)
-    prior = load_prior(prior_dir).eval()
+    check_pair(tokenizer_dir, prior_dir, tokenizer)  # hashes the weights before moving them
+    tokenizer.to(device)
+    prior = load_prior(prior_dir).eval().to(device)
     t0 = time.perf_counter()
     images, _ = sample_images(tokenizer, prior, n, options, labels, seed)
     seconds = time.perf_counter() - t0

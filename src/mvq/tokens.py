@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mvq.pretrained import WEIGHTS_NAME, CheckpointError, atomic_write_dir
+from mvq.pretrained import WEIGHTS_NAME, CheckpointError, atomic_write_dir, resolve_pretrained
 from mvq.tokenizers import Tokenizer
 
 META_NAME = "meta.json"
@@ -35,8 +35,9 @@ FORMAT_VERSION = 1
 
 def tokenizer_identity(model: Tokenizer, directory: str | os.PathLike | None = None) -> dict:
     """Class, config and a fingerprint of the weights: what tokens must be decoded with."""
-    if directory is not None and (Path(directory) / WEIGHTS_NAME).is_file():
-        digest = hashlib.sha256((Path(directory) / WEIGHTS_NAME).read_bytes()).hexdigest()
+    folder = resolve_pretrained(directory) if directory is not None else None  # Hub ids too
+    if folder is not None and (folder / WEIGHTS_NAME).is_file():
+        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
     else:
         h = hashlib.sha256()
         for name, t in sorted(model.state_dict().items()):

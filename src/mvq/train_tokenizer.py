@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import make_grid, save_image
 
-from mvq.data import build_dataset
+from mvq.data import build_dataset, data_channels
 from mvq.pretrained import config_from_dict
 from mvq.runconfig import ConfigError, RunConfig, check_keys
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
@@ -23,12 +23,29 @@ from mvq.training import TrainConfig, TrainResult, train
 
 
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
-    """The registered variant ``cfg.model`` with ``cfg.model_config`` overrides."""
+    """The registered variant ``cfg.model`` with ``cfg.model_config`` overrides; for an image
+    folder its ``in_channels`` are those of the images (see ``channels_from_data``)."""
     TOKENIZERS.get(cfg.model)  # an unknown name raises, naming the closest one
     config_class = ARCHITECTURES[cfg.model.split("_")[0]].config_class
     fields = [f.name for f in dataclasses.fields(config_class)]
     check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
-    return create_tokenizer(cfg.model, **cfg.model_config)
+    return create_tokenizer(cfg.model, **(cfg.model_config | channels_from_data(cfg)))
+
+
+def channels_from_data(cfg: RunConfig) -> dict[str, int]:
+    """``{"in_channels": C}`` when the files decide the channels (``data.name: folder``):
+    ``data.channels`` or, unset, 1 if every image is grayscale and else 3; ``{}`` otherwise."""
+    data = cfg.data
+    if data.get("name") != "folder":
+        return {}
+    channels = data_channels("folder", data.get("root"), data.get("channels"))
+    chosen = cfg.model_config.get("in_channels")
+    if chosen is not None and chosen != channels:
+        raise ConfigError(
+            f"model_config.in_channels={chosen} but the folder data gives {channels}-channel "
+            f"images; drop model_config.in_channels or set data.channels={chosen}"
+        )
+    return {"in_channels": channels}
 
 
 def build_train_config(cfg: RunConfig) -> TrainConfig:
@@ -44,9 +61,12 @@ def build_splits(cfg: RunConfig, model: Tokenizer) -> tuple[Dataset, Dataset]:
     data = {"root": None, "image_size": None, "download": False} | cfg.data
     if "name" not in data:
         raise ConfigError("data.name is missing: e.g. data: {name: fashion_mnist}")
+    c = model.config
+    if data["name"] == "folder":  # any image size is resized to the tokenizer's by default
+        data["image_size"] = data["image_size"] or c.image_size
+        data["channels"] = c.in_channels
     splits = [build_dataset(split=s, **data) for s in ("train", "val")]
     image = splits[0][0][0]
-    c = model.config
     if tuple(image.shape) != (c.in_channels, c.image_size, c.image_size):
         raise ConfigError(
             f"data '{data['name']}' gives images {tuple(image.shape)} but {cfg.model} expects "
@@ -54,6 +74,14 @@ def build_splits(cfg: RunConfig, model: Tokenizer) -> tuple[Dataset, Dataset]:
             "the tokenizer built for this data set"
         )
     return splits[0], splits[1]
+
+
+def data_summary(cfg: RunConfig, train_set: Dataset) -> dict[str, Any]:
+    """What a tokenizer was trained on, for its model card (no local paths but a folder's name)."""
+    summary: dict[str, Any] = {"name": cfg.data["name"], "train_images": len(train_set)}  # type: ignore[arg-type]
+    if cfg.data["name"] == "folder" and cfg.data.get("root"):
+        summary["folder"] = Path(str(cfg.data["root"])).expanduser().resolve().name
+    return summary
 
 
 class ReconstructionGrid:
@@ -78,8 +106,8 @@ def to_unit(x: Tensor) -> Tensor:
 
 
 def first_images(dataset: Dataset, n: int) -> Tensor:
-    """The first ``n`` images of a dataset, stacked ``(n, C, H, W)``."""
-    return torch.stack([dataset[i][0] for i in range(n)])
+    """The first ``n`` images of a dataset (all when it has fewer), stacked ``(n, C, H, W)``."""
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
 
 
 def train_tokenizer(
@@ -93,7 +121,7 @@ def train_tokenizer(
     grid = ReconstructionGrid(first_images(val_set, 8))
     result = train(
         model, train_set, val_set, train_cfg, run_dir, resume=resume, callbacks=[grid],
-        save_model=lambda m, path: m.save_pretrained(path),
+        save_model=lambda m, path: m.save_pretrained(path, data=data_summary(cfg, train_set)),
     )  # fmt: skip
     return model, result
 

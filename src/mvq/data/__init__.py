@@ -5,7 +5,7 @@ Every item is ``(image, label)``: image float32 ``(C, H, W)`` in ``[-1, 1]``, la
 """
 
 from mvq.data.base import DataError, DataInfo, TensorImageDataset, fit_square, uint8_to_float
-from mvq.data.build import DATASETS, DatasetSpec, build_dataset, dataset_info
+from mvq.data.build import DATASETS, DatasetSpec, build_dataset, data_channels, dataset_info
 
 __all__ = [
     "DATASETS",
@@ -14,6 +14,7 @@ __all__ = [
     "DatasetSpec",
     "TensorImageDataset",
     "build_dataset",
+    "data_channels",
     "dataset_info",
     "fit_square",
     "uint8_to_float",

@@ -12,7 +12,7 @@ from mvq.data.base import DataError, DataInfo
 from mvq.data.celeba import celeba64
 from mvq.data.cifar import cifar10
 from mvq.data.fashion_mnist import fashion_mnist
-from mvq.data.folder import image_folder
+from mvq.data.folder import check_channels, detect_channels, image_folder, list_images
 from mvq.data.imagenet64 import imagenet64
 from mvq.registry import closest_hint
 
@@ -25,13 +25,14 @@ class DatasetSpec:
         info: channels, native image size and number of classes.
         splits: the split names it accepts.
         build: ``build(root, split, image_size, download[, channels])`` → Dataset.
-        channels: the channel counts it can produce (the first is the default).
+        channels: the channel counts it can produce (the first is the default; ``None``: the
+            files decide).
     """
 
     info: DataInfo
     splits: tuple[str, ...]
     build: Callable[..., Dataset]
-    channels: tuple[int, ...]
+    channels: tuple[int | None, ...]
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -39,7 +40,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(DataInfo(3, 32, 10), ("train", "val"), cifar10, (3,)),
     "celeba64": DatasetSpec(DataInfo(3, 64, 0), ("train", "val", "test"), celeba64, (3,)),
     "imagenet64": DatasetSpec(DataInfo(3, 64, 1000), ("train", "val"), imagenet64, (3,)),
-    "folder": DatasetSpec(DataInfo(3, None, 0), ("train", "val"), image_folder, (3, 1)),
+    "folder": DatasetSpec(DataInfo(3, None, 0), ("train", "val"), image_folder, (None, 1, 3)),
 }
 
 
@@ -62,6 +63,22 @@ def dataset_info(name: str) -> DataInfo:
     return _spec(name).info
 
 
+def data_channels(name: str, root: str | Path | None, channels: int | None = None) -> int:
+    """The channels data set ``name`` yields: its own, or for ``folder`` ``channels`` (checked)
+    or, when unset, 1 if every image under ``root`` is grayscale and else 3."""
+    spec = _spec(name)
+    if None not in spec.channels:
+        return spec.info.channels
+    if channels is not None:
+        return check_channels(channels)
+    if root is None:
+        raise DataError(f"the {name} data set needs root=<a folder of images>")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist; pass root=<a folder of images>")
+    return detect_channels(list_images(folder))
+
+
 def build_dataset(
     name: str,
     root: str | Path | None,
@@ -82,7 +99,8 @@ def build_dataset(
         download: fetch missing files (Fashion-MNIST, CIFAR-10, CelebA) with torchvision;
             present files are never fetched again. No effect for ``imagenet64`` (needs a
             login) and ``folder``.
-        channels: ``folder`` only: 3 (RGB, default) or 1 (grayscale).
+        channels: ``folder`` only: 3 (RGB) or 1 (grayscale); ``None`` (default) detects it
+            from the images (1 when all are grayscale, else 3).
 
     Returns:
         A Dataset of ``(image, label)``: image float32 ``(C, H, W)`` in ``[-1, 1]``, label an
@@ -99,7 +117,9 @@ def build_dataset(
         )
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
-    if channels is not None and channels not in spec.channels:
+    if None in spec.channels and channels is not None:  # the files decide unless it is set
+        check_channels(channels)
+    elif channels is not None and (isinstance(channels, bool) or channels not in spec.channels):
         raise DataError(
             f"{name} has {spec.info.channels} channel(s), got channels={channels}; leave it unset"
         )

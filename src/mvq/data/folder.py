@@ -28,6 +28,7 @@ from mvq.data.base import DataError, DataInfo, fit_square, uint8_to_float
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _MODES = {1: "L", 3: "RGB"}
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -63,13 +64,44 @@ def _class_names(root: Path) -> list[str]:
     return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+def _open(path: str | Path, mode: str) -> Image.Image:
     """The image at ``path`` converted to ``mode``."""
     try:
         with Image.open(path) as im:
             return im.convert(mode)
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from e
+
+
+def _mode_of(path: Path) -> str:
+    """The PIL mode of the image at ``path`` (reads the header only)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from e
+
+
+def detect_channels(files: list[Path]) -> int:
+    """1 when every image of ``files`` is grayscale, else 3 (stops at the first colour one)."""
+    return 1 if all(_mode_of(f) in GRAY_MODES for f in files) else 3
+
+
+def check_channels(channels: object) -> int:
+    """``channels`` if it is 1 or 3; anything else is a one-line ``DataError``."""
+    if isinstance(channels, bool) or channels not in _MODES:
+        raise DataError(
+            f"data.channels must be 1 (grayscale) or 3 (RGB) for an image folder, got "
+            f"{channels!r}; leave it unset to detect it from the images"
+        )
+    return channels  # type: ignore[return-value]
+
+
+def read_image(path: str | Path, channels: int, image_size: int) -> Tensor:
+    """The image at ``path`` as float ``(channels, image_size, image_size)`` in [-1, 1]:
+    converted to grayscale or RGB, shorter side resized and the other center-cropped."""
+    pixels = TF.pil_to_tensor(_open(path, _MODES[check_channels(channels)]))  # (C, H, W) uint8
+    return fit_square(uint8_to_float(pixels), image_size)
 
 
 class ImageFolder(Dataset[tuple[Tensor, int]]):
@@ -83,14 +115,16 @@ class ImageFolder(Dataset[tuple[Tensor, int]]):
     """
 
     def __init__(
-        self, root: Path, split: str, image_size: int | None = None, channels: int = 3
+        self, root: Path, split: str, image_size: int | None = None, channels: int | None = None
     ) -> None:
-        if channels not in _MODES:
-            raise DataError(f"channels must be 1 or 3 for an image folder, got {channels}")
+        if channels is not None:
+            check_channels(channels)
         folder = _split_folder(root, split)
         self.files = list_images(folder)
         if not self.files:
             raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {folder}")
+        if channels is None:
+            channels = detect_channels(list_images(root))  # both splits: they must agree
         self.classes, self.file_labels = _labels(root, folder, self.files)
         self.mode = _MODES[channels]
         self.check_size = image_size is None  # native size: every image must match the first
@@ -141,9 +175,10 @@ def image_folder(
     split: str,
     image_size: int | None = None,
     download: bool = False,
-    channels: int = 3,
+    channels: int | None = None,
 ) -> ImageFolder:
-    """A folder of images as a data set; ``root`` is required (``download`` has no effect)."""
+    """A folder of images as a data set; ``root`` is required (``download`` has no effect);
+    ``channels`` None detects grayscale or RGB from the images."""
     if root is None:
         raise DataError("the folder data set needs root=<a folder of images>")
     return ImageFolder(root, split, image_size, channels)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from mvq.pretrained import CheckpointError, read_pretrained_meta
+from mvq.pretrained import CheckpointError, read_pretrained_meta, resolve_pretrained
 from mvq.priors.common import PRIORS, PriorLayout, check_batch, check_labels, layout_overrides
 from mvq.priors.maskgit import MaskGITPrior, MaskGITPriorConfig
 from mvq.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig
@@ -34,7 +34,9 @@ def list_priors() -> list[str]:
 
 
 def load_prior(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Load any prior saved with ``save_pretrained``, dispatching on the class in config.json."""
+    """Load any prior saved with ``save_pretrained``, dispatching on the class in config.json;
+    ``directory`` may also be a run directory or a Hugging Face Hub id ``org/name[@revision]``."""
+    directory = resolve_pretrained(directory)
     name = read_pretrained_meta(directory)["class"]
     if name not in PRIOR_CLASSES:
         raise CheckpointError(

@@ -10,7 +10,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mvq.pretrained import CheckpointError, config_from_dict, read_pretrained_meta
+from mvq.pretrained import (
+    CheckpointError,
+    config_from_dict,
+    read_pretrained_meta,
+    resolve_pretrained,
+)
 from mvq.registry import Registry
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput, TokenLayout
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
@@ -65,7 +70,9 @@ def list_tokenizers() -> list[str]:
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load any tokenizer saved with ``save_pretrained``, whatever its class."""
+    """Load any tokenizer saved with ``save_pretrained``, whatever its class, from a folder, a
+    run directory (its ``model/``) or a Hugging Face Hub id ``org/name[@revision]``."""
+    directory = resolve_pretrained(directory)
     meta = read_pretrained_meta(directory)
     classes = {cls.__name__: cls for cls in ARCHITECTURES.values()}
     if meta["class"] not in classes:

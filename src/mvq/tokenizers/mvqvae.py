@@ -69,7 +69,9 @@ class MVQVAE(Tokenizer):
         )
 
     def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
-        return self.quantizer(y, y2)
+        # fp32 with autocast off, as VQ and FSQ do inside: bf16 scores pick other winners.
+        with torch.autocast(y.device.type, enabled=False):
+            return self.quantizer(y.float(), y2.float())
 
     def decode_latent(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
         return self.quantizer.decode(tokens, generator)

@@ -1,8 +1,7 @@
-"""Batches as the DataLoader yields them: moved to the device unchanged, and counted."""
+"""Batches as the DataLoader yields them: moved to the device unchanged, counted, split."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -35,8 +34,25 @@ def count_items(batch: Any) -> int:
     return 0
 
 
-def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    """bf16 autocast for "bf16", nothing for "fp32"."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """Split every tensor of a batch along its first dimension into ``parts`` equal chunks.
+
+    Non-tensor leaves are shared by every part. ``parts=1`` returns ``[batch]`` unchanged.
+    """
+    if parts == 1:
+        return [batch]
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0 or batch.shape[0] % parts:
+            raise ValueError(f"a batch of {batch.shape[0] if batch.dim() else 1} items does not "
+                             f"split into {parts} micro-batches")  # fmt: skip
+        return list(batch.chunk(parts))
+    if isinstance(batch, dict):
+        split = {key: split_batch(value, parts) for key, value in batch.items()}
+        return [{key: split[key][i] for key in batch} for i in range(parts)]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        columns = [split_batch(value, parts) for value in batch]
+        return [type(batch)(*(c[i] for c in columns)) for i in range(parts)]
+    if isinstance(batch, (list, tuple)):
+        columns = [split_batch(value, parts) for value in batch]
+        return [type(batch)(c[i] for c in columns) for i in range(parts)]
+    return [batch] * parts

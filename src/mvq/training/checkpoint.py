@@ -1,20 +1,32 @@
-"""Run directories and training checkpoints (``run_dir/checkpoints/last.pt``).
+"""Run directories and training checkpoints (``run_dir/checkpoints/``).
 
-A checkpoint is a plain dict written by ``torch.save``; the model alone is saved separately by
-``save_pretrained`` (config.json + safetensors). Layout, version ``CHECKPOINT_VERSION``::
+``last.pt`` is the newest checkpoint (what ``--resume`` continues), ``best.pt`` the one with the
+lowest validation loss, and with ``keep_last`` K > 1 the K newest are also kept as
+``step_<N>.pt`` (``last.pt`` is a hard link to the newest). A checkpoint is a plain dict of
+tensors, numbers, strings, lists and dicts written by ``torch.save`` and read back with
+``torch.load(weights_only=True)``: loading one made by someone else cannot run code. The model
+alone is saved separately by ``save_pretrained`` (config.json + safetensors). Layout, version
+``CHECKPOINT_VERSION``::
 
-    {"format_version", "model" (state_dict), "optimizer" (state_dict), "step", "epoch",
+    {"format_version", "model" (state_dict), "ema" (state_dict or None),
+     "optimizers": {"model": state_dict} (a GAN adds "discriminator"),
+     "scaler" (GradScaler state_dict or None), "step", "epoch",
      "sampler_state": {"epoch", "batch" (of that epoch done), "size", "batch_size" (per
                        rank), "seed", "world_size"},
-     "rng": [per rank: {"python", "numpy", "torch", "cuda"} or None],
+     "rng": [per rank: ``rng_to_tensors`` state or None],
      "config" (asdict(TrainConfig)), "model_class", "model_config" (asdict or None),
      "best_val_loss", "last_val_loss"}
+
+The learning rate is a pure function of the step (``schedule.lr_at``): no scheduler state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mvq.pretrained import CheckpointError, load_state_safely, state_mismatch
+from mvq.pretrained import CheckpointError, state_mismatch
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+STEP_FILE = re.compile(r"step_(\d+)\.pt")
 
 
 class RunDirError(RuntimeError):
@@ -36,8 +49,13 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
-    """Create ``run_dir``, prove it is writable and check it against ``resume``; return last.pt."""
+def prepare_run_dir(run_dir: Path, resume: bool, announce: bool = True) -> bool:
+    """Create ``run_dir``, prove it is writable and check it against ``resume``.
+
+    Returns whether there is a checkpoint to continue. ``resume`` without one starts the run
+    (saying so when ``announce``): a requeued job passes the same ``--resume`` command whether
+    or not its first attempt got as far as a checkpoint.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_probe.{os.getpid()}"
@@ -48,14 +66,16 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
             f"run directory {run_dir} is not writable: {err.strerror or err}"
         ) from None
     ckpt = checkpoint_path(run_dir)
-    if resume and not ckpt.is_file():
-        raise CheckpointError(f"cannot resume: no checkpoint at {ckpt}")
     if not resume and ckpt.exists():
         raise RunDirError(
             f"{run_dir} already holds a run ({ckpt} exists); "
             "pass --resume or choose a new --run-dir"
         )
-    return ckpt
+    if resume and not ckpt.is_file():
+        if announce:
+            print(f"--resume: no checkpoint at {ckpt} yet; starting the run", file=sys.stderr)
+        return False
+    return resume
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -82,9 +102,41 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             os.close(dir_fd)
 
 
+def write_checkpoint(state: dict[str, Any], ckpt_dir: Path, keep_last: int) -> Path:
+    """Write ``state`` as ``last.pt`` (and ``step_<N>.pt`` when ``keep_last`` > 1), atomically;
+    delete step files beyond the ``keep_last`` newest. Returns the file written."""
+    last = ckpt_dir / "last.pt"
+    if keep_last == 1:
+        save_checkpoint(state, last)
+        return last
+    path = ckpt_dir / f"step_{state['step']:08d}.pt"
+    save_checkpoint(state, path)
+    link_checkpoint(path, last)
+    steps = sorted((p for p in ckpt_dir.iterdir() if STEP_FILE.fullmatch(p.name)), reverse=True)
+    for old in steps[keep_last:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def link_checkpoint(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (a hard link, else a copy), atomically."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a training checkpoint; a broken or foreign file is a ``CheckpointError``."""
-    ckpt = load_state_safely(path)
+    """Load a training checkpoint with ``weights_only=True`` (no code runs); a broken, foreign
+    or old-format file is a one-line ``CheckpointError``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a broken file
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path} is not an mvq training checkpoint (version {CHECKPOINT_VERSION})"

@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+OPTIONAL_INTS = ("max_steps", "epochs", "val_every", "val_batches")
+INT_MINIMUMS = {"batch_size": 1, "log_every": 1, "ckpt_every": 1, "sample_every": 1,
+                "grad_accum": 1, "keep_last": 1, "warmup_steps": 0, "num_workers": 0,
+                **dict.fromkeys(OPTIONAL_INTS, 1)}  # fmt: skip
+
+
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool (YAML's ``true`` is not a step count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _invalid(name: str, value: object, rule: str) -> None:
+    """Raise the one-line error for field ``name``."""
+    raise ValueError(f"TrainConfig.{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -13,21 +28,42 @@ class TrainConfig:
     """How to train; the CLI and YAML override its fields, models never see it.
 
     Args:
-        lr: Adam learning rate (constant).
+        lr: Adam learning rate (the peak of a schedule).
         betas: Adam betas; (0.5, 0.9) as in the paper's Table 2.
-        batch_size: global batch size, split evenly over the processes of a distributed run.
+        batch_size: global batch size of one optimizer step, split evenly over the processes of
+            a distributed run and then into ``grad_accum`` micro-batches.
         max_steps: optimizer steps to train for; wins over ``epochs`` when both are set.
         epochs: passes over the train set, used when ``max_steps`` is None.
-        log_every: steps between train-log rows (means over the window).
+        log_every: steps between train-log rows (means over the window); also the steps at
+            which the host waits for the device (NaN/Inf check, Ctrl-C under DDP,
+            ``ckpt_minutes``): nothing else syncs in between.
         val_every: steps between validations; None validates at the end of every epoch.
         val_batches: validate on at most this many batches per rank (None: the whole set).
         ckpt_every: steps between ``checkpoints/last.pt`` writes (one is always written at the end).
+        ckpt_minutes: also write a checkpoint once this many minutes passed since the last one
+            (after the step; under DDP at the next check, every ``log_every`` steps); None: by
+            steps only.
+        keep_last: checkpoints kept: ``last.pt`` plus, for K > 1, ``step_<N>.pt`` of the K
+            newest (``last.pt`` is a hard link to the newest).
         sample_every: steps between calls of the image callbacks (and once at the end).
         seed: seeds the RNGs at the start of a fresh run and the data order of every epoch.
         grad_clip: max global gradient norm, None for no clipping.
         num_workers: DataLoader worker processes.
         device: "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N".
-        precision: "fp32", or "bf16" autocast for the forward pass.
+        precision: "fp32"; "bf16" autocast for the forward pass; "fp16" autocast with a
+            ``GradScaler`` (steps with Inf/NaN gradients are skipped and the scale lowered).
+            Weights, optimizer state and the quantizers stay fp32.
+        tf32: allow TF32 matrix products and convolutions on CUDA during the run.
+        compile: ``torch.compile`` the training forward and backward (the model's ``loss``).
+        grad_accum: split each step's batch into this many micro-batches, one backward each,
+            one optimizer step: the same update as the whole batch up to float error (except
+            for layers that mix items, e.g. BatchNorm).
+        lr_schedule: "constant", or "cosine" decay from ``lr`` to ``min_lr`` at the last step.
+        warmup_steps: linear warm-up from ``lr / warmup_steps`` to ``lr`` (either schedule).
+        min_lr: where the cosine schedule ends.
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999); validation, the image callbacks and the saved model then use the EMA
+            weights, and ``train`` returns with them loaded. None: no EMA.
         find_unused_parameters: passed to DistributedDataParallel.
     """
 
@@ -46,21 +82,50 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    tf32: bool = False
+    compile: bool = False
+    grad_accum: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    ema_decay: float | None = None
+    ckpt_minutes: float | None = None
+    keep_last: int = 1
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML and JSON give lists
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
-        for name in ("batch_size", "log_every", "ckpt_every", "sample_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        for name in ("max_steps", "epochs", "val_every", "val_batches"):
+        for name, choices in (("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in choices:
+                _invalid(name, getattr(self, name), f"one of {', '.join(choices)}")
+        for name in ("tf32", "compile", "find_unused_parameters"):
+            if not isinstance(getattr(self, name), bool):
+                _invalid(name, getattr(self, name), "true or false")
+        for name, low in INT_MINIMUMS.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
+            if value is None and name in OPTIONAL_INTS:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                _invalid(
+                    name, value, f"an integer >= {low}" + (" or null" * (name in OPTIONAL_INTS))
+                )
+        for name, ok, rule in (
+            ("lr", lambda v: v > 0, "> 0"),
+            ("min_lr", lambda v: 0 <= v <= self.lr, f"in [0, lr={self.lr}]"),
+            ("grad_clip", lambda v: v > 0, "> 0 or null"),
+            ("ema_decay", lambda v: 0 < v < 1, "in (0, 1) or null"),
+            ("ckpt_minutes", lambda v: v > 0, "> 0 or null"),
+        ):
+            value = getattr(self, name)
+            if value is None and rule.endswith("null"):
+                continue
+            if not _is_number(value) or not ok(value):
+                _invalid(name, value, rule)
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"TrainConfig.batch_size {self.batch_size} does not split into "
+                f"grad_accum={self.grad_accum} micro-batches"
+            )
 
     def total_steps(self, batches_per_epoch: int) -> int:
         """Steps the run ends at: ``max_steps``, else ``epochs`` whole epochs."""

@@ -39,6 +39,36 @@ def restore_rng(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
+def rng_to_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """A ``capture_rng`` state as tensors and plain numbers only, for ``weights_only`` loading.
+
+    Python's Mersenne Twister becomes its 625 words (int64) plus version and cached Gaussian;
+    NumPy's its 624 key words plus position and cached Gaussian.
+    """
+    version, words, gauss = state["python"]
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    return {
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": state["torch"],
+        "cuda": None if state["cuda"] is None else list(state["cuda"]),
+    }  # fmt: skip
+
+
+def rng_from_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """The ``capture_rng`` state that ``rng_to_tensors`` stored."""
+    py, npy = state["python"], state["numpy"]
+    return {
+        "python": (py["version"], tuple(py["state"].tolist()), py["gauss"]),
+        "numpy": (npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"],
+                  npy["has_gauss"], npy["cached"]),
+        "torch": state["torch"],
+        "cuda": state["cuda"],
+    }  # fmt: skip
+
+
 @contextmanager
 def preserved_rng() -> Iterator[None]:
     """Run a block (validation, image callbacks) without moving the training RNG streams."""

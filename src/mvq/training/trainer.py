@@ -3,25 +3,38 @@
 A trainable model is an ``nn.Module`` with ``loss(batch) -> (loss, logs)``: a scalar loss and
 detached scalar logs ("rec", "usage", "nll", ...). ``train`` runs Adam on it, logs, validates,
 checkpoints, and resumes exactly; launched by torchrun it trains with DistributedDataParallel.
+``Trainer`` holds one run's state; ``Trainer.fit`` is the loop, read top to bottom.
 
 Exact resume: the data order of an epoch depends only on (seed, epoch) (``EpochBatchSampler``),
-the checkpoint holds every rank's RNG state, and validation and image callbacks run inside
+the checkpoint holds every rank's RNG state, the EMA weights and the fp16 scaler, the learning
+rate is a pure function of the step, and validation and image callbacks run inside
 ``preserved_rng`` so they never move the training RNG streams.
+
+Host syncs: a step queues its work and returns; the host waits for the device only at a
+check, every ``log_every`` steps and before anything that reads the weights (validation,
+callbacks, checkpoints, the end). A NaN/Inf loss or gradient norm is remembered on the device
+and raises ``TrainingDiverged`` at the next check, before any checkpoint could hold it. The
+model in memory may then hold the diverged update; the checkpoints on disk never do.
 
 BatchNorm under DDP: layers are not converted to SyncBatchNorm (it cannot run on CPU/gloo).
 Each rank normalizes with the statistics of its own share of the batch, and DDP broadcasts rank
 0's buffers (running statistics) at every forward, so weights and buffers stay identical across
 ranks. Call ``nn.SyncBatchNorm.convert_sync_batchnorm(model)`` before ``train`` to normalize over
 the global batch on GPUs instead.
+
+A second optimizer (a GAN's discriminator, owned by the loss module) goes into
+``Trainer.optimizers`` under its own name: checkpoints already store optimizers by name.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +45,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvq.pretrained import CheckpointError
-from mvq.training.batch import autocast, count_items, to_device
+from mvq.training.batch import count_items, split_batch, to_device
 from mvq.training.checkpoint import (
     CHECKPOINT_VERSION,
     check_resumable,
+    checkpoint_path,
+    link_checkpoint,
     load_checkpoint,
     model_config_dict,
     prepare_run_dir,
     save_checkpoint,
+    write_checkpoint,
 )
 from mvq.training.config import TrainConfig, TrainResult
 from mvq.training.distributed import (
@@ -51,22 +67,33 @@ from mvq.training.distributed import (
     init_distributed,
     launched_world_size,
 )
+from mvq.training.ema import make_ema, update_ema
 from mvq.training.interrupt import StopRequest
 from mvq.training.logger import LogWindow, RunLogger, Throughput
-from mvq.training.rng import capture_rng, preserved_rng, restore_rng, seed_everything
+from mvq.training.precision import autocast, make_scaler, tf32_mode
+from mvq.training.rng import (
+    capture_rng,
+    preserved_rng,
+    restore_rng,
+    rng_from_tensors,
+    rng_to_tensors,
+    seed_everything,
+)
 from mvq.training.sampler import EpochBatchSampler, epoch_seed
+from mvq.training.schedule import lr_at, set_lr
 
 Callback = Callable[[nn.Module, int, Path, Any], None]
-"""``fn(model, step, run_dir, writer)``: called on rank 0 with the unwrapped model in eval mode
-under ``torch.no_grad()``; ``writer`` is the run's TensorBoard ``SummaryWriter``."""
+"""``fn(model, step, run_dir, writer)``: called on rank 0 with the unwrapped model (the EMA
+model when ``ema_decay`` is set) in eval mode under ``torch.no_grad()``; ``writer`` is the run's
+TensorBoard ``SummaryWriter``."""
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/Inf; the run stopped before applying that step."""
+    """The loss or gradient became NaN/Inf; the run stopped without checkpointing that state."""
 
 
 class _LossModule(nn.Module):
-    """Routes ``model.loss(batch)`` through ``forward`` so DDP can hook it."""
+    """Routes ``model.loss(batch)`` through ``forward`` so DDP and ``torch.compile`` see it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -76,33 +103,38 @@ class _LossModule(nn.Module):
         return self.model.loss(batch)
 
 
-@dataclass
-class _Run:
-    """State shared by the loop's helpers; step/epoch/batch are what a checkpoint resumes."""
+class DivergenceWatch:
+    """Remembers, on the device and without a host sync, the first step whose loss (or
+    gradient norm) was not finite, and those values."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    cfg: TrainConfig
-    ctx: DistContext
-    run_dir: Path
-    ckpt_path: Path
-    sampler: EpochBatchSampler
-    val_loader: DataLoader | None
-    callbacks: tuple[Callback, ...]
-    step_fn: nn.Module | None = None  # the model's loss, DDP-wrapped in a distributed run
-    logger: RunLogger | None = None
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches of ``epoch`` already trained on
-    best_val: float | None = None
-    last_val: float | None = None
-    ckpt_step: int | None = None  # step of the last.pt on disk
-    val_step: int = -1
-    sample_step: int = -1
-    train_logs: dict[str, float] = field(default_factory=dict)
-    in_step: bool = False  # between a forward's start and the step's end: state not a step
-    rng_after_step: dict[str, Any] | None = None  # RNG when the last step completed
-    meter: Throughput = field(default_factory=Throughput)
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), device=device)
+        self.norm = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def record(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None) -> None:
+        """Note step ``step`` (None ``norm``: Inf gradients are the fp16 scaler's business)."""
+        bad = ~torch.isfinite(loss)
+        if norm is not None:
+            bad = bad | ~torch.isfinite(norm)
+        first = bad & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.float(), self.loss)
+        if norm is not None:
+            self.norm = torch.where(first, norm.float(), self.norm)
+
+    def bad(self) -> torch.Tensor:
+        """A 0-d bool tensor: did any recorded step diverge."""
+        return self.step >= 0
+
+    def describe(self) -> str:
+        """What went wrong where (host sync)."""
+        step, loss, norm = int(self.step), float(self.loss), float(self.norm)
+        if step < 0:
+            return "another rank's loss or gradient is not finite"
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+        return f"at step {step} ({what})"
 
 
 def train(
@@ -118,8 +150,10 @@ def train(
 ) -> TrainResult:
     """Train ``model`` with Adam until ``cfg.max_steps`` (or ``cfg.epochs``).
 
-    Writes ``run_dir/metrics.csv``, TensorBoard events in ``run_dir/tb``, the checkpoint
-    ``run_dir/checkpoints/last.pt`` and, at the end, ``save_model(model, run_dir / "model")``.
+    Writes ``run_dir/metrics.csv``, TensorBoard events in ``run_dir/tb``, checkpoints in
+    ``run_dir/checkpoints`` (``last.pt``, ``best.pt``, ``step_<N>.pt``) and, at the end,
+    ``save_model(model, run_dir / "model")``. With ``cfg.ema_decay`` the EMA weights are the
+    ones validated, passed to callbacks, saved, and loaded into ``model`` on return.
 
     Args:
         model: module with ``loss(batch) -> (loss, logs)``; trained in place.
@@ -127,56 +161,32 @@ def train(
         val_set: dataset for the validation loss, or None.
         cfg: the training config.
         run_dir: directory of this run.
-        resume: continue exactly from ``run_dir/checkpoints/last.pt``.
+        resume: continue exactly from ``run_dir/checkpoints/last.pt``; without one yet (a run
+            stopped before its first checkpoint) start the run, saying so.
         callbacks: ``fn(model, step, run_dir, writer)`` every ``cfg.sample_every`` steps and at
             the end (rank 0).
         save_model: saves the trained, unwrapped model at the end (e.g. ``save_pretrained``).
 
     Raises:
         RunDirError: ``run_dir`` is unwritable, or holds a checkpoint and ``resume`` is False.
-        CheckpointError: ``resume`` without a checkpoint, or with one of another model or order.
-        TrainingDiverged: the loss or gradient became NaN/Inf; the last checkpoint is kept.
+        CheckpointError: the checkpoint is unreadable or of another model or data order.
+        TrainingDiverged: the loss or gradient became NaN/Inf; the checkpoints on disk are
+            from before it.
     """
     start = time.perf_counter()
     _check_inputs(model, train_set, cfg)
     run_dir = Path(run_dir)
-    ckpt_path = prepare_run_dir(run_dir, resume)
+    has_checkpoint = prepare_run_dir(run_dir, resume, announce=os.environ.get("RANK", "0") == "0")
     ctx = init_distributed(cfg.device)
     try:
-        model.to(ctx.device).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        r = _Run(
-            model=model,
-            optimizer=torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas),
-            cfg=cfg,
-            ctx=ctx,
-            run_dir=run_dir,
-            ckpt_path=ckpt_path,
-            sampler=EpochBatchSampler(
-                len(train_set),
-                cfg.batch_size // ctx.world_size,
-                seed=cfg.seed,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            ),
-            val_loader=_val_loader(val_set, cfg, ctx),
-            callbacks=tuple(callbacks),
-        )
-        _start(r, resume)
-        try:
-            _fit(r, DataLoader(train_set, batch_sampler=r.sampler, **_loader_args(cfg, ctx)))
-            _finish(r, save_model)
-        finally:
-            r.logger.close()
-        return TrainResult(
-            steps=r.step,
-            train_logs=r.train_logs,
-            best_val_loss=r.best_val,
-            last_val_loss=r.last_val,
-            wall_time=time.perf_counter() - start,
-            items_per_second=r.meter.rate,
-            run_dir=run_dir,
-        )
+        with tf32_mode(cfg.tf32) if ctx.device.type == "cuda" else nullcontext():
+            trainer = Trainer(model, train_set, val_set, cfg, run_dir, ctx, callbacks, save_model)
+            try:
+                trainer.start(has_checkpoint, logs_exist=resume)
+                trainer.fit()
+            finally:
+                trainer.close()
+        return trainer.result(time.perf_counter() - start)
     finally:
         close_distributed(ctx)
 
@@ -188,32 +198,15 @@ def _check_inputs(model: nn.Module, train_set: Dataset, cfg: TrainConfig) -> Non
     if cfg.max_steps is None and cfg.epochs is None:
         raise ValueError("TrainConfig needs max_steps or epochs to know when to stop")
     world = launched_world_size()
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} does not split over {world} processes x "
+            f"grad_accum {cfg.grad_accum}"
+        )
     if len(train_set) < cfg.batch_size:
         raise ValueError(
             f"train set has {len(train_set)} items, fewer than one batch ({cfg.batch_size})"
         )
-
-
-def _start(r: _Run, resume: bool) -> None:
-    """Load the checkpoint, wrap in DDP, open the logger, then seed or restore the RNG streams."""
-    cfg, ctx = r.cfg, r.ctx
-    rng = _load_progress(r) if resume else None
-    r.step_fn = _LossModule(r.model)
-    if ctx.enabled:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        r.step_fn = DistributedDataParallel(
-            r.step_fn, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters
-        )
-    r.logger = RunLogger(r.run_dir, r.step, resume, ctx.is_main)
-    if not resume:
-        seed_everything(cfg.seed * ctx.world_size + ctx.rank)
-    elif rng is not None:
-        restore_rng(rng)
-    else:  # a checkpoint written on Ctrl-C under DDP only knows rank 0's RNG
-        print(f"rank {ctx.rank}: no RNG state in the checkpoint; reseeding", file=sys.stderr)
-        seed_everything((cfg.seed * ctx.world_size + ctx.rank) * 1_000_003 + r.step)
 
 
 def _loader_args(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
@@ -242,213 +235,384 @@ def _val_loader(val_set: Dataset | None, cfg: TrainConfig, ctx: DistContext) -> 
     return DataLoader(val_set, batch_sampler=sampler, **_loader_args(cfg, ctx))
 
 
-def _load_progress(r: _Run) -> dict[str, Any] | None:
-    """Load model, optimizer and position from last.pt; return this rank's RNG state."""
-    ckpt = load_checkpoint(r.ckpt_path)
-    check_resumable(ckpt, r.ckpt_path, r.model, r.sampler.order_key())
-    r.model.load_state_dict(ckpt["model"])
-    try:
-        r.optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError) as err:
-        msg = f"cannot resume from {r.ckpt_path}: optimizer state does not fit ({err})"
-        raise CheckpointError(msg) from None
-    r.step, r.epoch, r.batch = ckpt["step"], ckpt["epoch"], ckpt["sampler_state"]["batch"]
-    r.best_val, r.last_val = ckpt["best_val_loss"], ckpt["last_val_loss"]
-    r.ckpt_step = r.step
-    return ckpt["rng"][r.ctx.rank]
+class Trainer:
+    """One training run: the model and what trains it, where it is, and what it has written.
 
+    ``start`` loads a checkpoint or seeds; ``fit`` is the loop; each helper below does one
+    thing. The position (``step``, ``epoch``, ``batch``) is what a checkpoint resumes.
+    """
 
-def _fit(r: _Run, loader: DataLoader) -> None:
-    """The loop: one Adam step per batch until the last step; then flush the log window."""
-    total = r.cfg.total_steps(r.sampler.batches_per_epoch)
-    window = LogWindow()
-    bar = tqdm(total=total, initial=r.step, desc="train", disable=not r.ctx.is_main)
-    try:
-        with StopRequest() as ctrl_c:
-            while r.step < total:
-                r.sampler.set_epoch(r.epoch, start_batch=r.batch)
-                loader.generator.manual_seed((epoch_seed(r.cfg.seed, r.epoch) << 16) + r.ctx.rank)
-                tic = time.perf_counter()
-                for batch in loader:
-                    batch = to_device(batch, r.ctx.device)
-                    r.in_step = True
-                    logs, stop = _train_step(r, batch, ctrl_c)
-                    r.step, r.batch = r.step + 1, r.batch + 1
-                    if r.batch == r.sampler.batches_per_epoch:
-                        r.epoch, r.batch = r.epoch + 1, 0
-                    r.in_step, r.rng_after_step = False, capture_rng()
-                    r.meter.update(count_items(batch) * r.ctx.world_size, time.perf_counter() - tic)
-                    window.add(logs)
-                    bar.update()
-                    _periodic(r, window, bar, epoch_end=r.batch == 0)
-                    if stop:  # Ctrl-C, seen by every rank at this same step
-                        if r.ckpt_step != r.step:
-                            _checkpoint(r)
-                        raise KeyboardInterrupt
-                    if r.step >= total:
-                        break
-                    tic = time.perf_counter()
-        _report_train(r, window, bar)
-    except KeyboardInterrupt:
-        _save_on_interrupt(r)
-        raise
-    finally:
-        bar.close()
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        cfg: TrainConfig,
+        run_dir: Path,
+        ctx: DistContext,
+        callbacks: Sequence[Callback] = (),
+        save_model: Callable[[nn.Module, Path], None] | None = None,
+    ) -> None:
+        self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
+        self.callbacks, self.save_model = tuple(callbacks), save_model
+        self.sampler = EpochBatchSampler(
+            len(train_set), cfg.batch_size // ctx.world_size, seed=cfg.seed,
+            rank=ctx.rank, world_size=ctx.world_size,
+        )  # fmt: skip
+        self.loader = DataLoader(train_set, batch_sampler=self.sampler, **_loader_args(cfg, ctx))
+        self.val_loader = _val_loader(val_set, cfg, ctx)
+        self.total = cfg.total_steps(self.sampler.batches_per_epoch)
+        # What trains: the model, its optimizers by name, the fp16 scaler, the EMA copy.
+        self.model = model.to(ctx.device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizers = {"model": torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)}
+        self.scaler = make_scaler(cfg.precision, ctx.device)
+        self.ema = make_ema(model) if cfg.ema_decay is not None else None
+        self._ema_loaded = False  # the EMA weights came from a checkpoint
+        self.forward: nn.Module = _LossModule(model)  # wrapped by DDP / compile in ``start``
+        self.ddp: DistributedDataParallel | None = None
+        self.logger: RunLogger | None = None
+        # Where the run is, and what it has measured.
+        self.step = self.epoch = self.batch = 0
+        self.lr = cfg.lr
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.train_logs: dict[str, float] = {}
+        self.window, self.meter = LogWindow(), Throughput()
+        self.watch = DivergenceWatch(ctx.device)
+        # What is on disk and done at this step (checked before writing or running it again).
+        self.ckpt_step: int | None = None
+        self.ckpt_time = time.monotonic()
+        self.val_step = self.sample_step = -1
+        self.in_step = False  # between a forward's start and the step's end: state not a step
+        self.rng_after_step: dict[str, Any] | None = None  # RNG when the last step completed
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model validated, shown to callbacks and saved: the EMA one when enabled."""
+        return self.ema if self.ema is not None else self.model
 
-def _train_step(r: _Run, batch: Any, ctrl_c: StopRequest) -> tuple[dict[str, torch.Tensor], bool]:
-    """Forward, backward, stop on NaN/Inf, clip, Adam update; return the logs and whether any
-    rank asked to stop (Ctrl-C)."""
-    with autocast(r.cfg.precision, r.ctx.device):
-        loss, logs = r.step_fn(batch)
-    r.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in r.optimizer.param_groups for p in group["params"]]
-    # Clipping at inf scales by exactly 1.0: the norm comes for free, the grads stay bit-equal.
-    norm = torch.nn.utils.clip_grad_norm_(params, r.cfg.grad_clip or math.inf)
-    bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-    stop = torch.tensor(ctrl_c.requested, device=bad.device)
-    bad_anywhere, stop_anywhere = any_rank(torch.stack([bad, stop]), r.ctx)
-    if bad_anywhere:
-        raise TrainingDiverged(_diverged_message(r, loss, norm))
-    r.optimizer.step()
-    return {"loss": loss.detach(), **logs, "grad_norm": norm}, stop_anywhere
+    def start(self, has_checkpoint: bool, logs_exist: bool) -> None:
+        """Load the checkpoint, wrap in DDP and compile, open the logger, seed or restore RNG."""
+        cfg, ctx = self.cfg, self.ctx
+        rng = self._load_checkpoint() if has_checkpoint else None
+        if ctx.enabled:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(
+                self.forward, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters
+            )  # broadcasts rank 0's weights
+            self.forward = self.ddp
+        if self.ema is not None and not (has_checkpoint and self._ema_loaded):
+            update_ema(self.ema, self.model, decay=0.0)  # start from the (broadcast) weights
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
+        self.logger = RunLogger(self.run_dir, self.step, logs_exist, ctx.is_main)
+        if not has_checkpoint:
+            seed_everything(cfg.seed * ctx.world_size + ctx.rank)
+        elif rng is not None:
+            restore_rng(rng_from_tensors(rng))
+        else:  # a checkpoint written on Ctrl-C under DDP only knows rank 0's RNG
+            print(f"rank {ctx.rank}: no RNG state in the checkpoint; reseeding", file=sys.stderr)
+            seed_everything((cfg.seed * ctx.world_size + ctx.rank) * 1_000_003 + self.step)
 
-
-def _diverged_message(r: _Run, loss: torch.Tensor, norm: torch.Tensor) -> str:
-    if not torch.isfinite(loss):
-        what = f"loss is {loss.item()}"
-    elif not torch.isfinite(norm):
-        what = f"gradient norm is {norm.item()}"
-    else:
-        what = "another rank's loss or gradient is not finite"
-    kept = (
-        f"last good checkpoint: {r.ckpt_path} (step {r.ckpt_step})"
-        if r.ckpt_step is not None
-        else "no checkpoint was written yet"
-    )
-    return f"training diverged at step {r.step + 1} ({what}); stopped without saving it; {kept}"
-
-
-def _periodic(r: _Run, window: LogWindow, bar: tqdm, epoch_end: bool) -> None:
-    """Logs, validation, callbacks and checkpoint due after step ``r.step``."""
-    cfg = r.cfg
-    if r.step % cfg.log_every == 0:
-        _report_train(r, window, bar)
-    if epoch_end if cfg.val_every is None else r.step % cfg.val_every == 0:
-        _validate(r)
-    if r.step % cfg.sample_every == 0:
-        _sample(r)
-    if r.step % cfg.ckpt_every == 0:
-        _checkpoint(r)
-
-
-def _finish(r: _Run, save_model: Callable[[nn.Module, Path], None] | None) -> None:
-    """End of run: validation, callbacks and checkpoint unless just done, then the model save."""
-    if r.val_step != r.step:
-        _validate(r)
-    if r.sample_step != r.step:
-        _sample(r)
-    if r.ckpt_step != r.step:
-        _checkpoint(r)
-    if save_model is not None and r.ctx.is_main:
-        save_model(r.model, r.run_dir / "model")
-    barrier(r.ctx)  # every rank returns once the model is saved
-
-
-def _report_train(r: _Run, window: LogWindow, bar: tqdm) -> None:
-    """Log the window's means (averaged over ranks) to CSV, TensorBoard and the progress bar."""
-    values = window.pop(r.ctx)
-    if values:
-        r.train_logs = values
-        r.logger.log("train", r.step, values)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
-
-
-def _validate(r: _Run) -> None:
-    """Mean of ``model.loss`` and its logs over the val set, all ranks together; logged."""
-    r.val_step = r.step
-    if r.val_loader is None:
-        return
-    sums: dict[str, float] = {}
-    count = 0
-    with preserved_rng(), torch.no_grad():
-        seed_everything(r.cfg.seed)  # the same noise at every validation: comparable numbers
-        r.model.eval()
-        for i, batch in enumerate(r.val_loader):
-            if r.cfg.val_batches is not None and i >= r.cfg.val_batches:
-                break
-            batch = to_device(batch, r.ctx.device)
-            with autocast(r.cfg.precision, r.ctx.device):
-                loss, logs = r.model.loss(batch)
-            n = count_items(batch)
-            for name, value in {"loss": loss, **logs}.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * n
-            count += n
-        r.model.train()
-    parts = all_gather((sums, count), r.ctx)
-    total = sum(n for _, n in parts)
-    names = dict.fromkeys(name for s, _ in parts for name in s)  # a rank may have had no batch
-    values = {name: sum(s.get(name, 0.0) for s, _ in parts) / total for name in names}
-    r.last_val = values["loss"]
-    r.best_val = r.last_val if r.best_val is None else min(r.best_val, r.last_val)
-    r.logger.log("val", r.step, values)
-
-
-def _sample(r: _Run) -> None:
-    """Call the image callbacks on rank 0 (eval mode, no grad, training RNG untouched)."""
-    r.sample_step = r.step
-    if not r.callbacks or not r.ctx.is_main:
-        return
-    with preserved_rng(), torch.no_grad():
-        r.model.eval()
-        for fn in r.callbacks:
-            fn(r.model, r.step, r.run_dir, r.logger.writer)
-        r.model.train()
-    r.logger.writer.flush()
-
-
-def _checkpoint_state(r: _Run, rng: list[dict[str, Any] | None]) -> dict[str, Any]:
-    return {
-        "format_version": CHECKPOINT_VERSION,
-        "model": r.model.state_dict(),
-        "optimizer": r.optimizer.state_dict(),
-        "step": r.step,
-        "epoch": r.epoch,
-        "sampler_state": {**r.sampler.order_key(), "epoch": r.epoch, "batch": r.batch},
-        "rng": rng,
-        "config": asdict(r.cfg),
-        "model_class": type(r.model).__name__,
-        "model_config": model_config_dict(r.model),
-        "best_val_loss": r.best_val,
-        "last_val_loss": r.last_val,
-    }
-
-
-def _checkpoint(r: _Run) -> None:
-    """Write last.pt on rank 0 with every rank's RNG; the collectives around it are barriers."""
-    rng = all_gather(capture_rng(), r.ctx)
-    error: Exception | None = None
-    if r.ctx.is_main:
+    def fit(self) -> None:
+        """The loop: one optimizer step per batch until the last step, then ``finish``."""
+        bar = tqdm(total=self.total, initial=self.step, desc="train", disable=not self.ctx.is_main)
         try:
-            save_checkpoint(_checkpoint_state(r, rng), r.ckpt_path)
-        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = err
-    if any_rank(torch.tensor([error is not None]), r.ctx)[0]:
-        if error is not None:
-            raise error
-        raise RuntimeError(f"rank 0 failed to write {r.ckpt_path}; see its error")
-    r.ckpt_step = r.step
+            with StopRequest() as ctrl_c:
+                while self.step < self.total:
+                    tic = time.perf_counter()
+                    for batch in self._rest_of_epoch():
+                        self.in_step = True
+                        logs = self.train_step(to_device(batch, self.ctx.device))
+                        self._advance()
+                        self.meter.update(
+                            count_items(batch) * self.ctx.world_size, time.perf_counter() - tic
+                        )
+                        self.window.add(logs)
+                        bar.update()
+                        if self._periodic(ctrl_c, bar):  # Ctrl-C, checkpointed on every rank
+                            raise KeyboardInterrupt
+                        if self.step >= self.total:
+                            break
+                        tic = time.perf_counter()
+            self.finish(bar)
+        except KeyboardInterrupt:
+            self._save_on_interrupt()
+            raise
+        finally:
+            bar.close()
 
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One optimizer step: forward/backward per micro-batch, unscale, clip, note NaN/Inf on
+        the device, update, EMA. Returns the step's detached logs (no host sync)."""
+        cfg, opt = self.cfg, self.optimizers["model"]
+        self.lr = lr_at(self.step, self.total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps,
+                        cfg.min_lr)  # fmt: skip
+        set_lr(opt, self.lr)
+        opt.zero_grad(set_to_none=True)
+        loss, logs = self._backward(split_batch(batch, cfg.grad_accum))
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        # Clipping at inf scales by exactly 1.0: the norm comes for free, the grads stay bit-equal.
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+        self.watch.record(self.step + 1, loss, None if self.scaler is not None else norm)
+        if self.scaler is not None:
+            self.scaler.step(opt)  # skips the update when a gradient is Inf/NaN
+            self.scaler.update()
+        else:
+            opt.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.model, cfg.ema_decay)
+        return {"loss": loss, **logs, "grad_norm": norm.detach()}
 
-def _save_on_interrupt(r: _Run) -> None:
-    """After a hard interrupt, checkpoint the last completed step if the state still is one
-    (rank 0, no collectives: the other ranks may be gone)."""
-    if not r.ctx.is_main or r.rng_after_step is None or r.ckpt_step == r.step:
-        return
-    if r.in_step:
-        print(f"interrupted inside step {r.step + 1}; kept {r.ckpt_path}", file=sys.stderr)
-        return
-    rng = [r.rng_after_step] + [None] * (r.ctx.world_size - 1)
-    save_checkpoint(_checkpoint_state(r, rng), r.ckpt_path)
-    print(f"interrupted: saved step {r.step} to {r.ckpt_path}", file=sys.stderr)
+    def _backward(self, parts: list[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and backward of each micro-batch (DDP all-reduces after the last one only);
+        returns the loss and logs averaged over the micro-batches, detached."""
+        n, loss_sum, log_sums = len(parts), None, {}
+        for i, part in enumerate(parts):
+            last = i == n - 1
+            with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with autocast(self.cfg.precision, self.ctx.device):
+                    loss, logs = self.forward(part)
+                scaled = loss / n if n > 1 else loss
+                (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            for name, value in logs.items():
+                value = value.detach()
+                log_sums[name] = log_sums[name] + value if name in log_sums else value
+        if n == 1:
+            return loss_sum, log_sums
+        return loss_sum / n, {name: value / n for name, value in log_sums.items()}
+
+    def _rest_of_epoch(self) -> DataLoader:
+        """The loader, positioned at this epoch's next batch (its order depends on seed, epoch)."""
+        self.sampler.set_epoch(self.epoch, start_batch=self.batch)
+        self.loader.generator.manual_seed(
+            (epoch_seed(self.cfg.seed, self.epoch) << 16) + self.ctx.rank
+        )
+        return self.loader
+
+    def _advance(self) -> None:
+        """Count the step just completed and remember the RNG state it ended with."""
+        self.step, self.batch = self.step + 1, self.batch + 1
+        if self.batch == self.sampler.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        self.in_step, self.rng_after_step = False, capture_rng()
+
+    def _periodic(self, ctrl_c: StopRequest, bar: tqdm) -> bool:
+        """The check, logs, validation, callbacks and checkpoints due after this step.
+
+        Returns whether to stop (Ctrl-C on any rank, checkpointed). Steps with nothing due
+        return at once, without waiting for the device.
+        """
+        cfg, step = self.cfg, self.step
+        log_due = step % cfg.log_every == 0
+        val_due = self.batch == 0 if cfg.val_every is None else step % cfg.val_every == 0
+        sample_due, ckpt_due = step % cfg.sample_every == 0, step % cfg.ckpt_every == 0
+        stop, timed = ctrl_c.requested, self._ckpt_timer_due()
+        # One process acts on Ctrl-C and the timer at once; ranks of a DDP run must agree on the
+        # step, so they only compare them at the checks every rank makes.
+        asked = (stop or timed) and not self.ctx.enabled
+        if not (log_due or val_due or sample_due or ckpt_due or asked):
+            return False
+        stop, timed = self._check(stop, timed)
+        if log_due:
+            self._report_train(bar)
+        improved = self._validate() if val_due else False
+        if sample_due:
+            self._sample()
+        if ckpt_due or timed or stop or improved:
+            self._checkpoint(last=ckpt_due or timed or stop, best=improved)
+        return stop
+
+    def _ckpt_timer_due(self) -> bool:
+        """``ckpt_minutes`` have passed since the last checkpoint (or the start)."""
+        minutes = self.cfg.ckpt_minutes
+        return minutes is not None and time.monotonic() - self.ckpt_time >= 60 * minutes
+
+    def _check(self, stop: bool, timed: bool) -> tuple[bool, bool]:
+        """The host sync: raise ``TrainingDiverged`` if a step since the last check went
+        NaN/Inf on any rank; return whether any rank asked to stop / found the timer due."""
+        flags = torch.stack([self.watch.bad(), torch.tensor(stop, device=self.ctx.device),
+                             torch.tensor(timed, device=self.ctx.device)])  # fmt: skip
+        bad, stop, timed = any_rank(flags, self.ctx)
+        if bad:
+            kept = (
+                f"last good checkpoint: {checkpoint_path(self.run_dir)} (step {self.ckpt_step})"
+                if self.ckpt_step is not None
+                else "no checkpoint was written yet"
+            )
+            raise TrainingDiverged(
+                f"training diverged {self.watch.describe()}, found at the check after step "
+                f"{self.step}; nothing after it was checkpointed; {kept}"
+            )
+        return stop, timed
+
+    def finish(self, bar: tqdm) -> None:
+        """End of run: logs, validation, callbacks and checkpoint unless just done, the model
+        save; then ``self.model`` takes the EMA weights when there are some."""
+        self._check(False, False)
+        self._report_train(bar)
+        improved = self._validate() if self.val_step != self.step else False
+        if self.sample_step != self.step:
+            self._sample()
+        if self.ckpt_step != self.step or improved:
+            self._checkpoint(last=self.ckpt_step != self.step, best=improved)
+        if self.save_model is not None and self.ctx.is_main:
+            self.save_model(self.eval_model, self.run_dir / "model")
+        barrier(self.ctx)  # every rank returns once the model is saved
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.state_dict())
+
+    def _report_train(self, bar: tqdm) -> None:
+        """Log the window's means (averaged over ranks) and the lr to CSV, TensorBoard, the bar."""
+        values = self.window.pop(self.ctx)
+        if values:
+            self.train_logs = values | {"lr": self.lr}
+            self.logger.log("train", self.step, self.train_logs)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+
+    def _validate(self) -> bool:
+        """Mean of ``loss`` and its logs over the val set, all ranks together, of the eval
+        (EMA) model; logged. Returns whether it is the best so far."""
+        self.val_step = self.step
+        if self.val_loader is None:
+            return False
+        sums: dict[str, float] = {}
+        count, model = 0, self.eval_model
+        with preserved_rng(), torch.no_grad():
+            seed_everything(self.cfg.seed)  # the same noise at every validation: comparable
+            model.eval()
+            for i, batch in enumerate(self.val_loader):
+                if self.cfg.val_batches is not None and i >= self.cfg.val_batches:
+                    break
+                batch = to_device(batch, self.ctx.device)
+                with autocast(self.cfg.precision, self.ctx.device):
+                    loss, logs = model.loss(batch)
+                n = count_items(batch)
+                for name, value in {"loss": loss, **logs}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * n
+                count += n
+            self.model.train()
+        parts = all_gather((sums, count), self.ctx)
+        total = sum(n for _, n in parts)
+        names = dict.fromkeys(name for s, _ in parts for name in s)  # a rank may have had none
+        values = {name: sum(s.get(name, 0.0) for s, _ in parts) / total for name in names}
+        self.last_val = values["loss"]
+        improved = self.best_val is None or self.last_val < self.best_val
+        self.best_val = self.last_val if improved else self.best_val
+        self.logger.log("val", self.step, values)
+        return improved
+
+    def _sample(self) -> None:
+        """Call the image callbacks on rank 0 (eval mode, no grad, training RNG untouched)."""
+        self.sample_step = self.step
+        if not self.callbacks or not self.ctx.is_main:
+            return
+        model = self.eval_model
+        with preserved_rng(), torch.no_grad():
+            model.eval()
+            for fn in self.callbacks:
+                fn(model, self.step, self.run_dir, self.logger.writer)
+            self.model.train()
+        self.logger.writer.flush()
+
+    def state_dict(self, rng: list[dict[str, Any] | None]) -> dict[str, Any]:
+        """The checkpoint of this step (see ``mvq.training.checkpoint`` for the layout)."""
+        return {
+            "format_version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "sampler_state": {**self.sampler.order_key(), "epoch": self.epoch, "batch": self.batch},
+            "rng": rng,
+            "config": asdict(self.cfg),
+            "model_class": type(self.model).__name__,
+            "model_config": model_config_dict(self.model),
+            "best_val_loss": self.best_val,
+            "last_val_loss": self.last_val,
+        }
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        """Load weights, optimizers, EMA, scaler and position from last.pt; return this rank's
+        RNG state."""
+        path = checkpoint_path(self.run_dir)
+        ckpt = load_checkpoint(path)
+        check_resumable(ckpt, path, self.model, self.sampler.order_key())
+        self.model.load_state_dict(ckpt["model"])
+        for name, opt in self.optimizers.items():
+            try:
+                opt.load_state_dict(ckpt["optimizers"][name])
+            except (ValueError, KeyError) as err:
+                msg = f"cannot resume from {path}: optimizer '{name}' state does not fit ({err})"
+                raise CheckpointError(msg) from None
+        self._ema_loaded = self.ema is not None and ckpt["ema"] is not None
+        if self._ema_loaded:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch = ckpt["step"], ckpt["epoch"]
+        self.batch = ckpt["sampler_state"]["batch"]
+        self.best_val, self.last_val = ckpt["best_val_loss"], ckpt["last_val_loss"]
+        self.ckpt_step = self.step
+        return ckpt["rng"][self.ctx.rank]
+
+    def _checkpoint(self, last: bool = True, best: bool = False) -> None:
+        """Write last.pt (``keep_last``) and/or best.pt on rank 0 with every rank's RNG; the
+        collectives around it are barriers."""
+        rng = all_gather(rng_to_tensors(capture_rng()), self.ctx)
+        ckpt_dir, error = checkpoint_path(self.run_dir).parent, None
+        if self.ctx.is_main:
+            try:
+                state = self.state_dict(rng)
+                written = write_checkpoint(state, ckpt_dir, self.cfg.keep_last) if last else None
+                if best and written is not None:
+                    link_checkpoint(written, ckpt_dir / "best.pt")
+                elif best:
+                    save_checkpoint(state, ckpt_dir / "best.pt")
+            except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+                error = err
+        if any_rank(torch.tensor([error is not None]), self.ctx)[0]:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rank 0 failed to write a checkpoint in {ckpt_dir}; see its error")
+        if last:
+            self.ckpt_step, self.ckpt_time = self.step, time.monotonic()
+
+    def _save_on_interrupt(self) -> None:
+        """After a hard interrupt, checkpoint the last completed step if the state still is one
+        and it did not diverge (rank 0, no collectives: the other ranks may be gone)."""
+        if not self.ctx.is_main or self.rng_after_step is None or self.ckpt_step == self.step:
+            return
+        path = checkpoint_path(self.run_dir)
+        if self.in_step:
+            print(f"interrupted inside step {self.step + 1}; kept {path}", file=sys.stderr)
+            return
+        if bool(self.watch.bad()):
+            print(f"interrupted after a diverged step; kept {path}", file=sys.stderr)
+            return
+        rng = [rng_to_tensors(self.rng_after_step)] + [None] * (self.ctx.world_size - 1)
+        write_checkpoint(self.state_dict(rng), path.parent, self.cfg.keep_last)
+        print(f"interrupted: saved step {self.step} to {path}", file=sys.stderr)
+
+    def close(self) -> None:
+        """Close the logger."""
+        if self.logger is not None:
+            self.logger.close()
+
+    def result(self, wall_time: float) -> TrainResult:
+        """What ``train`` returns."""
+        return TrainResult(
+            steps=self.step,
+            train_logs=self.train_logs,
+            best_val_loss=self.best_val,
+            last_val_loss=self.last_val,
+            wall_time=wall_time,
+            items_per_second=self.meter.rate,
+            run_dir=self.run_dir,
+        )

@@ -1,0 +1,210 @@
+"""A trained tokenizer on image files: ``mvq reconstruct``, ``mvq tokenize``, ``mvq decode``.
+
+Images are read as the tokenizer wants them: converted to grayscale or RGB after its
+``in_channels``, the shorter side resized to its ``image_size`` and the other center-cropped.
+Outputs are PNGs at the tokenizer's size, named as the inputs relative to the input folder with
+the suffix ``.png`` (``cats/a.jpg`` -> ``cats/a.png``). Every check (tokenizer, images, output
+place, token file) runs before anything is written, and folders are written atomically, so a
+failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mvq.data.base import DataError
+from mvq.data.folder import EXTENSIONS, list_images, read_image
+from mvq.pretrained import atomic_write_dir, resolve_pretrained
+from mvq.quantizers import Tokens
+from mvq.token_files import (
+    SUFFIX,
+    check_tokenizer,
+    is_token_file,
+    load_token_file,
+    save_token_file,
+)
+from mvq.tokenizers import Tokenizer, load_tokenizer
+from mvq.tokens import tokenizer_identity
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a one-line ValueError for
+    anything else or a GPU that is not there."""
+    from mvq.training.distributed import resolve_device
+
+    try:
+        return resolve_device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name}: {err}; use auto, cpu, cuda or cuda:N") from err
+
+
+def load_for_images(tokenizer: str | Path, device: str) -> tuple[Tokenizer, dict, Path]:
+    """The tokenizer (eval mode, on ``device``), its identity and the folder it came from."""
+    target = pick_device(device)
+    folder = resolve_pretrained(tokenizer)
+    model = load_tokenizer(folder)
+    return model.to(target).eval(), tokenizer_identity(model, folder), folder
+
+
+def find_images(images: str | Path) -> tuple[list[Path], list[str]]:
+    """The image files under folder ``images`` (or the one file ``images``) and their names
+    relative to it (POSIX paths)."""
+    root = Path(images).expanduser()
+    if root.is_file():
+        if root.suffix.lower() not in EXTENSIONS:
+            raise DataError(f"{root} is not an image ({', '.join(EXTENSIONS)})")
+        return [root], [root.name]
+    if not root.is_dir():
+        raise DataError(f"--images {root} does not exist: pass a folder of images or one image")
+    files = list_images(root)
+    if not files:
+        raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {root}")
+    return files, [f.relative_to(root).as_posix() for f in files]
+
+
+def png_names(names: list[str]) -> list[str]:
+    """``names`` with the suffix ``.png``; two inputs that would share an output, or a name
+    that leaves the output folder (absolute, ``..``), are an error."""
+    out = [Path(n).with_suffix(".png").as_posix() for n in names]
+    seen: dict[str, str] = {}
+    for name, png in zip(names, out, strict=True):
+        if Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).stem:
+            raise DataError(f"image name '{name}' must be a relative path inside the folder")
+        if png in seen:
+            raise DataError(f"{seen[png]} and {name} would both be written as {png}; rename one")
+        seen[png] = name
+    return out
+
+
+def check_out_dir(out: str | Path, images: str | Path | None = None) -> Path:
+    """``out`` as a new (or empty) folder outside the input folder ``images``."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {out} already exists and is not an empty folder; "
+                        "choose a new folder or remove it")  # fmt: skip
+    if images is not None and Path(images).expanduser().is_dir():
+        inside = out.resolve().is_relative_to(Path(images).expanduser().resolve())
+        if inside:
+            raise DataError(f"--out {out} is inside --images {images}; choose a folder outside it")
+    return out
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` if it is at least 1."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
+
+
+def image_batches(model: Tokenizer, files: list[Path], batch_size: int) -> Iterator[Tensor]:
+    """``files`` read as the tokenizer wants them, in batches ``(B, C, S, S)`` in [-1, 1]."""
+    c = model.config
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        yield torch.stack([read_image(f, c.in_channels, c.image_size) for f in chunk])
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Write one image ``(C, H, W)`` in [-1, 1] (C = 1 or 3) as an 8-bit grayscale/RGB PNG."""
+    pixels = ((image.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = pixels.permute(1, 2, 0).numpy()  # (H, W, C)
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+
+
+@torch.no_grad()
+def encode_images(
+    model: Tokenizer, files: list[Path], batch_size: int = 32, seed: int = 0
+) -> Tokens:
+    """Tokens of the image files (MVQ's mask search seeded with ``seed``), on the CPU."""
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    parts = [model.encode(x.to(device)).to("cpu") for x in image_batches(model, files, batch_size)]
+    secondary = None if parts[0].secondary is None else torch.cat([t.secondary for t in parts])
+    mask = None if parts[0].mask is None else torch.cat([t.mask for t in parts])
+    return Tokens(torch.cat([t.indices for t in parts]), secondary, mask)
+
+
+@torch.no_grad()
+def decode_to_folder(
+    model: Tokenizer, tokens: Tokens, names: list[str], out: Path, batch_size: int = 32
+) -> Path:
+    """Decode ``tokens`` and write one PNG per row, named ``names``, into folder ``out``
+    (atomically)."""
+    device = next(model.parameters()).device
+
+    def write(tmp: Path) -> None:
+        for i in range(0, len(names), batch_size):
+            images = model.decode(tokens[i : i + batch_size].to(device)).clamp(-1, 1)
+            for image, name in zip(images, names[i : i + batch_size], strict=True):
+                save_png(image, tmp / name)
+
+    atomic_write_dir(out, write)
+    return out
+
+
+def reconstruct(
+    tokenizer: str | Path,
+    images: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, object]:
+    """``mvq reconstruct``: every image under ``images`` through the tokenizer
+    (encode -> decode) into PNGs under ``out``; returns a summary."""
+    check_batch_size(batch_size)
+    files, names = find_images(images)
+    pngs = png_names(names)
+    out = check_out_dir(out, images)
+    model, _, folder = load_for_images(tokenizer, device)
+    tokens = encode_images(model, files, batch_size, seed)
+    decode_to_folder(model, tokens, pngs, out, batch_size)
+    return {"images": len(files), "out": str(out), "tokenizer": str(folder),
+            "bits_per_image": model.bits_per_image}  # fmt: skip
+
+
+def tokenize(
+    tokenizer: str | Path,
+    images: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, object]:
+    """``mvq tokenize``: the tokens of every image under ``images`` into token file ``out``."""
+    check_batch_size(batch_size)
+    out = Path(out).expanduser()
+    if out.suffix != SUFFIX:
+        raise ValueError(f"--out {out} must end in {SUFFIX}")
+    if out.exists() and not is_token_file(out):
+        raise DataError(f"--out {out} exists and is not a token file; choose another name")
+    files, names = find_images(images)
+    model, identity, folder = load_for_images(tokenizer, device)
+    tokens = encode_images(model, files, batch_size, seed)
+    save_token_file(out, tokens, names, identity, model.token_layout)
+    return {"images": len(files), "out": str(out), "tokenizer": str(folder),
+            "tokens_per_image": model.token_layout.num_tokens}  # fmt: skip
+
+
+def decode(
+    tokenizer: str | Path,
+    tokens: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict[str, object]:
+    """``mvq decode``: a token file back to PNGs under ``out``, named after the images."""
+    check_batch_size(batch_size)
+    token_file = load_token_file(tokens)
+    pngs = png_names(token_file.names)
+    out = check_out_dir(out)
+    model, identity, folder = load_for_images(tokenizer, device)
+    check_tokenizer(token_file, identity, tokens, str(tokenizer))
+    decode_to_folder(model, token_file.tokens, pngs, out, batch_size)
+    return {"images": len(pngs), "out": str(out), "tokenizer": str(folder)}
