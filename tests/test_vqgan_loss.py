@@ -94,6 +94,7 @@ def test_gray_images_reach_lpips_as_rgb_and_lpips_is_frozen() -> None:
     loss_fn = make_loss()
     loss_fn.train()
     assert not loss_fn.perceptual.training
+    assert not any(k.startswith("perceptual") for k in loss_fn.state_dict())  # not checkpointed
     assert all(not p.requires_grad for p in loss_fn.perceptual.parameters())
     x = torch.rand(2, 1, 28, 28)
     nll, logs = loss_fn.nll(x, x.flip(-1))
@@ -103,7 +104,7 @@ def test_gray_images_reach_lpips_as_rgb_and_lpips_is_frozen() -> None:
 def test_config_errors() -> None:
     with pytest.raises(ValueError, match="'lpips' or 'none'"):
         VQGANLossConfig(perceptual="vgg")
-    with pytest.raises(ValueError, match="needs an LPIPS module"):
-        VQGANLoss(VQGANLossConfig(), 1, None)
+    with pytest.raises(ValueError, match="takes no perceptual module"):
+        VQGANLoss(VQGANLossConfig(perceptual="none"), 1, FakeLPIPS())
     with pytest.raises(ValueError, match=">= 0"):
         VQGANLossConfig(disc_start=-1)

@@ -14,8 +14,10 @@ minimises the hinge loss ``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))
 reconstructions. The codebook term is the VQ-VAE form (paper eq. 2), computed by the quantizer:
 taming's ``legacy=True`` applies beta to the wrong term and is not reproduced.
 
-``VQGANLoss`` owns the discriminator (as taming's loss module does); the perceptual network is
-passed in (``mvq.metrics`` resolves LPIPS weights), or None for ``perceptual="none"``.
+``VQGANLoss`` owns the discriminator (as taming's loss module does). The perceptual network is
+frozen and kept outside the module tree: its weights come from the lpips package and the VGG16
+file (``mvq.losses.perceptual.build_lpips``), not from checkpoints or saved models. It is built
+on first use (or passed in), so a model that is only encoded or decoded never needs the file.
 """
 
 from __future__ import annotations
@@ -99,9 +101,7 @@ class VQGANLossConfig:
 
     def __post_init__(self) -> None:
         if self.perceptual not in ("lpips", "none"):
-            raise ValueError(
-                f"perceptual must be 'lpips' or 'none', got {self.perceptual!r}"
-            )
+            raise ValueError(f"perceptual must be 'lpips' or 'none', got {self.perceptual!r}")
         if self.disc_start < 0 or self.disc_weight < 0 or self.perceptual_weight < 0:
             raise ValueError("disc_start, disc_weight and perceptual_weight must be >= 0")
 
@@ -120,34 +120,45 @@ class VQGANLoss(nn.Module):
         self, config: VQGANLossConfig, in_channels: int, perceptual: nn.Module | None = None
     ) -> None:
         super().__init__()
-        if (perceptual is None) != (config.perceptual == "none"):
-            raise ValueError(
-                f"perceptual={config.perceptual!r} needs "
-                + ("an LPIPS module" if perceptual is None else "no perceptual module")
-            )
+        if perceptual is not None and config.perceptual == "none":
+            raise ValueError("perceptual='none' takes no perceptual module")
         self.config = config
         self.discriminator = PatchDiscriminator(
             in_channels, config.disc_channels, config.disc_layers
         )
-        self.perceptual = perceptual
+        self._perceptual: tuple[nn.Module, ...] = ()  # a tuple: not a submodule (see above)
         if perceptual is not None:
-            perceptual.eval().requires_grad_(False)
+            self._perceptual = (perceptual.eval().requires_grad_(False),)
 
-    def train(self, mode: bool = True) -> VQGANLoss:
-        """The perceptual network stays in eval mode (frozen statistics, no dropout)."""
-        super().train(mode)
-        if self.perceptual is not None:
-            self.perceptual.eval()
-        return self
+    @property
+    def perceptual(self) -> nn.Module | None:
+        """The frozen LPIPS network (None before it is built, or with ``perceptual="none"``)."""
+        return self._perceptual[0] if self._perceptual else None
+
+    def perceptual_network(self, device: torch.device | None = None) -> nn.Module | None:
+        """LPIPS on ``device``, built with ``build_lpips`` on first call; None for "none".
+
+        Raises:
+            WeightsUnavailable: the VGG16 file is not on disk and cannot be downloaded.
+        """
+        if self.config.perceptual == "none":
+            return None
+        if not self._perceptual:
+            from mvq.losses.perceptual import build_lpips
+
+            self._perceptual = (build_lpips(),)
+        net = self._perceptual[0]
+        return net if device is None else net.to(device)
 
     def nll(self, x: Tensor, recon: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean L1 + weighted LPIPS, and its parts as logs."""
         l1 = (x - recon).abs().mean()
         logs = {"l1": l1.detach()}
-        if self.perceptual is None:
+        net = self.perceptual_network(x.device)
+        if net is None:
             return l1, logs
         rgb = lambda t: t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t  # noqa: E731
-        p = self.perceptual(rgb(x).contiguous(), rgb(recon).contiguous()).mean()
+        p = net(rgb(x).contiguous(), rgb(recon).contiguous()).mean()
         logs["lpips"] = p.detach()
         return l1 + self.config.perceptual_weight * p, logs
 
