@@ -135,6 +135,12 @@ class VQGANLoss(nn.Module):
         """The frozen LPIPS network (None before it is built, or with ``perceptual="none"``)."""
         return self._perceptual[0] if self._perceptual else None
 
+    def set_perceptual(self, net: nn.Module) -> None:
+        """Use ``net`` (frozen here) as the perceptual network, e.g. LPIPS from own weights."""
+        if self.config.perceptual == "none":
+            raise ValueError("perceptual='none' takes no perceptual module")
+        self._perceptual = (net.eval().requires_grad_(False),)
+
     def perceptual_network(self, device: torch.device | None = None) -> nn.Module | None:
         """LPIPS on ``device``, built with ``build_lpips`` on first call; None for "none".
 
