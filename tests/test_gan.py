@@ -251,3 +251,21 @@ def test_ddp_two_processes_on_gloo(tmp_path) -> None:
             assert torch.equal(value, r["resumed"][key]), key
     logs = r0["logs"]  # the adversarial term ran (autograd.grad under DDP) and was finite
     assert logs["d_weight"] > 0 and torch.isfinite(torch.tensor(logs["discriminator_loss"]))
+
+
+def test_bf16_gan_run_trains_with_finite_weights(tmp_path) -> None:
+    model = gan(disc_start=1)
+    result = train(model, DATA, DATA, config(max_steps=2, precision="bf16"), tmp_path)
+    assert result.steps == 2 and "d_weight" in result.train_logs
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/recipes/*.yaml")))
+def test_recipes_build_their_gan_tokenizer(path: Path) -> None:
+    from mvq.runconfig import load_run_config
+    from mvq.train_tokenizer import build_tokenizer, build_train_config
+
+    cfg = load_run_config(path)
+    model = build_tokenizer(cfg)
+    assert isinstance(model, MVQGAN) and build_train_config(cfg).betas == (0.5, 0.9)
+    assert model.config.perceptual == ("none" if "cpu" in path.name else "lpips")
