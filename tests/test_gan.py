@@ -253,10 +253,13 @@ def test_ddp_two_processes_on_gloo(tmp_path) -> None:
     assert logs["d_weight"] > 0 and torch.isfinite(torch.tensor(logs["discriminator_loss"]))
 
 
-def test_bf16_gan_run_trains_with_finite_weights(tmp_path) -> None:
+def test_bf16_and_ema_gan_run_trains_with_finite_weights(tmp_path) -> None:
     model = gan(disc_start=1)
-    result = train(model, DATA, DATA, config(max_steps=2, precision="bf16"), tmp_path)
+    cfg = config(max_steps=2, precision="bf16", ema_decay=0.5)
+    result = train(model, DATA, DATA, cfg, tmp_path, save_model=lambda m, p: m.save_pretrained(p))
     assert result.steps == 2 and "d_weight" in result.train_logs
+    assert torch.isfinite(torch.tensor(result.last_val_loss))
+    assert type(load_tokenizer(tmp_path / "model")) is MVQGAN
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
