@@ -6,9 +6,14 @@ loss on the detached reconstruction, backward, Adam. Table 3 widths (128/64), a 
 of width 64, ``mvqgan_celeba64_s4_k16`` (4 + 1 tokens, K = 16). Shares of the step:
 
 - MH-Dropout search: time inside the quantizer's no-grad search (measured directly);
-- discriminator: step time with the adversarial term on minus with it off (``disc_start``
-  not reached: no discriminator forward, no adaptive weight);
-- LPIPS: step time with LPIPS minus with ``perceptual="none"``.
+- LPIPS: step time with LPIPS minus with ``perceptual="none"`` (its forward, and its backward
+  twice: once for the loss, once more for the adaptive weight's ``autograd.grad`` of the nll);
+- discriminator: without LPIPS, step time with the adversarial term on minus off
+  (``disc_start`` not reached: no discriminator forward, no adaptive weight, its Adam step
+  on zero gradients);
+- the rest: the tokenizer's forward and backward (without the search), Adam, L1.
+
+The four add up to the step.
 
 LPIPS uses the VGG16 weights when ``build_lpips`` finds them, else a random backbone (same
 cost, meaningless distances; labelled in the output). FLOPs come from
@@ -127,21 +132,23 @@ def main() -> None:
     x = torch.rand(args.batch_size, 3, 64, 64, device=device) * 2 - 1
     lpips, backbone = lpips_network(device)
     full, search = time_steps(make_model(j, True, lpips, device), x, repeats)
-    no_disc, _ = time_steps(make_model(j, False, lpips, device), x, repeats)
     no_lpips, _ = time_steps(make_model(j, True, None, device), x, repeats)
+    base, _ = time_steps(make_model(j, False, None, device), x, repeats)
     flops = step_flops(make_model(j, True, lpips, device), x)
     res = {
         "device": str(device), "threads": args.threads, "J": j, "batch": len(x),
         "lpips_backbone": backbone, "step_s": full, "images_per_s": len(x) / full,
-        "search_share": search / full, "discriminator_share": (full - no_disc) / full,
-        "lpips_share": (full - no_lpips) / full, "step_gflop": flops / 1e9,
+        "search_share": search / full, "lpips_share": (full - no_lpips) / full,
+        "discriminator_share": (no_lpips - base) / full, "rest_share": (base - search) / full,
+        "step_gflop": flops / 1e9,
         "achieved_gflop_per_s": flops / 1e9 / full,
     }  # fmt: skip
     print(f"MVQGAN step, 64x64, batch {len(x)}, J = {j}, {device} ({args.threads} threads)")
     print(f"  {len(x) / full:8.1f} images/s   ({full * 1e3:.0f} ms per step)")
     print(f"  {res['search_share']:8.1%} MH-Dropout search")
-    print(f"  {res['discriminator_share']:8.1%} discriminator (adversarial term on - off)")
     print(f"  {res['lpips_share']:8.1%} LPIPS ({backbone})")
+    print(f"  {res['discriminator_share']:8.1%} discriminator and adaptive weight")
+    print(f"  {res['rest_share']:8.1%} the rest (tokenizer forward/backward, Adam)")
     print(f"  {flops / 1e9:8.1f} GFLOP per step, {res['achieved_gflop_per_s']:.1f} GFLOP/s")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
 
