@@ -126,6 +126,8 @@ def test_saved_gan_tokenizer_is_the_generator_and_decodes_the_same(tmp_path) -> 
     model.save_pretrained(tmp_path / "m")
     saved = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert saved and not any(k.startswith("gan_loss.") for k in saved)  # no discriminator
+    generator = sum(p.numel() for p in model.optimizer_groups()["model"])
+    assert f"| parameters | {generator:,} |" in (tmp_path / "m" / "README.md").read_text()
     loaded = load_tokenizer(tmp_path / "m")
     assert type(loaded) is MVQGAN and loaded.config == model.config
     torch.manual_seed(3)
