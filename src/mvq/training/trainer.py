@@ -216,14 +216,16 @@ def _check_inputs(model: nn.Module, train_set: Dataset, cfg: TrainConfig) -> Non
             f"batch_size {cfg.batch_size} does not split over {world} processes x "
             f"grad_accum {cfg.grad_accum}"
         )
-    refused = {"precision=fp16": cfg.precision == "fp16", f"grad_accum={cfg.grad_accum}":
-               cfg.grad_accum > 1, "compile=true": cfg.compile}  # fmt: skip
     names = list(optimizer_groups(model))
-    if len(names) > 1 and any(refused.values()):
-        what = next(k for k, v in refused.items() if v)
-        raise ValueError(f"train.{what} is not supported for {type(model).__name__}, which trains "
-                         f"{len(names)} optimizers ({', '.join(names)}); use fp32 or bf16, "
-                         "grad_accum=1, compile=false")  # fmt: skip
+    unsupported = (("precision=fp16", cfg.precision == "fp16"), ("compile=true", cfg.compile),
+                   (f"grad_accum={cfg.grad_accum}", cfg.grad_accum > 1))  # fmt: skip
+    for what, used in unsupported if len(names) > 1 else ():
+        if used:
+            raise ValueError(
+                f"train.{what} is not supported for {type(model).__name__}, which trains "
+                f"{len(names)} optimizers ({', '.join(names)}); use fp32 or bf16, grad_accum=1, "
+                "compile=false"
+            )
     if len(train_set) < cfg.batch_size:
         raise ValueError(
             f"train set has {len(train_set)} items, fewer than one batch ({cfg.batch_size})"
