@@ -59,6 +59,8 @@ def _train(args: argparse.Namespace) -> None:
     summary = {"steps": result.steps, "images_per_s": round(result.items_per_second, 1)}
     if result.last_val_loss is not None:
         summary["val_loss"] = round(result.last_val_loss, 6)
+    if hasattr(model.config, "perceptual"):  # a GAN tokenizer: say which objective it had
+        summary["perceptual"] = model.config.perceptual
     _print_rank0(summary)
 
 

@@ -60,7 +60,8 @@ def _facts(model: Any, data: dict[str, Any] | None) -> list[tuple[str, str]]:
         rows.append(("images", f"{c.in_channels} × {c.image_size} × {c.image_size}, in [-1, 1]"))
         rows.append(("bits per image", f"{model.bits_per_image:g}"))
         rows.append(("token layout", _layout_line(model.token_layout)))
-    params = sum(p.numel() for p in model.parameters())
+    saved = set(model.pretrained_state_dict())  # a GAN's discriminator is not saved
+    params = sum(p.numel() for name, p in model.named_parameters() if name in saved)
     rows.append(("parameters", f"{params:,}"))
     return rows
 

@@ -85,6 +85,14 @@ class PretrainedMixin:
 
     config_class: ClassVar[type]
     config: Any
+    pretrained_exclude: ClassVar[tuple[str, ...]] = ()
+    """State-dict key prefixes of training-only parts (a GAN's discriminator): not saved, and
+    left as built when loading; training checkpoints still hold them."""
+
+    def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights ``save_pretrained`` writes: ``state_dict`` without ``pretrained_exclude``."""
+        state = self.state_dict()  # type: ignore[attr-defined]
+        return {k: v for k, v in state.items() if not k.startswith(self.pretrained_exclude)}
 
     def save_pretrained(
         self,
@@ -118,7 +126,7 @@ class PretrainedMixin:
             "config": dataclasses.asdict(self.config),
             "card": {"data": data, "metrics": metrics},
         }
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        state = {k: v.detach().contiguous().cpu() for k, v in self.pretrained_state_dict().items()}
         card = render_model_card(self, repo_id, data, metrics)
 
         def write(tmp: Path) -> None:
@@ -185,13 +193,13 @@ class PretrainedMixin:
             raise CheckpointError(
                 f"{directory}/{WEIGHTS_NAME} is unreadable ({err}); re-save it"
             ) from err
-        problem = state_mismatch(state, model.state_dict())  # type: ignore[attr-defined]
+        problem = state_mismatch(state, model.pretrained_state_dict())
         if problem:
             raise CheckpointError(
                 f"{directory}: weights do not match the config ({problem}); "
                 "config.json and model.safetensors come from different models"
             )
-        model.load_state_dict(state)  # type: ignore[attr-defined]
+        model.load_state_dict(state, strict=not cls.pretrained_exclude)  # type: ignore[attr-defined]
         model.card_info = meta.get("card") or {}  # kept for the next save's model card
         return model.eval()  # type: ignore[attr-defined]
 

@@ -7,6 +7,8 @@ usage over a whole split, bits per image) and ``ReconstructionGrid`` (the period
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from mvq.data import build_dataset, data_channels
 from mvq.pretrained import config_from_dict
 from mvq.runconfig import ConfigError, RunConfig, check_keys
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
+from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
 
 
@@ -117,6 +120,8 @@ def train_tokenizer(
     train_cfg = build_train_config(cfg)
     torch.manual_seed(train_cfg.seed)  # the initial weights depend on the seed alone
     model = build_tokenizer(cfg)
+    if isinstance(model, GANObjective):
+        prepare_gan(model)
     train_set, val_set = build_splits(cfg, model)
     grid = ReconstructionGrid(first_images(val_set, 8))
     result = train(
@@ -124,6 +129,14 @@ def train_tokenizer(
         save_model=lambda m, path: m.save_pretrained(path, data=data_summary(cfg, train_set)),
     )  # fmt: skip
     return model, result
+
+
+def prepare_gan(model: GANObjective) -> None:
+    """Build LPIPS now, so missing VGG16 weights fail before any run directory is written, and
+    say when a run is not the paper's recipe (``perceptual: none``)."""
+    if model.gan_loss.perceptual_network() is None and os.environ.get("RANK", "0") == "0":
+        print(f"{type(model).__name__}: perceptual=none, L1 without LPIPS: not the paper's "
+              "recipe (recorded in the model's config.json)", file=sys.stderr)  # fmt: skip
 
 
 @torch.no_grad()

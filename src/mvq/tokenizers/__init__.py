@@ -1,7 +1,9 @@
-"""Tokenizers (VQVAE2, MVQVAE, FSQVAE) and their registry of the paper's settings.
+"""Tokenizers (VQVAE2, MVQVAE, FSQVAE and their GAN-trained VQGAN, MVQGAN, FSQGAN) and their
+registry of the paper's settings.
 
 Variant names read ``<arch>_<dataset>_s<S>_k<K>``: e.g. ``mvqvae_fmnist_s4_k16`` is MVQVAE on
-Fashion-MNIST with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary).
+Fashion-MNIST with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary);
+``mvqgan_fmnist_s4_k16`` the same networks trained with the VQGAN objective.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from mvq.pretrained import (
 from mvq.registry import Registry
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput, TokenLayout
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
+from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN, FSQGANConfig, MVQGANConfig, VQGANConfig
 from mvq.tokenizers.mvqvae import MVQVAE, MVQVAEConfig
 from mvq.tokenizers.vqvae2 import VQVAE2, VQVAE2Config
 
-ARCHITECTURES: dict[str, type[Tokenizer]] = {"vqvae2": VQVAE2, "mvqvae": MVQVAE, "fsqvae": FSQVAE}
+ARCHITECTURES: dict[str, type[Tokenizer]] = {
+    "vqvae2": VQVAE2, "mvqvae": MVQVAE, "fsqvae": FSQVAE,
+    "vqgan": VQGAN, "mvqgan": MVQGAN, "fsqgan": FSQGAN,
+}  # fmt: skip
 
 # dataset -> (image channels, image size, D = D') from Table 2
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
@@ -83,12 +89,18 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 __all__ = [
+    "FSQGAN",
     "FSQVAE",
+    "MVQGAN",
     "MVQVAE",
     "TOKENIZERS",
+    "VQGAN",
     "VQVAE2",
+    "FSQGANConfig",
     "FSQVAEConfig",
+    "MVQGANConfig",
     "MVQVAEConfig",
+    "VQGANConfig",
     "TokenLayout",
     "Tokenizer",
     "TokenizerConfig",

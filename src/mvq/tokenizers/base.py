@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
 from mvq.pretrained import PretrainedMixin
-from mvq.quantizers import Tokens
+from mvq.quantizers import QuantizerOutput, Tokens
 
 
 @dataclass
@@ -140,12 +140,17 @@ class Tokenizer(nn.Module, PretrainedMixin):
                 f"got {tuple(x.shape)}: resize the data or build the tokenizer for this size"
             )
 
-    def forward(self, x: Tensor) -> TokenizerOutput:
-        """Encode, quantise and decode a batch ``(B, C, H, W)``; ``loss`` = rec + quantizer."""
+    def autoencode(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
+        """Encode, quantise and decode ``(B, C, H, W)``: the reconstruction and the quantizer's
+        output (tokens, codebook loss, logs)."""
         self.check_images(x)
         y = self.encoder(x)  # (B, D, h, w)
         q = self.quantize(y, self.secondary_encoder(y))
-        recon = self.decoder(q.quantized)  # (B, C, H, W)
+        return self.decoder(q.quantized), q  # (B, C, H, W)
+
+    def forward(self, x: Tensor) -> TokenizerOutput:
+        """Encode, quantise and decode a batch ``(B, C, H, W)``; ``loss`` = rec + quantizer."""
+        recon, q = self.autoencode(x)
         rec = F.mse_loss(recon, x)
         logs = {"rec": rec.detach(), "quant_loss": q.loss.detach(), **q.logs}
         return TokenizerOutput(recon, q.tokens, rec + q.loss, logs)

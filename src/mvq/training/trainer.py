@@ -22,8 +22,12 @@ Each rank normalizes with the statistics of its own share of the batch, and DDP 
 ranks. Call ``nn.SyncBatchNorm.convert_sync_batchnorm(model)`` before ``train`` to normalize over
 the global batch on GPUs instead.
 
-A second optimizer (a GAN's discriminator, owned by the loss module) goes into
-``Trainer.optimizers`` under its own name: checkpoints already store optimizers by name.
+Several optimizers (a GAN): a model that defines ``optimizer_groups() -> {name: params}`` gets
+one Adam per group, stepped in that order once per batch, and is trained through
+``loss(batch, step, name)`` (``step`` counts batches from 0); validation still calls
+``loss(batch)``. Checkpoints store the optimizers by name. Such runs take fp32 or bf16, EMA and
+DDP (with ``find_unused_parameters``: each group's pass leaves the other's parameters unused);
+fp16, ``grad_accum`` > 1 and ``compile`` are refused.
 """
 
 from __future__ import annotations
@@ -93,14 +97,23 @@ class TrainingDiverged(RuntimeError):
 
 
 class _LossModule(nn.Module):
-    """Routes ``model.loss(batch)`` through ``forward`` so DDP and ``torch.compile`` see it."""
+    """Routes ``model.loss(batch, *args)`` through ``forward`` so DDP and ``torch.compile`` see
+    it (``args``: the step and the optimizer's name, for a model with several optimizers)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.model.loss(batch)
+    def forward(self, batch: Any, *args: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.loss(batch, *args)
+
+
+def optimizer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """``model.optimizer_groups()`` when the model defines it (a GAN: generator, then
+    discriminator), else one group "model" of every trainable parameter."""
+    if callable(getattr(model, "optimizer_groups", None)):
+        return model.optimizer_groups()
+    return {"model": [p for p in model.parameters() if p.requires_grad]}
 
 
 class DivergenceWatch:
@@ -203,6 +216,16 @@ def _check_inputs(model: nn.Module, train_set: Dataset, cfg: TrainConfig) -> Non
             f"batch_size {cfg.batch_size} does not split over {world} processes x "
             f"grad_accum {cfg.grad_accum}"
         )
+    names = list(optimizer_groups(model))
+    unsupported = (("precision=fp16", cfg.precision == "fp16"), ("compile=true", cfg.compile),
+                   (f"grad_accum={cfg.grad_accum}", cfg.grad_accum > 1))  # fmt: skip
+    for what, used in unsupported if len(names) > 1 else ():
+        if used:
+            raise ValueError(
+                f"train.{what} is not supported for {type(model).__name__}, which trains "
+                f"{len(names)} optimizers ({', '.join(names)}); use fp32 or bf16, grad_accum=1, "
+                "compile=false"
+            )
     if len(train_set) < cfg.batch_size:
         raise ValueError(
             f"train set has {len(train_set)} items, fewer than one batch ({cfg.batch_size})"
@@ -264,8 +287,8 @@ class Trainer:
         self.total = cfg.total_steps(self.sampler.batches_per_epoch)
         # What trains: the model, its optimizers by name, the fp16 scaler, the EMA copy.
         self.model = model.to(ctx.device).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizers = {"model": torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)}
+        self.optimizers = {name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+                           for name, params in optimizer_groups(model).items()}  # fmt: skip
         self.scaler = make_scaler(cfg.precision, ctx.device)
         self.ema = make_ema(model) if cfg.ema_decay is not None else None
         self._ema_loaded = False  # the EMA weights came from a checkpoint
@@ -298,8 +321,9 @@ class Trainer:
         rng = self._load_checkpoint() if has_checkpoint else None
         if ctx.enabled:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            unused = cfg.find_unused_parameters or len(self.optimizers) > 1
             self.ddp = DistributedDataParallel(
-                self.forward, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters
+                self.forward, device_ids=ids, find_unused_parameters=unused
             )  # broadcasts rank 0's weights
             self.forward = self.ddp
         if self.ema is not None and not (has_checkpoint and self._ema_loaded):
@@ -344,38 +368,58 @@ class Trainer:
             bar.close()
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One optimizer step: forward/backward per micro-batch, unscale, clip, note NaN/Inf on
-        the device, update, EMA. Returns the step's detached logs (no host sync)."""
-        cfg, opt = self.cfg, self.optimizers["model"]
+        """One step: each optimizer in turn updates (``update``), then the EMA. Returns the
+        step's detached logs (no host sync); a second optimizer's loss and gradient norm are
+        logged as ``<name>_loss``, ``<name>_grad_norm``."""
+        cfg = self.cfg
         self.lr = lr_at(self.step, self.total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps,
                         cfg.min_lr)  # fmt: skip
+        parts = split_batch(batch, cfg.grad_accum)
+        logs: dict[str, torch.Tensor] = {}
+        for name, opt in self.optimizers.items():
+            out = self.update(name, opt, parts)
+            if name != "model":  # the loss and norm of a second optimizer under its own name
+                out = {
+                    f"{name}_{k}" if k in ("loss", "grad_norm") else k: v for k, v in out.items()
+                }
+            logs |= out
+        if self.ema is not None:
+            update_ema(self.ema, self.model, cfg.ema_decay)
+        return logs
+
+    def update(
+        self, name: str, opt: torch.optim.Optimizer, parts: list[Any]
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer's update: forward/backward per micro-batch, unscale, clip, note
+        NaN/Inf on the device, step. Returns its detached loss, logs and gradient norm."""
         set_lr(opt, self.lr)
-        opt.zero_grad(set_to_none=True)
-        loss, logs = self._backward(split_batch(batch, cfg.grad_accum))
+        opt.zero_grad(set_to_none=True)  # also drops what another group's pass put there
+        loss, logs = self._backward(parts, () if len(self.optimizers) == 1 else (self.step, name))
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         params = [p for group in opt.param_groups for p in group["params"]]
         # Clipping at inf scales by exactly 1.0: the norm comes for free, the grads stay bit-equal.
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
         self.watch.record(self.step + 1, loss, None if self.scaler is not None else norm)
         if self.scaler is not None:
             self.scaler.step(opt)  # skips the update when a gradient is Inf/NaN
             self.scaler.update()
         else:
             opt.step()
-        if self.ema is not None:
-            update_ema(self.ema, self.model, cfg.ema_decay)
         return {"loss": loss, **logs, "grad_norm": norm.detach()}
 
-    def _backward(self, parts: list[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward and backward of each micro-batch (DDP all-reduces after the last one only);
-        returns the loss and logs averaged over the micro-batches, detached."""
+    def _backward(
+        self, parts: list[Any], args: tuple[Any, ...] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward (``model.loss(part, *args)``) and backward of each micro-batch (DDP
+        all-reduces after the last one only); returns the loss and logs averaged over the
+        micro-batches, detached."""
         n, loss_sum, log_sums = len(parts), None, {}
         for i, part in enumerate(parts):
             last = i == n - 1
             with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with autocast(self.cfg.precision, self.ctx.device):
-                    loss, logs = self.forward(part)
+                    loss, logs = self.forward(part, *args)
                 scaled = loss / n if n > 1 else loss
                 (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
