@@ -124,7 +124,7 @@ def parse_metrics(text: str | None, form: str) -> tuple[str, ...] | None:
         if group not in allowed[form]:
             raise EvalError(f"metric '{name}' does not apply to the {form} form of mvq eval; "
                             f"it computes {', '.join(allowed[form])}")  # fmt: skip
-        groups.append(group)
+        groups += [group, "random_mask"] if name.startswith("random_mask_") else [group]
     if not groups:
         raise EvalError("--metrics is empty; name at least one metric")
     return tuple(dict.fromkeys(groups))
