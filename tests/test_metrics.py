@@ -2,7 +2,6 @@
 the Inception / LPIPS wiring and the fd_fmnist classifier."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -241,20 +240,20 @@ def test_fd_fmnist_classifier_is_cached_and_reused(tmp_path, monkeypatch, capsys
 
 @needs_fmnist
 @pytest.mark.slow
-def test_the_real_classifier_reaches_its_accuracy_contract() -> None:
-    """>= 91% test accuracy, 128-d features; uses the user's cache (trains once if missing)."""
+def test_the_real_classifier_reaches_its_accuracy_contract(tmp_path) -> None:
+    """The cached classifier: >= 91% test accuracy (recomputed from its weights), 128-d
+    features. Without a cache (CI), the same recipe on a quarter of the data, 2 epochs."""
+    from mvq.data import build_dataset
     from mvq.metrics import load_classifier
+    from mvq.metrics.fd_fmnist import accuracy, cache_key, cache_root, data_hash
 
-    if os.environ.get("MVQ_SKIP_CLASSIFIER_TRAINING") and not _cached():
-        pytest.skip("classifier not cached and MVQ_SKIP_CLASSIFIER_TRAINING is set")
-    classifier = load_classifier()
-    assert classifier.meta["accuracy"] >= 0.91
+    config = ClassifierConfig()
+    cached = (cache_root() / "fd_fmnist" / f"{cache_key(config, data_hash())}.json").is_file()
+    if not cached:
+        config = ClassifierConfig(epochs=2, train_subset=15_000)
+    classifier = load_classifier(config, cache=None if cached else tmp_path)
+    test = build_dataset("fashion_mnist", None, "val")
+    measured = accuracy(classifier.model, test.images, test.labels)
+    assert measured == pytest.approx(classifier.meta["accuracy"], abs=1e-4)
+    assert measured >= (0.91 if cached else 0.86)
     assert classifier.meta["feature_dim"] >= 128
-
-
-def _cached() -> bool:
-    from mvq.metrics.fd_fmnist import cache_key, cache_root, data_hash
-
-    return (
-        cache_root() / "fd_fmnist" / f"{cache_key(ClassifierConfig(), data_hash())}.json"
-    ).is_file()
