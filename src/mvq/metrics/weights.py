@@ -92,10 +92,11 @@ def resolve_weights(
     for folder in dirs:
         if (folder / weights.name).is_file():
             return folder / weights.name
+    why = "downloads disabled"
     if download is None:
         download = os.environ.get(ENV_OFFLINE, "").lower() not in ("1", "true", "yes")
+        why = f"{ENV_OFFLINE} is set"
     target = (Path(weights_dir).expanduser() if weights_dir else hub_checkpoints()) / weights.name
-    why = f"{ENV_OFFLINE} is set"
     if download:
         try:
             _download(weights.url, hub_checkpoints() / weights.name)
