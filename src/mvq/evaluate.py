@@ -328,9 +328,10 @@ def codebook_metrics(indices: Tensor, vocab: int, name: str) -> dict[str, float]
 
 @torch.no_grad()
 def reconstruct(
-    tokenizer: nn.Module, images: Tensor, batch_size: int, seed: int
+    tokenizer: nn.Module, images: Tensor, batch_size: int, seed: int, random_mask: bool = True
 ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-    """Reconstructions ``(N, C, H, W)`` in [-1, 1], random-mask ones (MVQ) and the tokens."""
+    """Reconstructions ``(N, C, H, W)`` in [-1, 1], random-mask ones (MVQ, when asked) and the
+    tokens."""
     from mvq.quantizers import Tokens
 
     device = next(tokenizer.parameters()).device
@@ -342,7 +343,7 @@ def reconstruct(
         x = (images[i : i + batch_size].float() / 127.5 - 1.0).to(device)
         tokens = tokenizer.encode(x)
         recon.append(tokenizer.decode(tokens).clamp(-1, 1).cpu())
-        if tokens.mask is not None:  # the same tokens with a random Bernoulli(0.5) mask
+        if random_mask and tokens.mask is not None:  # the tokens with a random Bernoulli(0.5) mask
             bare = Tokens(tokens.indices, tokens.secondary)
             random.append(tokenizer.decode(bare, generator=generator).clamp(-1, 1).cpu())
         primary.append(tokens.indices.cpu())
@@ -372,10 +373,16 @@ def prior_nll(
 
 
 def reconstruction_form(
-    tokenizer: nn.Module, reference: Tensor, nets: Networks, request: EvalRequest
+    tokenizer: nn.Module,
+    reference: Tensor,
+    nets: Networks,
+    request: EvalRequest,
+    random_mask: bool = True,
 ) -> dict[str, float]:
     """Every reconstruction metric the loaded networks allow (see the module docstring)."""
-    recon, random, codes = reconstruct(tokenizer, reference, request.batch_size, request.seed)
+    recon, random, codes = reconstruct(
+        tokenizer, reference, request.batch_size, request.seed, random_mask
+    )
     target = reference.float() / 127.5 - 1.0
     features = FeatureCache(nets, request.batch_size)
     out = pixel_metrics(recon, target, nets.lpips, request.batch_size)
@@ -590,18 +597,21 @@ def static_unavailable(form: str, groups: tuple[str, ...], tokenizer, prior) -> 
     return out
 
 
-def compute(request: EvalRequest, tokenizer, prior, reference, labels, images, nets) -> dict:
-    """The metrics of the request's form (all the loaded networks allow)."""
+def compute(
+    request: EvalRequest, groups: tuple[str, ...], models: tuple, data: tuple, nets: Networks
+) -> dict:
+    """The metrics of the request's form: ``groups`` as far as the loaded networks allow."""
+    (tokenizer, prior), (reference, labels, images) = models, data
     if request.form == "reconstruction":
         subset = reference[: request.n] if request.n else reference
-        return reconstruction_form(tokenizer, subset, nets, request)
+        return reconstruction_form(tokenizer, subset, nets, request, "random_mask" in groups)
     if request.form == "images":
         return sample_form(images, reference_subset(reference, len(images), request.seed),
                            nets, request)  # fmt: skip
     metrics = sample_form(images, reference_subset(reference, len(images), request.seed),
                           nets, request)  # fmt: skip
     metrics["bits_per_image"] = float(tokenizer.bits_per_image)
-    if not static_unavailable("samples", ("prior_nll",), tokenizer, prior):
+    if "prior_nll" in groups and not static_unavailable("samples", groups, tokenizer, prior):
         codes = encode_codes(tokenizer, reference, request.batch_size, request.seed)
         metrics |= prior_nll(prior, codes, labels, request.batch_size)
     return metrics
@@ -638,7 +648,7 @@ def run_eval(request: EvalRequest) -> dict:
     check_asked(asked, missing, nets)
     if form == "samples":
         images = sample_from_prior(tokenizer, prior, request.n or 10_000, request)
-    metrics = compute(request, tokenizer, prior, reference, labels, images, nets)
+    metrics = compute(request, groups, (tokenizer, prior), (reference, labels, images), nets)
     metrics = select(metrics, groups) if asked else metrics
     meta = describe(request, device, reference, images, nets, time.perf_counter() - t0)
     result = ordered(metrics) | {"unavailable": missing, "meta": meta}
