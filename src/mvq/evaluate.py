@@ -162,7 +162,8 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Tensor:
     """Every image under ``folder`` as uint8 ``(N, C, H, W)``; size and channels must be ``shape``.
 
     A gray data set accepts gray images and RGB images whose three channels are equal (how
-    ``save_image`` writes gray tensors); a colour data set needs RGB images.
+    ``save_image`` writes gray tensors); a colour data set needs RGB images. ``grid.png`` (the
+    overview ``mvq sample`` writes next to its images) is skipped.
     """
     from PIL import Image
 
@@ -174,8 +175,11 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Tensor:
     c, h, w = shape
     images = torch.empty(len(files), c, h, w, dtype=torch.uint8)
     for i, path in enumerate(files):
-        with Image.open(path) as im:
-            array = torch.from_numpy(np.array(im.convert("RGB" if im.mode != "L" else "L")))
+        try:
+            with Image.open(path) as im:
+                array = torch.from_numpy(np.array(im.convert("RGB" if im.mode != "L" else "L")))
+        except OSError as err:  # PIL's UnidentifiedImageError is one
+            raise EvalError(f"cannot read image {path}: {err}") from err
         pixels = array[None] if array.dim() == 2 else array.permute(2, 0, 1)  # (C', H', W')
         if tuple(pixels.shape[1:]) != (h, w):
             raise EvalError(f"{path} is {pixels.shape[2]}x{pixels.shape[1]} but the data are "
