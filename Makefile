@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/mh_dropout.py
 	$(BIN)/python benchmarks/tokenizers.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/eval.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -125,8 +125,13 @@ def test_tiny_mvqvae_trains_stably_on_fashion_mnist(tmp_path) -> None:
 
 
 @pytest.mark.real_data
-def test_demo_end_to_end_quick(tmp_path, capsys) -> None:
+def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     """`make demo`'s job with tiny step counts: both tokenizers, priors, grids and the table."""
+    from mvq.metrics import ClassifierConfig, load_classifier
+
+    tiny = load_classifier(ClassifierConfig(width=4, feature_dim=16, epochs=1, train_subset=1024),
+                           cache=tmp_path / "classifier")  # fmt: skip
+    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda root, device: tiny)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--steps", "4", "--prior-steps", "3", "--subset", "256",
             "--num-hypotheses", "8"]  # fmt: skip
@@ -139,6 +144,10 @@ def test_demo_end_to_end_quick(tmp_path, capsys) -> None:
         assert math.isfinite(m["mse"]) and 0 < m["prior_val_nll"] < math.log(8)
         bits = m["prior_val_nll"] * m["tokens_per_image"] / math.log(2)  # nats/token -> bits/image
         assert m["prior_val_bits_per_image"] == pytest.approx(bits, rel=1e-5)
+    for name in ("fd_fmnist", "sample_fd_fmnist", "sample_f8", "sample_f1_8"):
+        assert all(math.isfinite(m[name]) for m in metrics.values()), name
+    assert "random_mask_fd_fmnist" in metrics["mvqvae"]
+    assert (out / "eval_mvqvae_samples" / "eval.json").is_file()
     assert "| mvqvae |" in capsys.readouterr().out
     assert main(argv) == 0  # a re-run reuses the finished runs
 

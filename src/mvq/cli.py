@@ -1,6 +1,6 @@
 """The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq sweep``, ``mvq reconstruct``,
-``mvq tokenize``, ``mvq decode``, ``mvq viz``, ``mvq report``.
+``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq eval``, ``mvq sweep``,
+``mvq reconstruct``, ``mvq tokenize``, ``mvq decode``, ``mvq viz``, ``mvq report``.
 
 Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
 prints one line ``mvq: error: ...`` and exits with status 2.
@@ -156,6 +156,41 @@ def _decode(args: argparse.Namespace) -> None:
     print(json.dumps(decode(args.tokenizer, args.tokens, args.out, args.device, args.batch_size)))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mvq.evaluate import EvalRequest, format_table, run_eval
+
+    paths = {k: Path(v) if v else None for k, v in (("tokenizer", args.tokenizer),
+             ("prior", args.prior), ("images", args.images))}  # fmt: skip
+    request = EvalRequest(Path(args.out), **paths, data=args.data, split=args.split,
+                          root=args.root, n=args.n, metrics=args.metrics, device=args.device,
+                          weights_dir=args.weights_dir, batch_size=args.batch_size,
+                          seed=args.seed)  # fmt: skip
+    print(format_table(run_eval(request)))
+    print(f"wrote {Path(args.out) / 'eval.json'} and a row of {Path(args.out) / 'eval.csv'}")
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="metrics of a tokenizer, its samples, or a folder of images")
+    ev.add_argument("--tokenizer", help="a saved tokenizer: reconstruction metrics")
+    ev.add_argument("--prior", help="a saved prior of --tokenizer: sample metrics")
+    ev.add_argument("--images", help="a folder of images to judge against the split")
+    ev.add_argument("--data", default="fashion_mnist", help="reference data set")
+    ev.add_argument("--split", default="test", help="reference split (test: the data's test split)")
+    ev.add_argument("--root", help="data set folder (default: the data set's usual place)")
+    ev.add_argument("-n", type=int, help="samples to draw (default 10000) / images to reconstruct")
+    ev.add_argument(
+        "--metrics", help="comma-separated metrics; each must run (default: all that can)"
+    )
+    ev.add_argument("--out", required=True, help="folder for eval.json and eval.csv")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--weights-dir", help="folder searched first for Inception/VGG16 weights")
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval)
+
+
 def _configs(args: argparse.Namespace) -> None:
     from mvq.runconfig import write_paper_configs
 
@@ -277,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_list)
     _sampling_parsers(sub)
     _image_parsers(sub)
+    _eval_parser(sub)
     cf = sub.add_parser("configs", help="write the paper's run configs (configs/*.yaml)")
     cf.add_argument("--out", default="configs", help="output directory")
     cf.set_defaults(func=_configs)

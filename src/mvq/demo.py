@@ -3,7 +3,11 @@
 1. trains both tokenizers for the same number of steps with the paper's optimiser (Table 2);
 2. encodes Fashion-MNIST with each (``mvq encode``) and trains a Table 4 transformer prior
    (``transformer_4p1``) on each token set for the same number of steps;
-3. samples images from each pair and evaluates everything on the test split.
+3. samples images from each pair and evaluates everything on the test split, with
+   ``mvq eval``: reconstruction MSE/PSNR/SSIM and ``fd_fmnist`` (also with a random mask for
+   MVQ), and ``fd_fmnist`` and the PRD F-scores of 10,000 samples (``--subset`` of them in quick
+   runs). ``fd_fmnist`` needs mvq's Fashion-MNIST classifier: trained once (1-2 CPU minutes),
+   then reused from the cache.
 
 Writes to ``--out`` (default ``runs/demo``):
 
@@ -11,8 +15,10 @@ Writes to ``--out`` (default ``runs/demo``):
   ``<model>_prior/`` (the prior run, ``model/``);
 - ``reconstructions.png``: the same test images, rows: originals, VQ-VAE-2, MVQVAE;
 - ``samples_<model>.png``: 64 sampled images per tokenizer;
+- ``eval_<model>/`` and ``eval_<model>_samples/``: ``mvq eval``'s ``eval.json`` / ``eval.csv``;
 - ``metrics.md`` / ``metrics.json``: test MSE, codebook usage, bits per image, prior NLL,
-  training throughput and sampling time.
+  training throughput, sampling time, reconstruction and sample ``fd_fmnist`` (with the floor of
+  two real halves) and the F-scores.
 
     mvq demo [--steps 1500] [--prior-steps 1000] [--out runs/demo]
 
@@ -121,22 +127,57 @@ def run_prior(
             "sample_seconds_per_image": seconds / 64, "tokens_per_image": h * w + 1}  # fmt: skip
 
 
+def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str, float]:
+    """``mvq eval`` of the tokenizer (reconstructions) and of its prior's samples."""
+    from mvq.evaluate import EvalRequest, run_eval
+
+    tokenizer, prior = out / name / "model", out / f"{name}_prior" / "model"
+    common = {"root": args.data_root, "seed": 0}
+    recon_metrics = "mse,psnr,ssim,fd_fmnist"  # no FID/LPIPS: minutes on a CPU
+    if MODELS[name].startswith("mvqvae"):
+        recon_metrics += ",random_mask"  # only MVQ has a mask
+    recon = run_eval(EvalRequest(out / f"eval_{name}", tokenizer, n=args.subset,
+                                 metrics=recon_metrics, **common))  # fmt: skip
+    samples = run_eval(EvalRequest(out / f"eval_{name}_samples", tokenizer, prior,
+                                   n=args.subset or 10_000, metrics="fd_fmnist,f_scores",
+                                   **common))  # fmt: skip
+    keys = (
+        "psnr",
+        "ssim",
+        "fd_fmnist",
+        "fd_fmnist_floor",
+        "random_mask_mse",
+        "random_mask_fd_fmnist",
+    )
+    picked = {k: recon[k] for k in keys if k in recon}
+    picked |= {k: samples[k] for k in ("sample_fd_fmnist", "sample_f8", "sample_f1_8")}
+    return picked | {"sample_fd_fmnist_floor": samples["fd_fmnist_floor"]}
+
+
 def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     """``metrics.json`` and a Markdown table; returns the table."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    first = next(iter(metrics.values()))
     lines = [
         f"Fashion-MNIST test split ({args.subset or 10_000} images), 4+1 tokens, K=16 (8+8); "
-        f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps.",
+        f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps. "
+        f"fd_fmnist: Fréchet distance on mvq's Fashion-MNIST classifier features (not FID); "
+        f"two real halves of the test split are {first['fd_fmnist_floor']:.3g} apart, "
+        f"{first['sample_fd_fmnist_floor']:.3g} at the samples' size. "
+        f"F_8 / F_1/8: PRD recall / precision of {args.subset or 10_000} samples.",
         "",
         "| model | test MSE | primary usage | secondary usage | bits/image | train img/s "
-        "| prior val NLL (nats/token) | prior bits/image | sampling s/image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prior val NLL (nats/token) | prior bits/image | sampling s/image | recon fd_fmnist "
+        "| random-mask fd_fmnist | sample fd_fmnist | F_8 | F_1/8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics.items():
         lines.append(
             f"| {name} | {m['mse']:.4f} | {m['primary_usage']:.2f} | {m['secondary_usage']:.2f} "
             f"| {m['bits_per_image']:.0f} | {m['images_per_s']:.0f} | {m['prior_val_nll']:.3f} "
-            f"| {m['prior_val_bits_per_image']:.2f} | {m['sample_seconds_per_image']:.5f} |"
+            f"| {m['prior_val_bits_per_image']:.2f} | {m['sample_seconds_per_image']:.5f} "
+            f"| {m['fd_fmnist']:.2f} | {m.get('random_mask_fd_fmnist', float('nan')):.2f} "
+            f"| {m['sample_fd_fmnist']:.2f} | {m['sample_f8']:.3f} | {m['sample_f1_8']:.3f} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "metrics.md").write_text(table)
@@ -186,6 +227,8 @@ def run(args: argparse.Namespace) -> None:
         metrics[name] = run_tokenizer(name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
         metrics[name] |= run_prior(name, cfg, args.prior_steps, out, args.subset)
+        print(f"== {name}: mvq eval (reconstructions, samples)", flush=True)
+        metrics[name] |= evaluate_models(name, out, args)
     write_grid(out, cfg)
     print(write_report(out, metrics, args))
     print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
