@@ -93,7 +93,7 @@ def fake_mvq(tmp_path, monkeypatch) -> Path:
     script.write_text(FAKE_MVQ)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
-    for stage in ("train", "encode", "prior", "eval"):
+    for stage in ("train", "encode", "prior", "eval", "sample_eval"):
         monkeypatch.setitem(sweep_mod.STAGE_PROGRAM, stage, [sys.executable, str(script)])
     return calls
 
@@ -146,7 +146,7 @@ def test_grid_expands_to_cells_and_commands(tmp_path) -> None:
     assert cell.run_config.train.items() >= train.items()
     assert cells[2].run_config.model_config["ema"] is True
     stages = cell_stages(sweep, cell, tmp_path / "c")
-    assert [s.name for s in stages] == ["train", "encode", "prior", "eval"]
+    assert [s.name for s in stages] == ["train", "encode", "prior", "eval", "sample_eval"]
     bare = load_sweep(write_sweep(tmp_path, prior=None, eval=None))  # null: no such stage
     assert [s.name for s in cell_stages(bare, expand(bare)[0], tmp_path / "c")] == ["train"]
     parser = build_parser()
@@ -154,9 +154,13 @@ def test_grid_expands_to_cells_and_commands(tmp_path) -> None:
         parser.parse_args(stage.args)
     assert stages[2].args[-4:] == ["--set", "train.max_steps=2", "--set", "train.seed=1"]
     assert stages[3].args == [
+        "eval", "--tokenizer", str(tmp_path / "c/tokenizer/model"), "--data", "fashion_mnist",
+        "--split", "val", "--out", str(tmp_path / "c/eval"), "--metrics", "mse,psnr",
+    ]  # fmt: skip
+    assert stages[4].args == [
         "eval", "--tokenizer", str(tmp_path / "c/tokenizer/model"), "--prior",
         str(tmp_path / "c/prior/model"), "-n", "100", "--data", "fashion_mnist", "--split", "val",
-        "--out", str(tmp_path / "c/eval"), "--metrics", "mse,psnr",
+        "--out", str(tmp_path / "c/eval_samples"),
     ]  # fmt: skip
 
 
@@ -168,7 +172,7 @@ def test_list_cell_and_dry_run_write_nothing(tmp_path, capsys) -> None:
     assert main(["sweep", path, "--cell", "4", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cell 4: method=mvqvae__tokens=1+1__K=16__variant=paper__seed=0")
-    assert out.count(" run ") == 4 and "--resume" not in out
+    assert out.count(" run ") == 5 and "--resume" not in out
     assert not (tmp_path / "out").exists()
 
 
@@ -215,12 +219,13 @@ def test_killed_cell_resumes_and_finished_cells_are_not_rerun(
     fake_mvq.unlink()
     assert main(["sweep", path]) == 0
     calls = calls_of(fake_mvq)
-    assert [c["argv"][0] for c in calls] == ["train", "encode", "train-prior", "eval"]
+    assert [c["argv"][0] for c in calls] == ["train", "encode", "train-prior", "eval", "eval"]
     assert "--resume" in calls[0]["argv"] and victim in calls[0]["argv"][4]
     assert [p.stat().st_mtime_ns for p in finished] == mtimes
     record = json.loads((cells / victim / "cell.json").read_text())
     assert record["status"] == "done" and record["stages"]["train"]["resumed"] is True
-    assert all(record["stages"][s]["wall_s"] > 0 for s in ("train", "encode", "prior", "eval"))
+    stages = ("train", "encode", "prior", "eval", "sample_eval")
+    assert all(record["stages"][s]["wall_s"] > 0 for s in stages)
     rows = read_csv(tmp_path / "out" / "results.csv")
     assert [r["cell"] for r in rows] == [str(i) for i in range(6)]
     assert rows[3]["mse"] == "0.11" and rows[3]["train_steps"] == "3"
@@ -240,7 +245,7 @@ def test_partial_stage_restarts_clean_and_reruns_what_follows(
     fake_mvq.unlink()
     assert main(["sweep", path]) == 0
     calls = calls_of(fake_mvq)
-    assert [c["argv"][0] for c in calls] == ["train-prior", "eval"]  # train, encode: kept
+    assert [c["argv"][0] for c in calls] == ["train-prior", "eval", "eval"]  # train, encode: kept
     assert "--resume" not in calls[0]["argv"] and not (cell / "prior" / "half_written").exists()
     # a failing eval is reported; a failing stage of one cell leaves the others finished
     monkeypatch.setenv("FAKE_FAIL", "eval:seed=0:exit")
@@ -266,7 +271,7 @@ def test_results_without_weights_keep_finished_cells_and_rerun_what_a_stage_need
     fake_mvq.unlink()
     assert main(["sweep", path]) == 0
     calls = calls_of(fake_mvq)
-    assert [c["argv"][0] for c in calls] == ["train", "encode", "train-prior", "eval"]
+    assert [c["argv"][0] for c in calls] == ["train", "encode", "train-prior", "eval", "eval"]
     assert all(cells[1].name in " ".join(c["argv"]) for c in calls)  # cell 0 stays finished
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
 
@@ -281,7 +286,7 @@ def test_changed_spec_is_refused_and_changed_eval_reruns(tmp_path, capsys, fake_
     prior_per_entry(tmp_path, seeds=[0], exclude=[{"method": "mvqvae"}], eval=spec)
     fake_mvq.unlink()
     assert main(["sweep", path, "--cell", "1"]) == 0
-    assert [c["argv"][0] for c in calls_of(fake_mvq)] == ["eval"]
+    assert [c["argv"][0] for c in calls_of(fake_mvq)] == ["eval", "eval"]  # both eval forms
     assert calls_of(fake_mvq)[0]["argv"][-1] == "mse"
 
 
@@ -315,7 +320,8 @@ def test_real_training_cell_resumes_from_its_checkpoint(tmp_path, capsys, monkey
         "import json, sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
         "out.mkdir(parents=True)\n(out / 'eval.json').write_text(json.dumps({'mse': 0.5}))\n"
     )
-    monkeypatch.setitem(sweep_mod.STAGE_PROGRAM, "eval", [sys.executable, str(fake_eval)])
+    for stage in ("eval", "sample_eval"):
+        monkeypatch.setitem(sweep_mod.STAGE_PROGRAM, stage, [sys.executable, str(fake_eval)])
     path = write_sweep(tmp_path, configs=[str(ROOT / "configs/vqvae2_fmnist_s1_k16.yaml")],
                        overrides={}, exclude=[], seeds=[3], budget={"max_steps": 2,
                        "batch_size": 8, "ckpt_every": 1}, eval={"n": 10})  # fmt: skip

@@ -21,13 +21,16 @@ prior, evaluated with ``mvq eval``, and collected into one table::
     device: cuda                      # --device of every stage (default: each command's own)
     prior: {max_steps: 2000, set: []} # optional; `config` here: a template like
                                       # configs/priors/transformer_{K}.yaml, else each entry's
-    eval: {split: val, n: 10000, metrics: [mse, fd_fmnist]}  # optional (absent or null: no
-                                      # eval stage); data: default the config's data.name
+    eval: {split: val, n: 10000, metrics: [mse, fd_fmnist], sample_metrics: [fd_fmnist]}
+                                      # optional (absent or null: no eval stages); data:
+                                      # default the config's data.name
 
 Cells are configs x overrides x seeds (in that order, seeds fastest). Each cell lives in
 ``OUT/cells/<axis=label__...>/`` and runs the stages ``train`` (``mvq train``), ``encode``
 (``mvq encode``) and ``prior`` (``mvq train-prior``) when the sweep has a prior, and ``eval``
-(``mvq eval``) when it has an eval section, each as a subprocess with a log in ``logs/``.
+(``mvq eval`` of the reconstructions, into ``eval/``) and, with a prior, ``sample_eval`` (``mvq
+eval --prior``, into ``eval_samples/``) when it has an eval section, each as a subprocess with
+a log in ``logs/``. The table row merges both ``eval.json``.
 
 A stage is finished when its marker ``markers/<stage>.json`` exists (written atomically after
 the stage succeeded, with its wall time and summary). A rerun skips finished stages, resumes an
@@ -81,7 +84,8 @@ SWEEP_KEYS = (
 )
 ENTRY_KEYS = ("config", "set", "prior")  # the other keys of a configs entry are axis labels
 PRIOR_KEYS = ("config", "max_steps", "set")
-EVAL_KEYS = ("data", "split", "n", "metrics")
+EVAL_KEYS = ("data", "split", "n", "metrics", "sample_metrics")
+EVAL_STAGES = ("eval", "sample_eval")  # a changed eval section reruns only these
 RESERVED_AXES = ("cell", "status", "unavailable")  # column names the tables use themselves
 
 
@@ -110,12 +114,15 @@ class PriorSpec:
 
 @dataclass
 class EvalSpec:
-    """The optional eval stage: ``mvq eval`` on a split, with ``n`` samples when a prior exists."""
+    """The optional eval stages: ``mvq eval`` of the reconstructions on a split and, when a
+    prior exists, of ``n`` samples against it; ``metrics`` / ``sample_metrics`` ask each form
+    for named metrics (default: all that can run)."""
 
     data: str | None = None  # default: the tokenizer config's data.name
     split: str = "val"
     n: int = 10000
     metrics: list[str] | None = None
+    sample_metrics: list[str] | None = None
 
 
 @dataclass
@@ -483,8 +490,10 @@ def cell_stages(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> list[Stage]:
     if cell.prior_run_config is not None:
         stages += [_encode_stage(sweep, cell, cell_dir), _prior_stage(sweep, cell, cell_dir)]
         prior_model = cell_dir / "prior" / "model"
-    if sweep.eval is not None:
-        stages.append(_eval_stage(sweep, cell, cell_dir, prior_model))
+    if sweep.eval is not None:  # reconstruction, then samples when there is a prior
+        stages.append(_eval_stage(sweep, cell, cell_dir, None))
+        if prior_model is not None:
+            stages.append(_eval_stage(sweep, cell, cell_dir, prior_model))
     return stages
 
 
@@ -520,25 +529,32 @@ def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
 
 
 def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | None) -> Stage:
-    """``mvq eval --tokenizer DIR [--prior DIR -n N] --data NAME --split SPLIT --out DIR``."""
+    """``mvq eval --tokenizer DIR [--prior DIR -n N] --data NAME --split SPLIT --out DIR``.
+
+    Without ``prior``: the reconstruction form into ``CELL/eval`` (stage ``eval``); with it:
+    the sample form into ``CELL/eval_samples`` (stage ``sample_eval``).
+    """
     spec = sweep.eval or EvalSpec()
     data = spec.data or cell.run_config.data["name"]
+    name, out = ("eval", "eval") if prior is None else ("sample_eval", "eval_samples")
+    out = cell_dir / out
     args = ["eval", "--tokenizer", str(cell_dir / "tokenizer" / "model")]
     if prior is not None:
         args += ["--prior", str(prior), "-n", str(spec.n)]
-    args += ["--data", data, "--split", spec.split, "--out", str(cell_dir / "eval")]
-    if spec.metrics:
-        args += ["--metrics", ",".join(spec.metrics)]
+    args += ["--data", data, "--split", spec.split, "--out", str(out)]
+    metrics = spec.metrics if prior is None else spec.sample_metrics
+    if metrics:
+        args += ["--metrics", ",".join(metrics)]
     args += _device_args(sweep)
     record = _spec(
         sweep,
         data=data,
         split=spec.split,
         n=spec.n if prior else None,
-        metrics=spec.metrics,
+        metrics=metrics,
         prior=prior is not None,
     )
-    return Stage("eval", args, cell_dir / "eval", record)
+    return Stage(name, args, out, record)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -606,7 +622,7 @@ def check_cell_dir(cell_dir: Path, stages: list[Stage]) -> None:
     """
     for stage in stages:
         marker = read_marker(cell_dir, stage.name)
-        if stage.name == "eval" or marker is None or marker.get("spec") == stage.spec:
+        if stage.name in EVAL_STAGES or marker is None or marker.get("spec") == stage.spec:
             continue
         old, new = marker.get("spec") or {}, stage.spec
         diff = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), "")
@@ -805,8 +821,13 @@ def cell_row(sweep: SweepConfig, cell: Cell) -> dict[str, Any] | None:
     if not all(stage_done(cell_dir, s) for s in stages):
         return None
     row: dict[str, Any] = {"cell": cell.index, **cell.axes}
-    if sweep.eval is not None:
-        row |= _eval_values(cell_dir / "eval" / "eval.json")
+    for stage in stages:  # reconstruction metrics, then the sample form's
+        if stage.name in EVAL_STAGES:
+            values = _eval_values(stage.out / "eval.json")
+            gone = [row.get("unavailable"), values.pop("unavailable", None)]
+            row |= values
+            if any(gone):
+                row["unavailable"] = ";".join(sorted({n for g in gone if g for n in g.split(";")}))
     for stage in stages:
         marker = read_marker(cell_dir, stage.name) or {}
         summary = marker.get("summary") or {}
