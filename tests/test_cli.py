@@ -148,6 +148,7 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
         assert all(math.isfinite(m[name]) for m in metrics.values()), name
     assert "random_mask_fd_fmnist" in metrics["mvqvae"]
     assert (out / "eval_mvqvae_samples" / "eval.json").is_file()
+    assert (out / "report.html").is_file()  # the demo ends with its page
     assert "| mvqvae |" in capsys.readouterr().out
     assert main(argv) == 0  # a re-run reuses the finished runs
 

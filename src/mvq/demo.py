@@ -39,6 +39,7 @@ from torchvision.utils import make_grid, save_image
 
 from mvq.data import dataset_info
 from mvq.priors import load_prior
+from mvq.report import write_report as write_page
 from mvq.runconfig import RunConfig
 from mvq.sample import SampleOptions, sample_images
 from mvq.tokenizers import Tokenizer, load_tokenizer
@@ -231,13 +232,6 @@ def run(args: argparse.Namespace) -> None:
         metrics[name] |= evaluate_models(name, out, args)
     write_grid(out, cfg)
     print(write_report(out, metrics, args))
+    page = write_page(out)  # the runs side by side on one self-contained HTML page
     print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
-          f"in {time.perf_counter() - t0:.0f} s")  # fmt: skip
-
-
-if __name__ == "__main__":
-    import sys
-
-    from mvq.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
+          f"in {time.perf_counter() - t0:.0f} s; open {page}")  # fmt: skip
