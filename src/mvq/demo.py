@@ -140,7 +140,7 @@ def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str,
     recon = run_eval(EvalRequest(out / f"eval_{name}", tokenizer, n=args.subset,
                                  metrics=recon_metrics, **common))  # fmt: skip
     samples = run_eval(EvalRequest(out / f"eval_{name}_samples", tokenizer, prior,
-                                   n=args.subset or 10_000, metrics="fd_fmnist,f_scores",
+                                   n=args.subset or args.eval_samples, metrics="fd_fmnist,f_scores",
                                    **common))  # fmt: skip
     keys = (
         "psnr",
@@ -165,7 +165,7 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse
         f"fd_fmnist: Fréchet distance on mvq's Fashion-MNIST classifier features (not FID); "
         f"two real halves of the test split are {first['fd_fmnist_floor']:.3g} apart, "
         f"{first['sample_fd_fmnist_floor']:.3g} at the samples' size. "
-        f"F_8 / F_1/8: PRD recall / precision of {args.subset or 10_000} samples.",
+        f"F_8 / F_1/8: PRD recall / precision of {args.subset or args.eval_samples} samples.",
         "",
         "| model | test MSE | primary usage | secondary usage | bits/image | train img/s "
         "| prior val NLL (nats/token) | prior bits/image | sampling s/image | recon fd_fmnist "
@@ -207,8 +207,9 @@ def save_big(grid: torch.Tensor, path: Path, scale: int = 3) -> None:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's options (``mvq demo``)."""
     ap.add_argument("--out", default="runs/demo", help="output directory")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per tokenizer")
-    ap.add_argument("--prior-steps", type=int, default=1000, help="training steps per prior")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps per tokenizer")
+    ap.add_argument("--prior-steps", type=int, default=600, help="training steps per prior")
+    ap.add_argument("--eval-samples", type=int, default=5000, help="samples per prior for mvq eval")
     ap.add_argument("--num-hypotheses", type=int, default=64, help="MH-Dropout J")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
     ap.add_argument(
