@@ -1,0 +1,244 @@
+"""Tables, plots and the C1-C6 verdicts of the Fashion-MNIST replication study.
+
+Reads the sweeps' ``results.csv`` (``mvq sweep results/fmnist/<name>.yaml``), groups the cells
+over seeds (mean ± std), draws the figures and rewrites the part of ``README.md`` between the
+``analyze`` markers. Run from the repository root::
+
+    .venv/bin/python results/fmnist/analyze.py
+
+A claim is **held** when the two sides' mean ± std ranges (over >= 2 seeds each) do not
+overlap in the claimed direction, **not held** when they do not overlap the other way, and
+**unclear at this budget** otherwise; cells that have not run yet say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SWEEPS = ("grid", "healthy", "j_ablation", "longer")
+START, END = "<!-- analyze:start -->", "<!-- analyze:end -->"
+TABLE_METRICS = (
+    ("bits_per_image", "bits/image", "{:.0f}"),
+    ("mse", "recon MSE", "{:.4f}"),
+    ("psnr", "PSNR", "{:.2f}"),
+    ("fd_fmnist", "recon fd_fmnist", "{:.1f}"),
+    ("usage_primary", "usage 1°", "{:.2f}"),
+    ("usage_secondary", "usage 2°", "{:.2f}"),
+    ("perplexity_primary", "perpl. 1°", "{:.2f}"),
+    ("sample_fd_fmnist", "sample fd_fmnist", "{:.1f}"),
+    ("sample_f8", "F_8", "{:.3f}"),
+    ("sample_f1_8", "F_1/8", "{:.3f}"),
+    ("prior_nll_nats_per_token", "prior NLL nats/token", "{:.3f}"),
+)
+
+
+@dataclass
+class Stat:
+    """Mean, standard deviation (0 for one seed) and the number of seeds of one metric."""
+
+    mean: float
+    std: float
+    n: int
+
+    def text(self, fmt: str) -> str:
+        return fmt.format(self.mean) + (f" ± {fmt.format(self.std)}" if self.n > 1 else "")
+
+
+def read_rows(sweep: str) -> list[dict[str, str]]:
+    """The finished cells of one sweep (empty before it has run)."""
+    path = HERE / sweep / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def stat(rows: list[dict[str, str]], metric: str) -> Stat | None:
+    """Mean ± std of ``metric`` over the rows that have it."""
+    values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "", "nan")]
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def select(rows: list[dict[str, str]], **labels: str) -> list[dict[str, str]]:
+    """Rows whose axes equal all ``labels``."""
+    return [r for r in rows if all(r.get(k) == v for k, v in labels.items())]
+
+
+def compare(better: Stat | None, worse: Stat | None, lower_is_better: bool = True) -> str:
+    """The verdict that ``better`` beats ``worse`` (see the module docstring)."""
+    if better is None or worse is None:
+        return "not measured yet"
+    if min(better.n, worse.n) < 2:
+        return "unclear at this budget (fewer than 2 seeds)"
+    sign = 1.0 if lower_is_better else -1.0
+    b_hi, w_lo = sign * better.mean + better.std, sign * worse.mean - worse.std
+    b_lo, w_hi = sign * better.mean - better.std, sign * worse.mean + worse.std
+    if b_hi < w_lo:
+        return "held"
+    if w_hi < b_lo:
+        return "not held"
+    return "unclear at this budget"
+
+
+def fmt(s: Stat | None, f: str = "{:.1f}") -> str:
+    return "—" if s is None else s.text(f)
+
+
+def group_table(rows: list[dict[str, str]], axes: list[str]) -> list[str]:
+    """A markdown table: one line per group of ``axes``, mean ± std over seeds."""
+    keys = sorted({tuple(r[a] for a in axes) for r in rows}, key=_axis_order)
+    head = "| " + " | ".join([*axes, "seeds", *(t for _, t, _ in TABLE_METRICS)]) + " |"
+    lines = [head, "|" + "---|" * (len(axes) + 1 + len(TABLE_METRICS))]
+    for key in keys:
+        group = select(rows, **dict(zip(axes, key, strict=True)))
+        cells = [fmt(stat(group, m), f) for m, _, f in TABLE_METRICS]
+        lines.append("| " + " | ".join([*key, str(len(group)), *cells]) + " |")
+    return lines
+
+
+def _axis_order(key: tuple[str, ...]) -> tuple:
+    return tuple(float(k.split("+")[0]) if k.split("+")[0].isdigit() else k for k in key)
+
+
+def verdicts(grid, healthy, j_ablation) -> list[str]:
+    """One line per claim C1-C6 with the numbers that decide it."""
+    m = "sample_fd_fmnist"
+    out = []
+
+    def s(rows, metric=m, **labels):
+        return stat(select(rows, **labels), metric)
+
+    for tokens in ("1+1", "4+1"):
+        mvq, vq = s(grid, method="mvqvae", tokens=tokens, K="16"), s(grid, method="vqvae2",
+                                                                        tokens=tokens, K="16")
+        vqh = s(healthy, method="vqvae2", tokens=tokens, K="16")
+        out.append(f"- **C1** ({tokens}, K = 16, sample fd_fmnist, lower is better): MVQVAE "
+                   f"{fmt(mvq)} vs VQ-VAE-2 {fmt(vq)}: **{compare(mvq, vq)}**; vs the healthy "
+                   f"VQ-VAE-2 {fmt(vqh)}: **{compare(mvq, vqh)}**.")
+    mvq1 = s(grid, method="mvqvae", tokens="1+1", K="16")
+    vq4, vq4h = (s(r, method="vqvae2", tokens="4+1", K="16") for r in (grid, healthy))
+    out.append(f"- **C2** (MVQVAE 1+1 vs VQ-VAE-2 4+1, K = 16): {fmt(mvq1)} vs {fmt(vq4)}: "
+               f"**{compare(mvq1, vq4)}**; vs healthy {fmt(vq4h)}: **{compare(mvq1, vq4h)}**.")
+    for tokens in ("1+1", "4+1"):
+        by_j = {j: s(j_ablation, tokens=tokens, J=j) for j in ("1", "4", "16", "64", "256")}
+        best_low = min((v for j, v in by_j.items() if j in ("1", "4") and v), default=None,
+                       key=lambda v: v.mean)
+        high = [v for j, v in by_j.items() if j in ("16", "64", "256") and v]
+        worst_high = max(high, default=None, key=lambda v: v.mean)
+        trend = ", ".join(f"J={j}: {fmt(v)}" for j, v in by_j.items())
+        out.append(f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
+                   f"**{compare(worst_high, best_low)}**.")
+    for tokens in ("1+1", "4+1", "16+1"):
+        gains = []
+        for k in ("16", "256"):
+            mvq, vq = s(grid, method="mvqvae", tokens=tokens, K=k), s(grid, method="vqvae2",
+                                                                      tokens=tokens, K=k)
+            gains.append(None if not (mvq and vq) else Stat(
+                vq.mean - mvq.mean, math.hypot(vq.std, mvq.std), min(vq.n, mvq.n)))
+        out.append(f"- **C4** ({tokens}): gain of MVQ over VQ-VAE-2 in sample fd_fmnist at K = 16 "
+                   f"{fmt(gains[0])} vs K = 256 {fmt(gains[1])}: **"
+                   f"{compare(gains[0], gains[1], lower_is_better=False)}**.")
+    pairs = [(("4+1", "16"), ("4+1", "256")), (("1+1", "256"), ("4+1", "256"))]
+    for (mt, mk), (bt, bk) in pairs:
+        mvq = s(grid, "fd_fmnist", method="mvqvae", tokens=mt, K=mk)
+        bits = s(grid, "bits_per_image", method="mvqvae", tokens=mt, K=mk)
+        for base in ("vqvae2", "fsqvae"):
+            other = s(grid, "fd_fmnist", method=base, tokens=bt, K=bk)
+            obits = s(grid, "bits_per_image", method=base, tokens=bt, K=bk)
+            out.append(f"- **C5** (reconstruction fd_fmnist) MVQVAE {mt}, K = {mk} "
+                       f"({fmt(bits, '{:.0f}')} bits) {fmt(mvq)} vs {base} {bt}, K = {bk} "
+                       f"({fmt(obits, '{:.0f}')} bits) {fmt(other)}: **{compare(mvq, other)}**.")
+    out.append("- **C6** (a prior that models the mask vs random masks): **not measured yet** "
+               "(the mask-aware prior exists, `model_config.model_mask=true`; its sweep is next).")
+    return out
+
+
+def plots(grid, j_ablation) -> list[str]:
+    """Figure 5's layout, fd_fmnist vs J and rate-distortion; returns the markdown images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = []
+    if grid:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+        for ax, k in zip(axes, ("16", "256"), strict=True):
+            for method in ("vqvae2", "mvqvae", "fsqvae"):
+                xs, ys, es = [], [], []
+                for tokens in ("1+1", "4+1", "16+1"):
+                    st = stat(select(grid, method=method, tokens=tokens, K=k), "sample_fd_fmnist")
+                    if st:
+                        xs.append(int(tokens.split("+")[0]) + 1)
+                        ys.append(st.mean)
+                        es.append(st.std)
+                if xs:
+                    ax.errorbar(xs, ys, es, marker="o", capsize=3, label=method)
+            ax.set(title=f"K = {k}", xlabel="tokens per image", xscale="log")
+            ax.legend()
+        axes[0].set_ylabel("sample fd_fmnist (lower is better)")
+        fig.tight_layout()
+        fig.savefig(HERE / "fd_vs_tokens.png", dpi=120)
+        images.append("![sample fd_fmnist vs tokens](fd_vs_tokens.png)")
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in ("vqvae2", "mvqvae", "fsqvae"):
+            rows = select(grid, method=method)
+            keys = sorted({(r["tokens"], r["K"]) for r in rows})
+            pts = [(stat(select(rows, tokens=t, K=k), "bits_per_image"),
+                    stat(select(rows, tokens=t, K=k), "mse")) for t, k in keys]  # fmt: skip
+            pts = sorted((b.mean, e.mean, e.std) for b, e in pts if b and e)
+            if pts:
+                ax.errorbar(*zip(*pts, strict=True), marker="o", capsize=3, label=method)
+        ax.set(xlabel="bits per image (mask bits counted)", ylabel="reconstruction MSE",
+               xscale="log")  # fmt: skip
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(HERE / "rate_distortion.png", dpi=120)
+        images.append("![rate-distortion](rate_distortion.png)")
+    if j_ablation:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for tokens in ("1+1", "4+1"):
+            pts = [(int(j), stat(select(j_ablation, tokens=tokens, J=j), "sample_fd_fmnist"))
+                   for j in ("1", "4", "16", "64", "256")]  # fmt: skip
+            pts = [(j, s.mean, s.std) for j, s in pts if s]
+            if pts:
+                ax.errorbar(*zip(*pts, strict=True), marker="o", capsize=3, label=tokens)
+        ax.set(xlabel="J (masks per instance)", ylabel="sample fd_fmnist", xscale="log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(HERE / "fd_vs_j.png", dpi=120)
+        images.append("![sample fd_fmnist vs J](fd_vs_j.png)")
+    plt.close("all")
+    return images
+
+
+def main() -> None:
+    rows = {name: read_rows(name) for name in SWEEPS}
+    lines = ["### Verdicts", "", *verdicts(rows["grid"], rows["healthy"], rows["j_ablation"]), ""]
+    done = ", ".join(f"{name}: {len(r)} cells" for name, r in rows.items())
+    lines += [f"Finished cells so far: {done}.", ""]
+    for name, axes in (("grid", ["method", "tokens", "K"]),
+                       ("healthy", ["method", "tokens", "K"]),
+                       ("j_ablation", ["tokens", "J"]),
+                       ("longer", ["method", "tokens", "K"])):  # fmt: skip
+        if rows[name]:
+            lines += [f"### {name} (mean ± std over seeds)", "", *group_table(rows[name], axes), ""]
+    lines += plots(rows["grid"], rows["j_ablation"])
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(f"{head}{START}\n" + "\n".join(lines) + f"\n{END}{tail}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
