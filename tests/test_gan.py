@@ -195,7 +195,7 @@ def test_offline_without_the_file_is_one_line_naming_it(tmp_path, monkeypatch, c
     capsys.readouterr()
     assert main(["train", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "2"]) == 2
     err_text = capsys.readouterr().err.strip()
-    assert err_text.startswith("mvq: error: LPIPS needs") and "\n" not in err_text
+    assert err_text.startswith(f"mvq: error: {VGG16_FILE}") and "\n" not in err_text
     assert not run.exists()  # failed before any run directory was written
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -31,12 +32,17 @@ def load_lpips(
     weights_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     random_backbone: bool = False,
+    path: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """``lpips.LPIPS(net="vgg")`` in eval mode with the resolved VGG16 backbone."""
+    """``lpips.LPIPS(net="vgg")`` in eval mode with the VGG16 backbone ``path``, or the one the
+    resolver finds (``weights_dir``, ``$MVQ_WEIGHTS_DIR``, hub cache, download)."""
     import lpips
 
-    path = None if random_backbone else resolve_weights(WEIGHTS["vgg16"], weights_dir)
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner
+    if path is None and not random_backbone:
+        path = resolve_weights(WEIGHTS["vgg16"], weights_dir)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the package prints a banner and passes torchvision's deprecated ``pretrained=False``
+        warnings.filterwarnings("ignore", ".*(pretrained|weight enum).*", UserWarning)
         model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
     if path is not None:
         try:
