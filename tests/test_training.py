@@ -166,10 +166,11 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, reference):
 def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, reference):
     model = fresh()
     model.on_step = {7: lambda: os.kill(os.getpid(), signal.SIGINT)}  # a Ctrl-C inside step 7
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
     with pytest.raises(KeyboardInterrupt):
         train(model, TRAIN, VAL, config(max_steps=12, ckpt_every=100), tmp_path)
     assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 7
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
     resumed = fresh()
     train(resumed, TRAIN, VAL, config(max_steps=12, ckpt_every=100), tmp_path, resume=True)
     assert_same_state(resumed.state_dict(), reference[0])
