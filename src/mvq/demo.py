@@ -173,11 +173,12 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics.items():
+        random_mask = f"{m['random_mask_fd_fmnist']:.2f}" if "random_mask_fd_fmnist" in m else "—"
         lines.append(
             f"| {name} | {m['mse']:.4f} | {m['primary_usage']:.2f} | {m['secondary_usage']:.2f} "
             f"| {m['bits_per_image']:.0f} | {m['images_per_s']:.0f} | {m['prior_val_nll']:.3f} "
             f"| {m['prior_val_bits_per_image']:.2f} | {m['sample_seconds_per_image']:.5f} "
-            f"| {m['fd_fmnist']:.2f} | {m.get('random_mask_fd_fmnist', float('nan')):.2f} "
+            f"| {m['fd_fmnist']:.2f} | {random_mask} "
             f"| {m['sample_fd_fmnist']:.2f} | {m['sample_f8']:.3f} | {m['sample_f1_8']:.3f} |"
         )
     table = "\n".join(lines) + "\n"
