@@ -80,6 +80,31 @@ def atomic_write_dir(target: Path, write: Any) -> None:
         raise
 
 
+def atomic_write_file(path: Path, write: Any) -> None:
+    """Call ``write(f)`` on a binary temporary file beside ``path``, fsync, rename over ``path``.
+
+    A failure or crash at any point leaves the previous ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 class PretrainedMixin:
     """Adds ``save_pretrained``/``from_pretrained`` to an ``nn.Module`` with a dataclass config."""
 

@@ -54,7 +54,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +65,7 @@ from typing import Any
 
 import yaml
 
+from mvq.pretrained import atomic_write_file
 from mvq.runconfig import ConfigError, RunConfig, apply_override, check_keys, load_run_config
 from mvq.sweep_results import is_number, order_columns, summary_tables, to_csv, to_markdown
 
@@ -561,23 +561,8 @@ def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | No
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """Write ``text`` to ``path`` all or nothing (``mvq.pretrained.atomic_write_file``)."""
+    atomic_write_file(path, lambda f: f.write(text.encode()))
 
 
 def marker_path(cell_dir: Path, stage: str) -> Path:

@@ -27,14 +27,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mvq.pretrained import CheckpointError, state_mismatch
+from mvq.pretrained import CheckpointError, atomic_write_file, state_mismatch
 
 CHECKPOINT_VERSION = 2
 STEP_FILE = re.compile(r"step_(\d+)\.pt")
@@ -79,27 +78,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, announce: bool = True) -> bool:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A failure or crash at any point leaves the previous ``path`` intact.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save`` to ``path`` atomically: a crash leaves the previous ``path`` intact."""
+    atomic_write_file(path, lambda f: torch.save(state, f))
 
 
 def write_checkpoint(state: dict[str, Any], ckpt_dir: Path, keep_last: int) -> Path:
