@@ -14,13 +14,14 @@ overlap in the claimed direction, **not held** when they do not overlap the othe
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = ("grid", "healthy", "j_ablation", "longer")
+SWEEPS = ("grid", "healthy", "j_ablation", "longer", "mask_prior")
 START, END = "<!-- analyze:start -->", "<!-- analyze:end -->"
 TABLE_METRICS = (
     ("bits_per_image", "bits/image", "{:.0f}"),
@@ -108,7 +109,7 @@ def _axis_order(key: tuple[str, ...]) -> tuple:
     return tuple(float(k.split("+")[0]) if k.split("+")[0].isdigit() else k for k in key)
 
 
-def verdicts(grid, healthy, j_ablation) -> list[str]:
+def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
     """One line per claim C1-C6 with the numbers that decide it."""
     m = "sample_fd_fmnist"
     out = []
@@ -117,35 +118,53 @@ def verdicts(grid, healthy, j_ablation) -> list[str]:
         return stat(select(rows, **labels), metric)
 
     for tokens in ("1+1", "4+1"):
-        mvq, vq = s(grid, method="mvqvae", tokens=tokens, K="16"), s(grid, method="vqvae2",
-                                                                        tokens=tokens, K="16")
+        mvq, vq = (
+            s(grid, method="mvqvae", tokens=tokens, K="16"),
+            s(grid, method="vqvae2", tokens=tokens, K="16"),
+        )
         vqh = s(healthy, method="vqvae2", tokens=tokens, K="16")
-        out.append(f"- **C1** ({tokens}, K = 16, sample fd_fmnist, lower is better): MVQVAE "
-                   f"{fmt(mvq)} vs VQ-VAE-2 {fmt(vq)}: **{compare(mvq, vq)}**; vs the healthy "
-                   f"VQ-VAE-2 {fmt(vqh)}: **{compare(mvq, vqh)}**.")
+        out.append(
+            f"- **C1** ({tokens}, K = 16, sample fd_fmnist, lower is better): MVQVAE "
+            f"{fmt(mvq)} vs VQ-VAE-2 {fmt(vq)}: **{compare(mvq, vq)}**; vs the healthy "
+            f"VQ-VAE-2 {fmt(vqh)}: **{compare(mvq, vqh)}**."
+        )
     mvq1 = s(grid, method="mvqvae", tokens="1+1", K="16")
     vq4, vq4h = (s(r, method="vqvae2", tokens="4+1", K="16") for r in (grid, healthy))
-    out.append(f"- **C2** (MVQVAE 1+1 vs VQ-VAE-2 4+1, K = 16): {fmt(mvq1)} vs {fmt(vq4)}: "
-               f"**{compare(mvq1, vq4)}**; vs healthy {fmt(vq4h)}: **{compare(mvq1, vq4h)}**.")
+    out.append(
+        f"- **C2** (MVQVAE 1+1 vs VQ-VAE-2 4+1, K = 16): {fmt(mvq1)} vs {fmt(vq4)}: "
+        f"**{compare(mvq1, vq4)}**; vs healthy {fmt(vq4h)}: **{compare(mvq1, vq4h)}**."
+    )
     for tokens in ("1+1", "4+1"):
         by_j = {j: s(j_ablation, tokens=tokens, J=j) for j in ("1", "4", "16", "64", "256")}
-        best_low = min((v for j, v in by_j.items() if j in ("1", "4") and v), default=None,
-                       key=lambda v: v.mean)
+        best_low = min(
+            (v for j, v in by_j.items() if j in ("1", "4") and v),
+            default=None,
+            key=lambda v: v.mean,
+        )
         high = [v for j, v in by_j.items() if j in ("16", "64", "256") and v]
         worst_high = max(high, default=None, key=lambda v: v.mean)
         trend = ", ".join(f"J={j}: {fmt(v)}" for j, v in by_j.items())
-        out.append(f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
-                   f"**{compare(worst_high, best_low)}**.")
+        out.append(
+            f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
+            f"**{compare(worst_high, best_low)}**."
+        )
     for tokens in ("1+1", "4+1", "16+1"):
         gains = []
         for k in ("16", "256"):
-            mvq, vq = s(grid, method="mvqvae", tokens=tokens, K=k), s(grid, method="vqvae2",
-                                                                      tokens=tokens, K=k)
-            gains.append(None if not (mvq and vq) else Stat(
-                vq.mean - mvq.mean, math.hypot(vq.std, mvq.std), min(vq.n, mvq.n)))
-        out.append(f"- **C4** ({tokens}): gain of MVQ over VQ-VAE-2 in sample fd_fmnist at K = 16 "
-                   f"{fmt(gains[0])} vs K = 256 {fmt(gains[1])}: **"
-                   f"{compare(gains[0], gains[1], lower_is_better=False)}**.")
+            mvq, vq = (
+                s(grid, method="mvqvae", tokens=tokens, K=k),
+                s(grid, method="vqvae2", tokens=tokens, K=k),
+            )
+            gains.append(
+                None
+                if not (mvq and vq)
+                else Stat(vq.mean - mvq.mean, math.hypot(vq.std, mvq.std), min(vq.n, mvq.n))
+            )
+        out.append(
+            f"- **C4** ({tokens}): gain of MVQ over VQ-VAE-2 in sample fd_fmnist at K = 16 "
+            f"{fmt(gains[0])} vs K = 256 {fmt(gains[1])}: **"
+            f"{compare(gains[0], gains[1], lower_is_better=False)}**."
+        )
     pairs = [(("4+1", "16"), ("4+1", "256")), (("1+1", "256"), ("4+1", "256"))]
     for (mt, mk), (bt, bk) in pairs:
         mvq = s(grid, "fd_fmnist", method="mvqvae", tokens=mt, K=mk)
@@ -153,11 +172,20 @@ def verdicts(grid, healthy, j_ablation) -> list[str]:
         for base in ("vqvae2", "fsqvae"):
             other = s(grid, "fd_fmnist", method=base, tokens=bt, K=bk)
             obits = s(grid, "bits_per_image", method=base, tokens=bt, K=bk)
-            out.append(f"- **C5** (reconstruction fd_fmnist) MVQVAE {mt}, K = {mk} "
-                       f"({fmt(bits, '{:.0f}')} bits) {fmt(mvq)} vs {base} {bt}, K = {bk} "
-                       f"({fmt(obits, '{:.0f}')} bits) {fmt(other)}: **{compare(mvq, other)}**.")
-    out.append("- **C6** (a prior that models the mask vs random masks): **not measured yet** "
-               "(the mask-aware prior exists, `model_config.model_mask=true`; its sweep is next).")
+            out.append(
+                f"- **C5** (reconstruction fd_fmnist) MVQVAE {mt}, K = {mk} "
+                f"({fmt(bits, '{:.0f}')} bits) {fmt(mvq)} vs {base} {bt}, K = {bk} "
+                f"({fmt(obits, '{:.0f}')} bits) {fmt(other)}: **{compare(mvq, other)}**."
+            )
+    for tokens in ("1+1", "4+1"):
+        modelled = s(mask_prior, method="mvqvae", tokens=tokens, K="16")
+        rand = s(grid, method="mvqvae", tokens=tokens, K="16")
+        f8 = [s(r, "sample_f8", method="mvqvae", tokens=tokens, K="16") for r in (mask_prior, grid)]
+        out.append(
+            f"- **C6** ({tokens}, K = 16, sample fd_fmnist): prior with the mask bits "
+            f"{fmt(modelled)} vs random masks {fmt(rand)}: **{compare(modelled, rand)}** "
+            f"(F_8 {fmt(f8[0], '{:.3f}')} vs {fmt(f8[1], '{:.3f}')})."
+        )
     return out
 
 
@@ -220,21 +248,60 @@ def plots(grid, j_ablation) -> list[str]:
     return images
 
 
+def timing() -> list[str]:
+    """Wall time per finished cell (the stage markers' ``wall_s``), per sweep: a table."""
+    lines = ["### Time per cell (wall clock, from the stage markers)", "",
+             "| sweep | finished cells | median h/cell | total h | train | prior | evals |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for sweep in SWEEPS:
+        cells = []
+        for cell in sorted((HERE / sweep / "cells").glob("*")):
+            marks = {m.stem: json.loads(m.read_text()) for m in (cell / "markers").glob("*.json")}
+            if "sample_eval" in marks:
+                cells.append({k: v.get("wall_s", 0.0) / 3600 for k, v in marks.items()})
+        if cells:
+            total = [sum(c.values()) for c in cells]
+            part = {k: statistics.median(c.get(k, 0.0) for c in cells) for k in
+                    ("train", "prior", "eval", "sample_eval")}  # fmt: skip
+            lines.append(
+                f"| {sweep} | {len(cells)} | {statistics.median(total):.2f} | "
+                f"{sum(total):.1f} | {part['train']:.2f} | {part['prior']:.2f} | "
+                f"{part['eval'] + part['sample_eval']:.2f} |"
+            )
+    lines += [
+        "",
+        "Stage times are medians over cells, in hours, with 1 thread per cell and two "
+        "cells (or other work) sharing the 2 cores; a resumed stage counts only its last "
+        "attempt.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     rows = {name: read_rows(name) for name in SWEEPS}
+    done = ", ".join(f"{name}: {len(r)} cells" for name, r in rows.items())
     # J = 256 is the grid's MVQVAE default: the ablation reads those cells instead of rerunning
     # the same commands (same config, seeds and budget).
-    rows["j_ablation"] += [{**r, "J": "256"} for r in rows["grid"] if r["method"] == "mvqvae"
-                           and r["K"] == "16" and r["tokens"] in ("1+1", "4+1")]
-    lines = ["### Verdicts", "", *verdicts(rows["grid"], rows["healthy"], rows["j_ablation"]), ""]
-    done = ", ".join(f"{name}: {len(r)} cells" for name, r in rows.items())
-    lines += [f"Finished cells so far: {done}.", ""]
+    rows["j_ablation"] += [
+        {**r, "J": "256"}
+        for r in rows["grid"]
+        if r["method"] == "mvqvae" and r["K"] == "16" and r["tokens"] in ("1+1", "4+1")
+    ]
+    claims = verdicts(rows["grid"], rows["healthy"], rows["j_ablation"], rows["mask_prior"])
+    lines = ["### Verdicts", "", *claims, ""]
+    lines += [
+        f"Finished cells so far: {done} (the J ablation also reads the grid's J = 256 cells).",
+        "",
+    ]
     for name, axes in (("grid", ["method", "tokens", "K"]),
                        ("healthy", ["method", "tokens", "K"]),
                        ("j_ablation", ["tokens", "J"]),
-                       ("longer", ["method", "tokens", "K"])):  # fmt: skip
+                       ("longer", ["method", "tokens", "K"]),
+                       ("mask_prior", ["method", "tokens", "K"])):  # fmt: skip
         if rows[name]:
             lines += [f"### {name} (mean ± std over seeds)", "", *group_table(rows[name], axes), ""]
+    lines += timing()
     lines += plots(rows["grid"], rows["j_ablation"])
     readme = HERE / "README.md"
     text = readme.read_text()
