@@ -41,9 +41,9 @@ from collections.abc import Callable
 import torch
 
 from mvq.priors import TransformerPrior, create_prior
-from mvq.quantizers import Tokens
 from mvq.sampling import sample_autoregressive, sample_autoregressive_naive
 from mvq.tokenizers import create_tokenizer, list_tokenizers
+from mvq.tokens import Tokens
 
 TABLE6 = {  # seconds per image: (GPU RTX2080, CPU i9-9900)
     "1+1": (0.013, 0.014),

@@ -48,8 +48,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     and an untrained VQ-VAE-2 (another tokenizer)."""
     from mvq.data import build_dataset
     from mvq.runconfig import RunConfig
+    from mvq.token_files import encode_dataset, tokenizer_identity
     from mvq.tokenizers import create_tokenizer
-    from mvq.tokens import encode_dataset, tokenizer_identity
     from mvq.train_prior import train_prior
     from mvq.train_tokenizer import train_tokenizer
 

@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 from mvq.cli import main
 from mvq.losses import perceptual as perceptual_module
 from mvq.losses.perceptual import VGG16_FILE, VGG16_URL, WeightsUnavailable, build_lpips
-from mvq.quantizers import Tokens
 from mvq.tokenizers import MVQGAN, MVQVAE, VQGAN, create_tokenizer, load_tokenizer
+from mvq.tokens import Tokens
 from mvq.training import TrainConfig, checkpoint_path, load_checkpoint, train
 
 TINY = dict(channels=8, res_channels=4, disc_channels=8, disc_layers=2, perceptual="none")

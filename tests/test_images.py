@@ -109,8 +109,7 @@ def test_reconstruct_tokenize_decode_end_to_end(gray_run, tmp_path: Path) -> Non
 
 
 def test_token_file_round_trip(tmp_path: Path) -> None:
-    from mvq.quantizers import Tokens
-    from mvq.tokenizers import TokenLayout
+    from mvq.tokens import TokenLayout, Tokens
 
     layout = TokenLayout(300, (2, 2), 8, mask_bits=16)
     tokens = Tokens(torch.randint(0, 300, (2, 2, 2)), torch.randint(0, 8, (2, 1, 1)),

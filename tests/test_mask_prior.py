@@ -8,9 +8,8 @@ from test_pipeline import make_tokens, prior_config
 
 from mvq.cli import main
 from mvq.priors import PixelCNNPriorConfig, TransformerPrior, TransformerPriorConfig, create_prior
-from mvq.priors.common import mask_to_tokens, tokens_to_mask
-from mvq.quantizers.masked_vq import pack_masks, unpack_masks
 from mvq.sampling import sample_autoregressive, sample_autoregressive_naive
+from mvq.tokens import mask_to_tokens, pack_masks, tokens_to_mask, unpack_masks
 
 SIZES = dict(primary_layers=1, primary_heads=2, primary_dim=16,
              secondary_layers=2, secondary_heads=2, secondary_dim=32)  # fmt: skip

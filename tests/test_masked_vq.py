@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from mvq.quantizers import MaskedVectorQuantizer, Tokens
-from mvq.quantizers.masked_vq import pack_masks, unpack_masks, wta_all_in_graph
+from mvq.quantizers import MaskedVectorQuantizer
+from mvq.quantizers.masked_vq import wta_all_in_graph
 from mvq.tokenizers import create_tokenizer
+from mvq.tokens import Tokens, pack_masks, unpack_masks
 
 
 def make_mvq(**kw) -> MaskedVectorQuantizer:

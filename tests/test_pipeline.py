@@ -10,8 +10,8 @@ import yaml
 from torch.utils.data import Dataset
 
 from mvq.cli import main
+from mvq.token_files import TokenDataset, encode_dataset, read_token_meta, tokenizer_identity
 from mvq.tokenizers import create_tokenizer
-from mvq.tokens import TokenDataset, encode_dataset, read_token_meta, tokenizer_identity
 
 TINY = dict(channels=16, res_channels=8)
 

@@ -336,7 +336,7 @@ def test_table4_parameter_counts(name, primary_m, secondary_m, tolerance):
 def test_layout_overrides_from_a_tokenizer_layout():
     from types import SimpleNamespace
 
-    from mvq.priors import layout_overrides
+    from mvq.tokens import layout_overrides
 
     layout = SimpleNamespace(
         primary_vocab=8, primary_grid=[2, 2], secondary_vocab=8, secondary_grid=(1, 1), mask_bits=16

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mvq.pretrained import CheckpointError
-from mvq.quantizers import Tokens
 from mvq.tokenizers import (
     MVQVAE,
     VQVAE2,
@@ -14,6 +13,7 @@ from mvq.tokenizers import (
     list_tokenizers,
     load_tokenizer,
 )
+from mvq.tokens import Tokens
 
 TINY = dict(channels=16, res_channels=8)
 

@@ -7,10 +7,9 @@ import torch
 from PIL import Image
 
 from mvq.cli import main
-from mvq.quantizers import Tokens
 from mvq.quantizers.base import to_channel_first
-from mvq.quantizers.masked_vq import pack_masks
 from mvq.tokenizers import create_tokenizer
+from mvq.tokens import Tokens, pack_masks
 from mvq.viz import DEFAULT_ALPHAS, compose_images, dimensions, transfer
 
 PAD, SIDE, SCALE = 2, 28, 3  # grid padding, Fashion-MNIST side, upscaling of 28-px grids

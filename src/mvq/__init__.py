@@ -1,12 +1,13 @@
-"""mvq: compact discrete image tokenizers (MVQ with MH-Dropout, VQ, FSQ) and their priors."""
+"""mvq: compact discrete image tokenizers (MVQ with MH-Dropout, VQ, FSQ) and their priors.
 
-from mvq.quantizers import (
-    FSQ,
-    MaskedVectorQuantizer,
-    QuantizerOutput,
-    Tokens,
-    VectorQuantizer,
-)
+Imports run one way, down the data flow: ``mvq.tokens`` (the token contract, torch only) <-
+``mvq.quantizers`` <- ``mvq.tokenizers``, and ``mvq.tokens`` <- ``mvq.priors`` <-
+``mvq.sampling``; the command line (``mvq.cli``) is imported by nothing in the library. This
+package re-exports the quantizers and ``Tokens``.
+"""
+
+from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput, VectorQuantizer
+from mvq.tokens import Tokens
 
 __all__ = ["FSQ", "MaskedVectorQuantizer", "QuantizerOutput", "Tokens", "VectorQuantizer"]
 __version__ = "0.1.0"

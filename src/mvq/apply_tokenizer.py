@@ -20,16 +20,16 @@ from torch import Tensor
 from mvq.data.base import DataError
 from mvq.data.folder import EXTENSIONS, list_images, read_image
 from mvq.pretrained import atomic_write_dir, resolve_pretrained
-from mvq.quantizers import Tokens
 from mvq.token_files import (
     SUFFIX,
     check_tokenizer,
     is_token_file,
     load_token_file,
     save_token_file,
+    tokenizer_identity,
 )
 from mvq.tokenizers import Tokenizer, load_tokenizer
-from mvq.tokens import tokenizer_identity
+from mvq.tokens import Tokens
 
 
 def pick_device(name: str) -> torch.device:

@@ -89,8 +89,8 @@ def _is_rank0() -> bool:
 
 def _encode(args: argparse.Namespace) -> None:
     from mvq.data import build_dataset, dataset_info
+    from mvq.token_files import encode_dataset, tokenizer_identity
     from mvq.tokenizers import load_tokenizer
-    from mvq.tokens import encode_dataset, tokenizer_identity
 
     device = _device(args.device)
     model = load_tokenizer(args.tokenizer)

@@ -42,8 +42,8 @@ from mvq.priors import load_prior
 from mvq.report import write_report as write_page
 from mvq.runconfig import RunConfig
 from mvq.sample import SampleOptions, sample_images
+from mvq.token_files import encode_dataset, read_token_meta, tokenizer_identity
 from mvq.tokenizers import Tokenizer, load_tokenizer
-from mvq.tokens import encode_dataset, read_token_meta, tokenizer_identity
 from mvq.train_prior import train_prior
 from mvq.train_tokenizer import (
     build_splits,

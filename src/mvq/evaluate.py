@@ -336,7 +336,7 @@ def reconstruct(
 ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
     """Reconstructions ``(N, C, H, W)`` in [-1, 1], random-mask ones (MVQ, when asked) and the
     tokens."""
-    from mvq.quantizers import Tokens
+    from mvq.tokens import Tokens
 
     device = next(tokenizer.parameters()).device
     tokenizer.eval()

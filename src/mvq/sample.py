@@ -19,10 +19,10 @@ from torchvision.utils import save_image
 
 from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
-from mvq.quantizers import Tokens
 from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
+from mvq.token_files import tokenizer_identity
 from mvq.tokenizers import Tokenizer, load_tokenizer
-from mvq.tokens import tokenizer_identity
+from mvq.tokens import Tokens
 from mvq.train_prior import TOKENIZER_FILE
 from mvq.train_tokenizer import to_unit
 

@@ -1,7 +1,7 @@
-"""Token files: the tokens of a list of named images, in one safetensors file.
+"""Tokens on disk: token files (named images) and token directories (encoded data sets).
 
-Written by ``mvq tokenize`` (or ``save_token_file``), read by ``mvq decode`` (or
-``load_token_file``). Layout::
+A **token file** holds the tokens of a list of named images in one safetensors file; written
+by ``mvq tokenize`` (``save_token_file``), read by ``mvq decode`` (``load_token_file``)::
 
     indices    (N, h, w)   primary indices, smallest unsigned type that holds the vocabulary
     secondary  (N, h2, w2) secondary indices (when the tokenizer has them)
@@ -9,29 +9,170 @@ Written by ``mvq tokenize`` (or ``save_token_file``), read by ``mvq decode`` (or
 
 and, in the safetensors header (string values, JSON-encoded): ``format`` ("mvq-tokens"),
 ``format_version``, ``names`` (the images' file names, in row order), ``tokenizer`` (its
-identity: class, config, SHA-256 of its weights, as ``mvq.tokens.tokenizer_identity`` computes)
-and ``layout`` (the tokenizer's ``TokenLayout``). Tokens only decode with the tokenizer that
-made them: ``check_tokenizer`` compares the identities.
+identity: class, config, SHA-256 of its weights, as ``tokenizer_identity`` computes) and
+``layout`` (the tokenizer's ``TokenLayout``). Tokens only decode with the tokenizer that made
+them: ``check_tokenizer`` compares the identities.
+
+A **token directory** is a data set encoded once by a tokenizer, for training priors (written
+atomically by ``mvq encode`` / ``encode_dataset``)::
+
+    meta.json            tokenizer identity (class, config, weights fingerprint), token layout,
+                         number of classes, source data set, split sizes
+    train.safetensors    primary (N, h, w), secondary (N, 1, 1), [mask (N, ceil(D'/8)) uint8],
+    val.safetensors      label (N,) — indices stored in the smallest unsigned integer type
+
+``TokenDataset(dir, split)`` serves ``{"primary", "secondary", "label"}`` int64 dicts, plus
+``"mask"`` (the packed uint8 mask bytes) for MVQ tokens, the batch format of ``mvq.priors``.
+What the tokens are (``Tokens``, ``TokenLayout``) is ``mvq.tokens``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from mvq.pretrained import CheckpointError
-from mvq.quantizers import Tokens
-from mvq.tokens import _index_dtype
+from mvq.pretrained import WEIGHTS_NAME, CheckpointError, atomic_write_dir, resolve_pretrained
+from mvq.tokens import Tokens, layout_overrides
 
+if TYPE_CHECKING:
+    from mvq.tokenizers import Tokenizer
+
+META_NAME = "meta.json"
+DIR_FORMAT_VERSION = 1
 FORMAT = "mvq-tokens"
-FORMAT_VERSION = 1
+FILE_FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
+
+
+def tokenizer_identity(model: Tokenizer, directory: str | os.PathLike | None = None) -> dict:
+    """Class, config and a fingerprint of the weights: what tokens must be decoded with."""
+    folder = resolve_pretrained(directory) if directory is not None else None  # Hub ids too
+    if folder is not None and (folder / WEIGHTS_NAME).is_file():
+        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
+    else:
+        h = hashlib.sha256()
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+    return {"class": type(model).__name__, "config": asdict(model.config), "sha256": digest}
+
+
+def index_dtype(vocab: int) -> torch.dtype:
+    """The smallest integer type that holds indices ``[0, vocab)``: how indices are stored."""
+    return torch.uint8 if vocab <= 256 else torch.int16 if vocab <= 32768 else torch.int32
+
+
+# -- token directories -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_split(model: Tokenizer, dataset: Dataset, batch_size: int = 256) -> dict[str, Tensor]:
+    """Tokens of every image of ``dataset`` (eval mode, seeded mask search)."""
+    model.eval()
+    device = next(model.parameters()).device
+    layout = model.token_layout
+    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": [], "label": []}
+    for x, y in tqdm(
+        DataLoader(dataset, batch_size=batch_size), desc="encode", leave=False, disable=None
+    ):
+        t = model.encode(x.to(device))
+        parts["primary"].append(t.indices.cpu().to(index_dtype(layout.primary_vocab)))
+        parts["secondary"].append(t.secondary.cpu().to(index_dtype(layout.secondary_vocab)))
+        if t.mask is not None:
+            parts["mask"].append(t.mask.cpu())
+        parts["label"].append(torch.as_tensor(y).to(torch.int64))
+    return {k: torch.cat(v) for k, v in parts.items() if v}
+
+
+def encode_dataset(
+    model: Tokenizer,
+    splits: dict[str, Dataset],
+    out: str | os.PathLike,
+    identity: dict,
+    source: dict[str, Any],
+    num_classes: int,
+    seed: int = 0,
+) -> Path:
+    """Encode each split and write the token directory ``out`` atomically."""
+    torch.manual_seed(seed)  # MVQ's mask search samples masks
+    encoded = {name: encode_split(model, ds) for name, ds in splits.items()}
+    meta = {
+        "format_version": DIR_FORMAT_VERSION,
+        "tokenizer": identity,
+        "layout": asdict(model.token_layout),
+        "num_classes": num_classes,
+        "source": source,
+        "splits": {name: len(t["primary"]) for name, t in encoded.items()},
+    }
+
+    def write(tmp: Path) -> None:
+        for name, tensors in encoded.items():
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors")
+            )
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+
+    atomic_write_dir(Path(out), write)
+    return Path(out)
+
+
+def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of a token directory; a missing or broken one is a clear error."""
+    path = Path(directory) / META_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a token directory ({META_NAME} missing): "
+                              "make one with `mvq encode`")  # fmt: skip
+    try:
+        meta = json.loads(path.read_text())
+        meta["tokenizer"], meta["splits"]  # noqa: B018
+        layout_overrides(meta["layout"])  # a layout without its fields is a TypeError
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is corrupted ({err}); re-run `mvq encode`") from err
+    return meta
+
+
+class TokenDataset(Dataset):
+    """One split of a token directory, as dicts ``{"primary", "secondary", "label"}`` (int64)
+    and ``"mask"`` (packed uint8 bytes ``(ceil(D'/8),)``) when the tokens carry MVQ masks."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
+        self.meta = read_token_meta(directory)
+        if split not in self.meta["splits"]:
+            raise ValueError(
+                f"{directory} has no '{split}' split (has {sorted(self.meta['splits'])})"
+            )
+        try:
+            tensors = load_file(str(Path(directory) / f"{split}.safetensors"))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(f"{directory}/{split}.safetensors is unreadable ({err})") from err
+        self.primary = tensors["primary"].long()  # (N, h, w)
+        self.secondary = tensors["secondary"].long()  # (N, 1, 1)
+        self.label = tensors["label"].long()  # (N,)
+        self.mask = tensors.get("mask")  # (N, ceil(D'/8)) uint8, MVQ only
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {"primary": self.primary[i], "secondary": self.secondary[i], "label": self.label[i]}
+        if self.mask is not None:
+            item["mask"] = self.mask[i]
+        return item
+
+
+# -- token files -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -65,12 +206,12 @@ def save_token_file(
     if len(names) != len(tokens.indices):
         raise ValueError(f"{len(names)} names for {len(tokens.indices)} rows of tokens")
     layout = layout if isinstance(layout, dict) else asdict(layout)
-    tensors = {"indices": tokens.indices.cpu().to(_index_dtype(layout["primary_vocab"]))}
+    tensors = {"indices": tokens.indices.cpu().to(index_dtype(layout["primary_vocab"]))}
     if tokens.secondary is not None:
-        tensors["secondary"] = tokens.secondary.cpu().to(_index_dtype(layout["secondary_vocab"]))
+        tensors["secondary"] = tokens.secondary.cpu().to(index_dtype(layout["secondary_vocab"]))
     if tokens.mask is not None:
         tensors["mask"] = tokens.mask.cpu()
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "names": names,
+    header = {"format": FORMAT, "format_version": FILE_FORMAT_VERSION, "names": names,
               "tokenizer": tokenizer, "layout": layout}  # fmt: skip
     metadata = {k: json.dumps(v) for k, v in header.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +241,7 @@ def load_token_file(path: str | os.PathLike) -> TokenFile:
     version = header.get("format_version")
     if not isinstance(version, int) or "tokenizer" not in header or "layout" not in header:
         raise CheckpointError(f"{path} is a corrupted token file (its header is incomplete)")
-    if version > FORMAT_VERSION:
+    if version > FILE_FORMAT_VERSION:
         raise CheckpointError(f"{path} is a newer token file format; upgrade mvq to read it")
     secondary = tensors.get("secondary")
     tokens = Tokens(

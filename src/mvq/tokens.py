@@ -1,145 +1,163 @@
-"""Token data sets on disk: a data set encoded once by a tokenizer, for training priors.
+"""The token contract: what a tokenizer emits and a prior models (imports torch only).
 
-Layout of a token directory (written atomically by ``encode_dataset``)::
+An image is described by S primary indices on an ``h x w`` grid (vocabulary K1), S' secondary
+indices on an ``h2 x w2`` grid (vocabulary K2; ``1 x 1`` for MVQ and VQ-VAE-2) and, for MVQ
+only, a D'-bit mask. This module owns
 
-    meta.json            tokenizer identity (class, config, weights fingerprint), token layout,
-                         number of classes, source data set, split sizes
-    train.safetensors    primary (N, h, w), secondary (N, 1, 1), [mask (N, ceil(D'/8)) uint8],
-    val.safetensors      label (N,) — indices stored in the smallest unsigned integer type
+- ``Tokens``: a batch of them (primary and secondary indices, MVQ's packed mask);
+- ``TokenLayout``: their shape (vocabularies, grids, mask bits) and its checks; a tokenizer's
+  ``token_layout`` is one, a prior's config (``mvq.priors.PriorLayout``) extends it;
+- ``layout_overrides``: a layout as config overrides for ``mvq.priors.create_prior``;
+- ``pack_masks`` / ``unpack_masks``: the mask's bit packing (8 bits per byte, LSB first);
+- ``mask_to_tokens`` / ``tokens_to_mask``: the mask as ``ceil(D'/b)`` tokens of b bits, the
+  form in which a prior models it.
 
-``TokenDataset(dir, split)`` serves ``{"primary", "secondary", "label"}`` int64 dicts, plus
-``"mask"`` (the packed uint8 mask bytes) for MVQ tokens, the batch format of ``mvq.priors``.
+Tokens on disk (token files, token directories) are ``mvq.token_files``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from mvq.pretrained import WEIGHTS_NAME, CheckpointError, atomic_write_dir, resolve_pretrained
-from mvq.tokenizers import Tokenizer
-
-META_NAME = "meta.json"
-FORMAT_VERSION = 1
+LAYOUT_FIELDS = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits")
 
 
-def tokenizer_identity(model: Tokenizer, directory: str | os.PathLike | None = None) -> dict:
-    """Class, config and a fingerprint of the weights: what tokens must be decoded with."""
-    folder = resolve_pretrained(directory) if directory is not None else None  # Hub ids too
-    if folder is not None and (folder / WEIGHTS_NAME).is_file():
-        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-    else:
-        h = hashlib.sha256()
-        for name, t in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        digest = h.hexdigest()
-    return {"class": type(model).__name__, "config": asdict(model.config), "sha256": digest}
+@dataclass
+class Tokens:
+    """The discrete description of a batch.
+
+    Attributes:
+        indices: primary code indices, ``(B, *spatial)`` int64.
+        secondary: secondary code indices ``(B, *spatial')`` (MVQ, hierarchical models) or None.
+        mask: MVQ only: the chosen MH-Dropout masks packed 8 bits per byte, ``(B, ceil(D'/8))``
+            uint8, bit ``d`` of the pattern is bit ``d % 8`` of byte ``d // 8``.
+    """
+
+    indices: Tensor
+    secondary: Tensor | None = None
+    mask: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Tokens:
+        """Move every present tensor to ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Tokens(move(self.indices), move(self.secondary), move(self.mask))
+
+    def __getitem__(self, item: int | slice | Tensor) -> Tokens:
+        """Select instances along the batch dimension."""
+        pick = lambda t: None if t is None else t[item]  # noqa: E731
+        return Tokens(pick(self.indices), pick(self.secondary), pick(self.mask))
 
 
-def _index_dtype(vocab: int) -> torch.dtype:
-    return torch.uint8 if vocab <= 256 else torch.int16 if vocab <= 32768 else torch.int32
+@dataclass
+class TokenLayout:
+    """The shape of a tokenizer's tokens: what a prior needs to know about them.
 
+    Attributes:
+        primary_vocab: K1, entries of the primary codebook.
+        primary_grid: ``(h, w)`` of the primary token grid.
+        secondary_vocab: K2, entries of the secondary codebook; 0 = no secondary tokens.
+        secondary_grid: ``(h2, w2)`` of the secondary grid (``(1, 1)`` for MVQ / VQ-VAE-2).
+        mask_bits: D', the bits of an MVQ mask in the tokens (0: no mask).
+    """
 
-@torch.no_grad()
-def encode_split(model: Tokenizer, dataset: Dataset, batch_size: int = 256) -> dict[str, Tensor]:
-    """Tokens of every image of ``dataset`` (eval mode, seeded mask search)."""
-    model.eval()
-    device = next(model.parameters()).device
-    layout = model.token_layout
-    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": [], "label": []}
-    for x, y in tqdm(
-        DataLoader(dataset, batch_size=batch_size), desc="encode", leave=False, disable=None
-    ):
-        t = model.encode(x.to(device))
-        parts["primary"].append(t.indices.cpu().to(_index_dtype(layout.primary_vocab)))
-        parts["secondary"].append(t.secondary.cpu().to(_index_dtype(layout.secondary_vocab)))
-        if t.mask is not None:
-            parts["mask"].append(t.mask.cpu())
-        parts["label"].append(torch.as_tensor(y).to(torch.int64))
-    return {k: torch.cat(v) for k, v in parts.items() if v}
+    primary_vocab: int
+    primary_grid: tuple[int, int]
+    secondary_vocab: int
+    secondary_grid: tuple[int, int] = (1, 1)
+    mask_bits: int = 0
 
-
-def encode_dataset(
-    model: Tokenizer,
-    splits: dict[str, Dataset],
-    out: str | os.PathLike,
-    identity: dict,
-    source: dict[str, Any],
-    num_classes: int,
-    seed: int = 0,
-) -> Path:
-    """Encode each split and write the token directory ``out`` atomically."""
-    torch.manual_seed(seed)  # MVQ's mask search samples masks
-    encoded = {name: encode_split(model, ds) for name, ds in splits.items()}
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": identity,
-        "layout": asdict(model.token_layout),
-        "num_classes": num_classes,
-        "source": source,
-        "splits": {name: len(t["primary"]) for name, t in encoded.items()},
-    }
-
-    def write(tmp: Path) -> None:
-        for name, tensors in encoded.items():
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors")
-            )
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-
-    atomic_write_dir(Path(out), write)
-    return Path(out)
-
-
-def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """``meta.json`` of a token directory; a missing or broken one is a clear error."""
-    path = Path(directory) / META_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not a token directory ({META_NAME} missing): "
-                              "make one with `mvq encode`")  # fmt: skip
-    try:
-        meta = json.loads(path.read_text())
-        meta["tokenizer"], meta["layout"], meta["splits"]  # noqa: B018
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path} is corrupted ({err}); re-run `mvq encode`") from err
-    return meta
-
-
-class TokenDataset(Dataset):
-    """One split of a token directory, as dicts ``{"primary", "secondary", "label"}`` (int64)
-    and ``"mask"`` (packed uint8 bytes ``(ceil(D'/8),)``) when the tokens carry MVQ masks."""
-
-    def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
-        self.meta = read_token_meta(directory)
-        if split not in self.meta["splits"]:
+    def __post_init__(self) -> None:
+        self.primary_grid = tuple(self.primary_grid)  # type: ignore[assignment]
+        self.secondary_grid = tuple(self.secondary_grid)  # type: ignore[assignment]
+        if self.primary_vocab < 1 or self.secondary_vocab < 0:
             raise ValueError(
-                f"{directory} has no '{split}' split (has {sorted(self.meta['splits'])})"
+                f"vocabularies must be positive (primary_vocab={self.primary_vocab}, "
+                f"secondary_vocab={self.secondary_vocab}, 0 = none)"
             )
-        try:
-            tensors = load_file(str(Path(directory) / f"{split}.safetensors"))
-        except Exception as err:  # noqa: BLE001 - safetensors raises several types
-            raise CheckpointError(f"{directory}/{split}.safetensors is unreadable ({err})") from err
-        self.primary = tensors["primary"].long()  # (N, h, w)
-        self.secondary = tensors["secondary"].long()  # (N, 1, 1)
-        self.label = tensors["label"].long()  # (N,)
-        self.mask = tensors.get("mask")  # (N, ceil(D'/8)) uint8, MVQ only
+        for name, grid in (
+            ("primary_grid", self.primary_grid),
+            ("secondary_grid", self.secondary_grid),
+        ):
+            if len(grid) != 2 or min(grid) < 1:
+                raise ValueError(f"{name} must be two positive sizes (h, w), got {grid}")
+        if self.mask_bits < 0:
+            raise ValueError(f"mask_bits must be >= 0 (0 = no mask), got {self.mask_bits}")
 
-    def __len__(self) -> int:
-        return len(self.primary)
+    @property
+    def primary_len(self) -> int:
+        """S, primary tokens per instance."""
+        return self.primary_grid[0] * self.primary_grid[1]
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        item = {"primary": self.primary[i], "secondary": self.secondary[i], "label": self.label[i]}
-        if self.mask is not None:
-            item["mask"] = self.mask[i]
-        return item
+    @property
+    def has_secondary(self) -> bool:
+        """Whether the layout has a secondary token stream."""
+        return self.secondary_vocab > 0
+
+    @property
+    def secondary_len(self) -> int:
+        """S', secondary tokens per instance (0 without a secondary stream)."""
+        return self.secondary_grid[0] * self.secondary_grid[1] if self.has_secondary else 0
+
+    @property
+    def num_tokens(self) -> int:
+        """S + S', index tokens per instance (the mask's bits are not counted)."""
+        return self.primary_len + self.secondary_len
+
+
+def layout_overrides(layout: TokenLayout | Mapping | object) -> dict[str, object]:
+    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` and
+    ``mask_bits`` (0 when absent) of a layout (``tokenizer.token_layout``, the ``"layout"`` dict
+    of a token directory's meta or a token file's header), as overrides for ``create_prior``."""
+    if isinstance(layout, Mapping):
+        values = dict(layout)
+    else:
+        values = {n: getattr(layout, n) for n in LAYOUT_FIELDS if hasattr(layout, n)}
+    missing = [n for n in LAYOUT_FIELDS[:4] if n not in values]
+    if missing:
+        raise TypeError(f"{type(layout).__name__} is not a token layout: it lacks {missing}")
+    out = {n: tuple(v) if isinstance(v := values[n], list) else v for n in LAYOUT_FIELDS[:4]}
+    return out | {"mask_bits": values.get("mask_bits", 0)}
+
+
+def pack_masks(masks: Tensor) -> Tensor:
+    """Pack boolean masks ``(..., D')`` into bytes ``(..., ceil(D'/8))`` uint8, LSB first."""
+    d = masks.shape[-1]
+    padded = F.pad(masks.to(torch.uint8), (0, (-d) % 8)).unflatten(-1, (-1, 8))  # (..., n, 8)
+    weights = 2 ** torch.arange(8, device=masks.device, dtype=torch.uint8)
+    return (padded * weights).sum(-1, dtype=torch.uint8)
+
+
+def unpack_masks(packed: Tensor, dim: int) -> Tensor:
+    """Inverse of ``pack_masks``: ``(..., ceil(D'/8))`` uint8 -> ``(..., D')`` bool."""
+    if packed.dtype != torch.uint8 or packed.shape[-1] != (dim + 7) // 8:
+        raise ValueError(
+            f"mask must be uint8 of shape (..., {(dim + 7) // 8}) for D'={dim}, got "
+            f"{packed.dtype} {tuple(packed.shape)}: pass the mask returned by encode()"
+        )
+    bits = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    unpacked = (packed.unsqueeze(-1) >> bits) & 1  # (..., n, 8)
+    return unpacked.flatten(-2)[..., :dim].bool()
+
+
+def mask_to_tokens(packed: Tensor, mask_bits: int, token_bits: int) -> Tensor:
+    """Packed masks ``(B, ceil(D'/8))`` uint8 -> ``(B, ceil(D'/b))`` int64 tokens of b bits.
+
+    Bit ``i`` of the mask is bit ``i % b`` of token ``i // b`` (LSB first, as ``pack_masks``);
+    a last partial token has its high bits 0.
+    """
+    bits = unpack_masks(packed, mask_bits).long()  # (B, D')
+    bits = F.pad(bits, (0, (-mask_bits) % token_bits))  # (B, M*b)
+    weights = 2 ** torch.arange(token_bits, device=packed.device)
+    return (bits.unflatten(-1, (-1, token_bits)) * weights).sum(-1)  # (B, M)
+
+
+def tokens_to_mask(tokens: Tensor, mask_bits: int, token_bits: int) -> Tensor:
+    """Inverse of ``mask_to_tokens``: ``(B, M)`` tokens -> packed ``(B, ceil(D'/8))`` uint8."""
+    shifts = torch.arange(token_bits, device=tokens.device)
+    bits = (tokens.long().unsqueeze(-1) >> shifts) & 1  # (B, M, b)
+    return pack_masks(bits.flatten(-2)[..., :mask_bits].bool())

@@ -17,18 +17,17 @@ from torch import nn
 
 from mvq.priors import PRIOR_CLASSES, PRIORS, create_prior
 from mvq.runconfig import ConfigError, RunConfig, check_keys
-from mvq.tokens import TokenDataset, read_token_meta
+from mvq.token_files import TokenDataset, read_token_meta
+from mvq.tokens import layout_overrides
 from mvq.train_tokenizer import build_train_config
 from mvq.training import TrainResult, train
 
 TOKENIZER_FILE = "tokenizer.json"
-LAYOUT_KEYS = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits")
 
 
 def prior_overrides(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """Config overrides of the prior: the tokens' layout, then ``cfg.model_config``."""
-    layout = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["layout"].items()}
-    overrides = {k: layout.get(k, 0) for k in LAYOUT_KEYS} | cfg.model_config
+    overrides = layout_overrides(meta["layout"]) | cfg.model_config
     classes = overrides.get("num_classes", 0)
     if classes and classes != meta.get("num_classes", 0):
         raise ConfigError(

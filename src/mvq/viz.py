@@ -31,10 +31,9 @@ from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset
 from mvq.pretrained import read_pretrained_meta
-from mvq.quantizers import Tokens
 from mvq.quantizers.base import to_channel_first, to_channel_last
-from mvq.quantizers.masked_vq import pack_masks, unpack_masks
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
+from mvq.tokens import Tokens, pack_masks, unpack_masks
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: `mvq --help` stays quick
     from matplotlib.figure import Figure

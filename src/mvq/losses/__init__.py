@@ -1,4 +1,7 @@
-"""Training objectives beyond a tokenizer's own reconstruction loss."""
+"""Training objectives beyond a tokenizer's own reconstruction loss.
+
+Imports ``mvq.metrics`` (LPIPS and its weights) only.
+"""
 
 from mvq.losses.vqgan import (
     PatchDiscriminator,

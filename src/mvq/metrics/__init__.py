@@ -2,6 +2,7 @@
 F-scores, LPIPS and Inception features, with their weights found offline first.
 
 Pure functions on arrays and images; the networks they need are loaded by ``load_*``.
+Imports ``mvq.data`` (the Fashion-MNIST reference set of ``fd_fmnist``) only.
 """
 
 from mvq.metrics.fd_fmnist import (

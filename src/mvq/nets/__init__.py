@@ -1,4 +1,4 @@
-"""Networks: Table 3's encoders, decoder and MH network f of the MVQ paper."""
+"""Networks: Table 3's encoders, decoder and MH network f of the MVQ paper (torch only)."""
 
 from mvq.nets.table3 import (
     SUPPORTED,

@@ -2,7 +2,9 @@
 
 Every prior is an ``nn.Module`` with a typed config (a ``PriorLayout`` plus sizes), a
 ``loss(batch) -> (loss, logs)`` for the trainer, and ``save_pretrained`` / ``from_pretrained``.
-Samplers live in ``mvq.sampling``.
+Samplers live in ``mvq.sampling``, which imports this package; ``mvq.priors`` never imports
+``mvq.sampling``. Imports ``mvq.tokens`` (the token contract; ``layout_overrides`` is re-exported
+here), ``mvq.mask_schedules``, ``mvq.pretrained`` and ``mvq.registry``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 from torch import nn
 
 from mvq.pretrained import CheckpointError, read_pretrained_meta, resolve_pretrained
-from mvq.priors.common import PRIORS, PriorLayout, check_batch, check_labels, layout_overrides
+from mvq.priors.common import PRIORS, PriorLayout, check_batch, check_labels
 from mvq.priors.maskgit import MaskGITPrior, MaskGITPriorConfig
 from mvq.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig
 from mvq.priors.transformer import KVCache, TransformerPrior, TransformerPriorConfig
+from mvq.tokens import layout_overrides
 
 PRIOR_CLASSES: dict[str, type] = {
     cls.__name__: cls for cls in (TransformerPrior, PixelCNNPrior, MaskGITPrior)

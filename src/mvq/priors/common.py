@@ -1,4 +1,4 @@
-"""What every token prior shares: the token layout, batch checks, NLL logs and the registry.
+"""What every token prior shares: its layout, batch checks, NLL logs and the registry.
 
 A token batch is a dict: ``"primary"`` ``(B, h, w)`` int64 in ``[0, K1)``, optionally
 ``"secondary"`` ``(B, h2, w2)`` int64 in ``[0, K2)`` (MVQ and VQ-VAE-2: ``h2 = w2 = 1``) and
@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mvq.quantizers.masked_vq import pack_masks, unpack_masks
 from mvq.registry import Registry
+from mvq.tokens import TokenLayout, mask_to_tokens
 
 PRIORS: Registry[nn.Module] = Registry("prior")
 
@@ -26,19 +26,16 @@ LN2 = math.log(2.0)
 
 
 @dataclass
-class PriorLayout:
+class PriorLayout(TokenLayout):
     """The token layout a prior models; every ``<Name>PriorConfig`` extends it.
 
-    Its fields are named as in a tokenizer's ``token_layout`` (``mvq.tokenizers``), so
-    ``layout_overrides(tokenizer.token_layout)`` gives the overrides for ``create_prior``.
+    The tokens' own fields are ``TokenLayout``'s (``mvq.tokens``), so
+    ``layout_overrides(tokenizer.token_layout)`` gives the overrides for ``create_prior``; the
+    defaults are 4x4 + 1 tokens with K = 128 + 128; grids are modelled in raster order. What the
+    prior adds:
 
     Attributes:
-        primary_vocab: K1, entries of the primary codebook.
-        primary_grid: ``(h, w)`` of the primary token grid, modelled in raster order.
-        secondary_vocab: K2, entries of the secondary codebook; 0 = no secondary tokens.
-        secondary_grid: ``(h2, w2)`` of the secondary grid (``(1, 1)`` for MVQ / VQ-VAE-2).
         num_classes: number of class labels for class conditioning; 0 = unconditional.
-        mask_bits: D', the bits of an MVQ mask in the tokens (0: no mask).
         model_mask: model the mask as ``mask_len`` tokens after the secondary tokens (priors
             that support it; default False, as the paper: the mask is drawn at random).
         mask_token_bits: b, mask bits per mask token (vocabulary ``2**b``).
@@ -47,52 +44,23 @@ class PriorLayout:
     primary_vocab: int = 128
     primary_grid: tuple[int, int] = (4, 4)
     secondary_vocab: int = 128
-    secondary_grid: tuple[int, int] = (1, 1)
     num_classes: int = 0
-    mask_bits: int = 0
     model_mask: bool = False
     mask_token_bits: int = 4
 
     def __post_init__(self) -> None:
-        self.primary_grid = tuple(self.primary_grid)  # type: ignore[assignment]
-        self.secondary_grid = tuple(self.secondary_grid)  # type: ignore[assignment]
-        if self.primary_vocab < 1 or self.secondary_vocab < 0 or self.num_classes < 0:
+        super().__post_init__()
+        if self.num_classes < 0:
             raise ValueError(
-                f"vocabularies must be positive (primary_vocab={self.primary_vocab}, "
-                f"secondary_vocab={self.secondary_vocab}, 0 = none) and num_classes >= 0 "
-                f"(got {self.num_classes})"
+                f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}"
             )
-        for name, grid in (
-            ("primary_grid", self.primary_grid),
-            ("secondary_grid", self.secondary_grid),
-        ):
-            if len(grid) != 2 or min(grid) < 1:
-                raise ValueError(f"{name} must be two positive sizes (h, w), got {grid}")
-        if self.mask_bits < 0 or not 1 <= self.mask_token_bits <= 12:
-            raise ValueError(
-                f"mask_bits must be >= 0 (got {self.mask_bits}) and mask_token_bits in [1, 12] "
-                f"(got {self.mask_token_bits})"
-            )
+        if not 1 <= self.mask_token_bits <= 12:
+            raise ValueError(f"mask_token_bits must be in [1, 12], got {self.mask_token_bits}")
         if self.model_mask and (self.mask_bits == 0 or not self.has_secondary):
             raise ValueError(
                 "model_mask=True but the tokens have no MVQ mask (mask_bits=0) or no secondary "
                 "stream: only MVQ tokens carry a mask; set model_mask=false"
             )
-
-    @property
-    def primary_len(self) -> int:
-        """S, primary tokens per instance."""
-        return self.primary_grid[0] * self.primary_grid[1]
-
-    @property
-    def has_secondary(self) -> bool:
-        """Whether the layout has a secondary token stream."""
-        return self.secondary_vocab > 0
-
-    @property
-    def secondary_len(self) -> int:
-        """S', secondary tokens per instance (0 without a secondary stream)."""
-        return self.secondary_grid[0] * self.secondary_grid[1] if self.has_secondary else 0
 
     @property
     def mask_len(self) -> int:
@@ -106,7 +74,7 @@ class PriorLayout:
 
     @property
     def num_tokens(self) -> int:
-        """S + S' + M, modelled tokens per instance."""
+        """S + S' + M, modelled tokens per instance (M mask tokens when the mask is modelled)."""
         return self.primary_len + self.secondary_len + self.mask_len
 
 
@@ -117,37 +85,6 @@ def refuse_mask_model(layout: PriorLayout, prior: str) -> None:
             f"{prior} does not model the MVQ mask: set model_config.model_mask=false (the mask is "
             "then drawn at random) or use a transformer prior"
         )
-
-
-def mask_to_tokens(packed: Tensor, mask_bits: int, token_bits: int) -> Tensor:
-    """Packed masks ``(B, ceil(D'/8))`` uint8 -> ``(B, ceil(D'/b))`` int64 tokens of b bits.
-
-    Bit ``i`` of the mask is bit ``i % b`` of token ``i // b`` (LSB first, as ``pack_masks``);
-    a last partial token has its high bits 0.
-    """
-    bits = unpack_masks(packed, mask_bits).long()  # (B, D')
-    bits = torch.nn.functional.pad(bits, (0, (-mask_bits) % token_bits))  # (B, M*b)
-    weights = 2 ** torch.arange(token_bits, device=packed.device)
-    return (bits.unflatten(-1, (-1, token_bits)) * weights).sum(-1)  # (B, M)
-
-
-def tokens_to_mask(tokens: Tensor, mask_bits: int, token_bits: int) -> Tensor:
-    """Inverse of ``mask_to_tokens``: ``(B, M)`` tokens -> packed ``(B, ceil(D'/8))`` uint8."""
-    shifts = torch.arange(token_bits, device=tokens.device)
-    bits = (tokens.long().unsqueeze(-1) >> shifts) & 1  # (B, M, b)
-    return pack_masks(bits.flatten(-2)[..., :mask_bits].bool())
-
-
-def layout_overrides(layout: object) -> dict[str, object]:
-    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` and
-    ``mask_bits`` (0 when absent) of any layout object (e.g. ``tokenizer.token_layout``), as
-    config overrides for ``create_prior``."""
-    names = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid")
-    missing = [n for n in names if not hasattr(layout, n)]
-    if missing:
-        raise TypeError(f"{type(layout).__name__} is not a token layout: it lacks {missing}")
-    out = {n: tuple(v) if isinstance(v := getattr(layout, n), list) else v for n in names}
-    return out | {"mask_bits": getattr(layout, "mask_bits", 0)}
 
 
 class TokenBatch(NamedTuple):

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvq.mask_schedules import SCHEDULES, mask_schedule
 from mvq.pretrained import PretrainedMixin
 from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch, refuse_mask_model
 from mvq.priors.transformer import Block, init_gpt_weights
-from mvq.sampling.maskgit import SCHEDULES, mask_schedule
 
 
 @dataclass

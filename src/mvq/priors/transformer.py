@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvq.pretrained import PretrainedMixin
-from mvq.priors.common import PRIORS, PriorLayout, check_batch, mask_to_tokens, nll_logs
+from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs
+from mvq.tokens import mask_to_tokens
 
 
 @dataclass

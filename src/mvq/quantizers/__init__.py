@@ -1,8 +1,13 @@
-"""Quantizers sharing one interface: ``forward -> QuantizerOutput``, ``encode``, ``decode``."""
+"""Quantizers sharing one interface: ``forward -> QuantizerOutput``, ``encode``, ``decode``.
 
-from mvq.quantizers.base import QuantizerOutput, Tokens
+Imports ``mvq.tokens`` (``Tokens``, re-exported here), ``mvq.nets`` (MVQ's f) and
+``mvq.registry``; never the tokenizers, priors or samplers.
+"""
+
+from mvq.quantizers.base import QuantizerOutput
 from mvq.quantizers.fsq import FSQ
 from mvq.quantizers.masked_vq import MaskedVectorQuantizer
 from mvq.quantizers.vq import VectorQuantizer
+from mvq.tokens import Tokens
 
 __all__ = ["FSQ", "MaskedVectorQuantizer", "QuantizerOutput", "Tokens", "VectorQuantizer"]

@@ -2,8 +2,8 @@
 
 All quantizers (``VectorQuantizer``, ``MaskedVectorQuantizer``, ``FSQ``) take channel-first
 feature maps ``(B, C, *spatial)`` (usually ``(B, C, H, W)``) and return a ``QuantizerOutput``.
-``encode`` gives ``Tokens``; ``decode(tokens)`` gives back exactly the tensor that ``forward``
-sends to the decoder.
+``encode`` gives ``Tokens`` (``mvq.tokens``, the token contract); ``decode(tokens)`` gives back
+exactly the tensor that ``forward`` sends to the decoder.
 """
 
 from __future__ import annotations
@@ -13,31 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-
-@dataclass
-class Tokens:
-    """The discrete description of a batch.
-
-    Attributes:
-        indices: primary code indices, ``(B, *spatial)`` int64.
-        secondary: secondary code indices ``(B, *spatial')`` (MVQ, hierarchical models) or None.
-        mask: MVQ only: the chosen MH-Dropout masks packed 8 bits per byte, ``(B, ceil(D'/8))``
-            uint8, bit ``d`` of the pattern is bit ``d % 8`` of byte ``d // 8``.
-    """
-
-    indices: Tensor
-    secondary: Tensor | None = None
-    mask: Tensor | None = None
-
-    def to(self, device: torch.device | str) -> Tokens:
-        """Move every present tensor to ``device``."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Tokens(move(self.indices), move(self.secondary), move(self.mask))
-
-    def __getitem__(self, item: int | slice | Tensor) -> Tokens:
-        """Select instances along the batch dimension."""
-        pick = lambda t: None if t is None else t[item]  # noqa: E731
-        return Tokens(pick(self.indices), pick(self.secondary), pick(self.mask))
+from mvq.tokens import Tokens
 
 
 @dataclass

@@ -33,13 +33,13 @@ from torch.autograd.function import FunctionCtx
 
 from mvq.quantizers.base import (
     QuantizerOutput,
-    Tokens,
     check_feature_map,
     codebook_stats,
     to_channel_first,
     to_channel_last,
 )
 from mvq.registry import closest_hint
+from mvq.tokens import Tokens
 
 EPS = 1e-3
 TILE = 64  # rows per tile of the constants for channel-last inputs (see FSQ._quantize)

@@ -36,35 +36,15 @@ from torch import Tensor, nn
 from mvq.nets.table3 import AffineEnds
 from mvq.quantizers.base import (
     QuantizerOutput,
-    Tokens,
     check_feature_map,
     to_channel_first,
     to_channel_last,
 )
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
+from mvq.tokens import Tokens, pack_masks, unpack_masks
 
 SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")
 MASK_MODES = ("per_instance", "per_code", "shared")
-
-
-def pack_masks(masks: Tensor) -> Tensor:
-    """Pack boolean masks ``(..., D')`` into bytes ``(..., ceil(D'/8))`` uint8, LSB first."""
-    d = masks.shape[-1]
-    padded = F.pad(masks.to(torch.uint8), (0, (-d) % 8)).unflatten(-1, (-1, 8))  # (..., n, 8)
-    weights = 2 ** torch.arange(8, device=masks.device, dtype=torch.uint8)
-    return (padded * weights).sum(-1, dtype=torch.uint8)
-
-
-def unpack_masks(packed: Tensor, dim: int) -> Tensor:
-    """Inverse of ``pack_masks``: ``(..., ceil(D'/8))`` uint8 -> ``(..., D')`` bool."""
-    if packed.dtype != torch.uint8 or packed.shape[-1] != (dim + 7) // 8:
-        raise ValueError(
-            f"mask must be uint8 of shape (..., {(dim + 7) // 8}) for D'={dim}, got "
-            f"{packed.dtype} {tuple(packed.shape)}: pass the mask returned by encode()"
-        )
-    bits = torch.arange(8, device=packed.device, dtype=torch.uint8)
-    unpacked = (packed.unsqueeze(-1) >> bits) & 1  # (..., n, 8)
-    return unpacked.flatten(-2)[..., :dim].bool()
 
 
 class MLPMHNetwork(nn.Module):

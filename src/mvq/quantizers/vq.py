@@ -15,12 +15,12 @@ from torch import Tensor, nn
 
 from mvq.quantizers.base import (
     QuantizerOutput,
-    Tokens,
     check_feature_map,
     stats_from_counts,
     to_channel_first,
     to_channel_last,
 )
+from mvq.tokens import Tokens
 
 INITS = ("random", "data", "kmeans")
 NN_CHUNK = 1024  # rows per block of the nearest-code search

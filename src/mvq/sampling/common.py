@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+import mvq.priors
+
 
 def check_sampling_args(
     n: int,
@@ -106,8 +108,6 @@ def prepare_labels(
 
 def require_prior(prior: object, class_name: str, sampler: str) -> None:
     """Raise a clear ``TypeError`` unless ``prior`` is a ``mvq.priors.<class_name>``."""
-    import mvq.priors  # samplers import the priors lazily: the priors import the schedules
-
     cls = getattr(mvq.priors, class_name)
     if not isinstance(prior, cls):
         raise TypeError(f"{sampler} needs a {class_name}, got {type(prior).__name__}")

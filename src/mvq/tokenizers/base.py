@@ -1,7 +1,8 @@
 """What the three tokenizers share: the config fields, the Table 3 networks, the loss.
 
-A tokenizer maps images ``(B, C, H, W)`` in [-1, 1] to tokens (``mvq.quantizers.Tokens``):
-S primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-bit mask.
+A tokenizer maps images ``(B, C, H, W)`` in [-1, 1] to tokens (``mvq.tokens.Tokens``): S
+primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-bit mask; its
+``token_layout`` (``mvq.tokens.TokenLayout``) says their shape.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
 from mvq.pretrained import PretrainedMixin
-from mvq.quantizers import QuantizerOutput, Tokens
+from mvq.quantizers import QuantizerOutput
+from mvq.tokens import TokenLayout, Tokens
 
 
 @dataclass
@@ -74,22 +76,6 @@ class TokenizerConfig:
             "init": self.init,
             "dead_code_threshold": self.dead_code_threshold,
         }
-
-
-@dataclass
-class TokenLayout:
-    """The shape of a tokenizer's tokens, what a prior needs to know."""
-
-    primary_vocab: int
-    primary_grid: tuple[int, int]
-    secondary_vocab: int
-    secondary_grid: tuple[int, int] = (1, 1)
-    mask_bits: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        """S + S'."""
-        return math.prod(self.primary_grid) + math.prod(self.secondary_grid)
 
 
 @dataclass

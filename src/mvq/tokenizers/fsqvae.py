@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from mvq.quantizers import FSQ
 from mvq.quantizers.fsq import levels_for_codebook_size
-from mvq.tokenizers.base import TokenizerConfig, TokenLayout
+from mvq.tokenizers.base import TokenizerConfig
 from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
+from mvq.tokens import TokenLayout
 
 
 @dataclass

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from mvq.nets import MHNetwork, table3_kernels
-from mvq.quantizers import MaskedVectorQuantizer, QuantizerOutput, Tokens
-from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenLayout
+from mvq.quantizers import MaskedVectorQuantizer, QuantizerOutput
+from mvq.tokenizers.base import Tokenizer, TokenizerConfig
+from mvq.tokens import TokenLayout, Tokens
 
 
 @dataclass

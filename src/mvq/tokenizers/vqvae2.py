@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mvq.quantizers import QuantizerOutput, Tokens, VectorQuantizer
-from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenLayout
+from mvq.quantizers import QuantizerOutput, VectorQuantizer
+from mvq.tokenizers.base import Tokenizer, TokenizerConfig
+from mvq.tokens import TokenLayout, Tokens
 
 
 @dataclass

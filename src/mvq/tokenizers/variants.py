@@ -1,0 +1,240 @@
+"""The registered tokenizer variants: the paper's settings, one literal row per name.
+
+Names read ``<arch>_<dataset>_s<S>_k<K>``: ``mvqvae_fmnist_s4_k16`` is MVQVAE on Fashion-MNIST
+with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary); ``mvqgan_fmnist_s4_k16``
+the same networks trained with the VQGAN objective. Every name is written out in ``VARIANTS``
+(so ``grep -r mvqvae_fmnist_s4_k16 src`` finds it); a variant's config is the dataset's image
+shape and D = D' (``DATASET_SHAPES``, Table 2), ``factor = image_size / sqrt(S)`` and K.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mvq.pretrained import (
+    CheckpointError,
+    config_from_dict,
+    read_pretrained_meta,
+    resolve_pretrained,
+)
+from mvq.registry import Registry
+from mvq.tokenizers.base import Tokenizer
+from mvq.tokenizers.fsqvae import FSQVAE
+from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN
+from mvq.tokenizers.mvqvae import MVQVAE
+from mvq.tokenizers.vqvae2 import VQVAE2
+
+ARCHITECTURES: dict[str, type[Tokenizer]] = {
+    "vqvae2": VQVAE2, "mvqvae": MVQVAE, "fsqvae": FSQVAE,
+    "vqgan": VQGAN, "mvqgan": MVQGAN, "fsqgan": FSQGAN,
+}  # fmt: skip
+
+# dataset -> (image channels, image size, D = D') from Table 2
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fmnist": (1, 28, 16),
+    "cifar10": (3, 32, 96),
+    "celeba64": (3, 64, 256),
+    "imagenet64": (3, 64, 256),
+}
+
+# fmt: off
+VARIANTS: tuple[tuple[str, type[Tokenizer], str, int, int], ...] = (
+    # name                         class   dataset        S    K
+    ("vqvae2_fmnist_s1_k16",       VQVAE2, "fmnist",      1,  16),
+    ("vqvae2_fmnist_s1_k256",      VQVAE2, "fmnist",      1, 256),
+    ("vqvae2_fmnist_s4_k16",       VQVAE2, "fmnist",      4,  16),
+    ("vqvae2_fmnist_s4_k256",      VQVAE2, "fmnist",      4, 256),
+    ("vqvae2_fmnist_s16_k16",      VQVAE2, "fmnist",     16,  16),
+    ("vqvae2_fmnist_s16_k256",     VQVAE2, "fmnist",     16, 256),
+    ("vqvae2_cifar10_s1_k16",      VQVAE2, "cifar10",     1,  16),
+    ("vqvae2_cifar10_s1_k256",     VQVAE2, "cifar10",     1, 256),
+    ("vqvae2_cifar10_s4_k16",      VQVAE2, "cifar10",     4,  16),
+    ("vqvae2_cifar10_s4_k256",     VQVAE2, "cifar10",     4, 256),
+    ("vqvae2_cifar10_s16_k16",     VQVAE2, "cifar10",    16,  16),
+    ("vqvae2_cifar10_s16_k256",    VQVAE2, "cifar10",    16, 256),
+    ("vqvae2_celeba64_s1_k16",     VQVAE2, "celeba64",    1,  16),
+    ("vqvae2_celeba64_s1_k256",    VQVAE2, "celeba64",    1, 256),
+    ("vqvae2_celeba64_s4_k16",     VQVAE2, "celeba64",    4,  16),
+    ("vqvae2_celeba64_s4_k256",    VQVAE2, "celeba64",    4, 256),
+    ("vqvae2_celeba64_s16_k16",    VQVAE2, "celeba64",   16,  16),
+    ("vqvae2_celeba64_s16_k256",   VQVAE2, "celeba64",   16, 256),
+    ("vqvae2_imagenet64_s1_k16",   VQVAE2, "imagenet64",  1,  16),
+    ("vqvae2_imagenet64_s1_k256",  VQVAE2, "imagenet64",  1, 256),
+    ("vqvae2_imagenet64_s4_k16",   VQVAE2, "imagenet64",  4,  16),
+    ("vqvae2_imagenet64_s4_k256",  VQVAE2, "imagenet64",  4, 256),
+    ("vqvae2_imagenet64_s16_k16",  VQVAE2, "imagenet64", 16,  16),
+    ("vqvae2_imagenet64_s16_k256", VQVAE2, "imagenet64", 16, 256),
+
+    ("mvqvae_fmnist_s1_k16",       MVQVAE, "fmnist",      1,  16),
+    ("mvqvae_fmnist_s1_k256",      MVQVAE, "fmnist",      1, 256),
+    ("mvqvae_fmnist_s4_k16",       MVQVAE, "fmnist",      4,  16),
+    ("mvqvae_fmnist_s4_k256",      MVQVAE, "fmnist",      4, 256),
+    ("mvqvae_fmnist_s16_k16",      MVQVAE, "fmnist",     16,  16),
+    ("mvqvae_fmnist_s16_k256",     MVQVAE, "fmnist",     16, 256),
+    ("mvqvae_cifar10_s1_k16",      MVQVAE, "cifar10",     1,  16),
+    ("mvqvae_cifar10_s1_k256",     MVQVAE, "cifar10",     1, 256),
+    ("mvqvae_cifar10_s4_k16",      MVQVAE, "cifar10",     4,  16),
+    ("mvqvae_cifar10_s4_k256",     MVQVAE, "cifar10",     4, 256),
+    ("mvqvae_cifar10_s16_k16",     MVQVAE, "cifar10",    16,  16),
+    ("mvqvae_cifar10_s16_k256",    MVQVAE, "cifar10",    16, 256),
+    ("mvqvae_celeba64_s1_k16",     MVQVAE, "celeba64",    1,  16),
+    ("mvqvae_celeba64_s1_k256",    MVQVAE, "celeba64",    1, 256),
+    ("mvqvae_celeba64_s4_k16",     MVQVAE, "celeba64",    4,  16),
+    ("mvqvae_celeba64_s4_k256",    MVQVAE, "celeba64",    4, 256),
+    ("mvqvae_celeba64_s16_k16",    MVQVAE, "celeba64",   16,  16),
+    ("mvqvae_celeba64_s16_k256",   MVQVAE, "celeba64",   16, 256),
+    ("mvqvae_imagenet64_s1_k16",   MVQVAE, "imagenet64",  1,  16),
+    ("mvqvae_imagenet64_s1_k256",  MVQVAE, "imagenet64",  1, 256),
+    ("mvqvae_imagenet64_s4_k16",   MVQVAE, "imagenet64",  4,  16),
+    ("mvqvae_imagenet64_s4_k256",  MVQVAE, "imagenet64",  4, 256),
+    ("mvqvae_imagenet64_s16_k16",  MVQVAE, "imagenet64", 16,  16),
+    ("mvqvae_imagenet64_s16_k256", MVQVAE, "imagenet64", 16, 256),
+
+    ("fsqvae_fmnist_s1_k16",       FSQVAE, "fmnist",      1,  16),
+    ("fsqvae_fmnist_s1_k256",      FSQVAE, "fmnist",      1, 256),
+    ("fsqvae_fmnist_s4_k16",       FSQVAE, "fmnist",      4,  16),
+    ("fsqvae_fmnist_s4_k256",      FSQVAE, "fmnist",      4, 256),
+    ("fsqvae_fmnist_s16_k16",      FSQVAE, "fmnist",     16,  16),
+    ("fsqvae_fmnist_s16_k256",     FSQVAE, "fmnist",     16, 256),
+    ("fsqvae_cifar10_s1_k16",      FSQVAE, "cifar10",     1,  16),
+    ("fsqvae_cifar10_s1_k256",     FSQVAE, "cifar10",     1, 256),
+    ("fsqvae_cifar10_s4_k16",      FSQVAE, "cifar10",     4,  16),
+    ("fsqvae_cifar10_s4_k256",     FSQVAE, "cifar10",     4, 256),
+    ("fsqvae_cifar10_s16_k16",     FSQVAE, "cifar10",    16,  16),
+    ("fsqvae_cifar10_s16_k256",    FSQVAE, "cifar10",    16, 256),
+    ("fsqvae_celeba64_s1_k16",     FSQVAE, "celeba64",    1,  16),
+    ("fsqvae_celeba64_s1_k256",    FSQVAE, "celeba64",    1, 256),
+    ("fsqvae_celeba64_s4_k16",     FSQVAE, "celeba64",    4,  16),
+    ("fsqvae_celeba64_s4_k256",    FSQVAE, "celeba64",    4, 256),
+    ("fsqvae_celeba64_s16_k16",    FSQVAE, "celeba64",   16,  16),
+    ("fsqvae_celeba64_s16_k256",   FSQVAE, "celeba64",   16, 256),
+    ("fsqvae_imagenet64_s1_k16",   FSQVAE, "imagenet64",  1,  16),
+    ("fsqvae_imagenet64_s1_k256",  FSQVAE, "imagenet64",  1, 256),
+    ("fsqvae_imagenet64_s4_k16",   FSQVAE, "imagenet64",  4,  16),
+    ("fsqvae_imagenet64_s4_k256",  FSQVAE, "imagenet64",  4, 256),
+    ("fsqvae_imagenet64_s16_k16",  FSQVAE, "imagenet64", 16,  16),
+    ("fsqvae_imagenet64_s16_k256", FSQVAE, "imagenet64", 16, 256),
+
+    ("vqgan_fmnist_s1_k16",        VQGAN,  "fmnist",      1,  16),
+    ("vqgan_fmnist_s1_k256",       VQGAN,  "fmnist",      1, 256),
+    ("vqgan_fmnist_s4_k16",        VQGAN,  "fmnist",      4,  16),
+    ("vqgan_fmnist_s4_k256",       VQGAN,  "fmnist",      4, 256),
+    ("vqgan_fmnist_s16_k16",       VQGAN,  "fmnist",     16,  16),
+    ("vqgan_fmnist_s16_k256",      VQGAN,  "fmnist",     16, 256),
+    ("vqgan_cifar10_s1_k16",       VQGAN,  "cifar10",     1,  16),
+    ("vqgan_cifar10_s1_k256",      VQGAN,  "cifar10",     1, 256),
+    ("vqgan_cifar10_s4_k16",       VQGAN,  "cifar10",     4,  16),
+    ("vqgan_cifar10_s4_k256",      VQGAN,  "cifar10",     4, 256),
+    ("vqgan_cifar10_s16_k16",      VQGAN,  "cifar10",    16,  16),
+    ("vqgan_cifar10_s16_k256",     VQGAN,  "cifar10",    16, 256),
+    ("vqgan_celeba64_s1_k16",      VQGAN,  "celeba64",    1,  16),
+    ("vqgan_celeba64_s1_k256",     VQGAN,  "celeba64",    1, 256),
+    ("vqgan_celeba64_s4_k16",      VQGAN,  "celeba64",    4,  16),
+    ("vqgan_celeba64_s4_k256",     VQGAN,  "celeba64",    4, 256),
+    ("vqgan_celeba64_s16_k16",     VQGAN,  "celeba64",   16,  16),
+    ("vqgan_celeba64_s16_k256",    VQGAN,  "celeba64",   16, 256),
+    ("vqgan_imagenet64_s1_k16",    VQGAN,  "imagenet64",  1,  16),
+    ("vqgan_imagenet64_s1_k256",   VQGAN,  "imagenet64",  1, 256),
+    ("vqgan_imagenet64_s4_k16",    VQGAN,  "imagenet64",  4,  16),
+    ("vqgan_imagenet64_s4_k256",   VQGAN,  "imagenet64",  4, 256),
+    ("vqgan_imagenet64_s16_k16",   VQGAN,  "imagenet64", 16,  16),
+    ("vqgan_imagenet64_s16_k256",  VQGAN,  "imagenet64", 16, 256),
+
+    ("mvqgan_fmnist_s1_k16",       MVQGAN, "fmnist",      1,  16),
+    ("mvqgan_fmnist_s1_k256",      MVQGAN, "fmnist",      1, 256),
+    ("mvqgan_fmnist_s4_k16",       MVQGAN, "fmnist",      4,  16),
+    ("mvqgan_fmnist_s4_k256",      MVQGAN, "fmnist",      4, 256),
+    ("mvqgan_fmnist_s16_k16",      MVQGAN, "fmnist",     16,  16),
+    ("mvqgan_fmnist_s16_k256",     MVQGAN, "fmnist",     16, 256),
+    ("mvqgan_cifar10_s1_k16",      MVQGAN, "cifar10",     1,  16),
+    ("mvqgan_cifar10_s1_k256",     MVQGAN, "cifar10",     1, 256),
+    ("mvqgan_cifar10_s4_k16",      MVQGAN, "cifar10",     4,  16),
+    ("mvqgan_cifar10_s4_k256",     MVQGAN, "cifar10",     4, 256),
+    ("mvqgan_cifar10_s16_k16",     MVQGAN, "cifar10",    16,  16),
+    ("mvqgan_cifar10_s16_k256",    MVQGAN, "cifar10",    16, 256),
+    ("mvqgan_celeba64_s1_k16",     MVQGAN, "celeba64",    1,  16),
+    ("mvqgan_celeba64_s1_k256",    MVQGAN, "celeba64",    1, 256),
+    ("mvqgan_celeba64_s4_k16",     MVQGAN, "celeba64",    4,  16),
+    ("mvqgan_celeba64_s4_k256",    MVQGAN, "celeba64",    4, 256),
+    ("mvqgan_celeba64_s16_k16",    MVQGAN, "celeba64",   16,  16),
+    ("mvqgan_celeba64_s16_k256",   MVQGAN, "celeba64",   16, 256),
+    ("mvqgan_imagenet64_s1_k16",   MVQGAN, "imagenet64",  1,  16),
+    ("mvqgan_imagenet64_s1_k256",  MVQGAN, "imagenet64",  1, 256),
+    ("mvqgan_imagenet64_s4_k16",   MVQGAN, "imagenet64",  4,  16),
+    ("mvqgan_imagenet64_s4_k256",  MVQGAN, "imagenet64",  4, 256),
+    ("mvqgan_imagenet64_s16_k16",  MVQGAN, "imagenet64", 16,  16),
+    ("mvqgan_imagenet64_s16_k256", MVQGAN, "imagenet64", 16, 256),
+
+    ("fsqgan_fmnist_s1_k16",       FSQGAN, "fmnist",      1,  16),
+    ("fsqgan_fmnist_s1_k256",      FSQGAN, "fmnist",      1, 256),
+    ("fsqgan_fmnist_s4_k16",       FSQGAN, "fmnist",      4,  16),
+    ("fsqgan_fmnist_s4_k256",      FSQGAN, "fmnist",      4, 256),
+    ("fsqgan_fmnist_s16_k16",      FSQGAN, "fmnist",     16,  16),
+    ("fsqgan_fmnist_s16_k256",     FSQGAN, "fmnist",     16, 256),
+    ("fsqgan_cifar10_s1_k16",      FSQGAN, "cifar10",     1,  16),
+    ("fsqgan_cifar10_s1_k256",     FSQGAN, "cifar10",     1, 256),
+    ("fsqgan_cifar10_s4_k16",      FSQGAN, "cifar10",     4,  16),
+    ("fsqgan_cifar10_s4_k256",     FSQGAN, "cifar10",     4, 256),
+    ("fsqgan_cifar10_s16_k16",     FSQGAN, "cifar10",    16,  16),
+    ("fsqgan_cifar10_s16_k256",    FSQGAN, "cifar10",    16, 256),
+    ("fsqgan_celeba64_s1_k16",     FSQGAN, "celeba64",    1,  16),
+    ("fsqgan_celeba64_s1_k256",    FSQGAN, "celeba64",    1, 256),
+    ("fsqgan_celeba64_s4_k16",     FSQGAN, "celeba64",    4,  16),
+    ("fsqgan_celeba64_s4_k256",    FSQGAN, "celeba64",    4, 256),
+    ("fsqgan_celeba64_s16_k16",    FSQGAN, "celeba64",   16,  16),
+    ("fsqgan_celeba64_s16_k256",   FSQGAN, "celeba64",   16, 256),
+    ("fsqgan_imagenet64_s1_k16",   FSQGAN, "imagenet64",  1,  16),
+    ("fsqgan_imagenet64_s1_k256",  FSQGAN, "imagenet64",  1, 256),
+    ("fsqgan_imagenet64_s4_k16",   FSQGAN, "imagenet64",  4,  16),
+    ("fsqgan_imagenet64_s4_k256",  FSQGAN, "imagenet64",  4, 256),
+    ("fsqgan_imagenet64_s16_k16",  FSQGAN, "imagenet64", 16,  16),
+    ("fsqgan_imagenet64_s16_k256", FSQGAN, "imagenet64", 16, 256),
+)
+# fmt: on
+
+TOKENIZERS: Registry[Tokenizer] = Registry("tokenizer")
+
+
+def _factory(
+    name: str, cls: type[Tokenizer], dataset: str, s: int, k: int
+) -> Callable[..., Tokenizer]:
+    """The factory of one ``VARIANTS`` row: its config, then ``overrides``."""
+    channels, size, dim = DATASET_SHAPES[dataset]
+    base = dict(in_channels=channels, image_size=size, factor=size // math.isqrt(s),
+                codebook_size=k, dim=dim, secondary_dim=dim)  # fmt: skip
+
+    def factory(**overrides: Any) -> Tokenizer:
+        return cls(config_from_dict(cls.config_class, base | overrides, name))
+
+    factory.__doc__ = f"{cls.__name__} on {dataset}, {s}+1 tokens, K={k}."
+    return factory
+
+
+for _row in VARIANTS:
+    TOKENIZERS.register(_row[0])(_factory(*_row))
+
+
+def create_tokenizer(name: str, **overrides: Any) -> Tokenizer:
+    """Build the registered variant ``name`` with config ``overrides``."""
+    return TOKENIZERS.create(name, **overrides)
+
+
+def list_tokenizers() -> list[str]:
+    """All registered variant names."""
+    return TOKENIZERS.names()
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load any tokenizer saved with ``save_pretrained``, whatever its class, from a folder, a
+    run directory (its ``model/``) or a Hugging Face Hub id ``org/name[@revision]``."""
+    directory = resolve_pretrained(directory)
+    meta = read_pretrained_meta(directory)
+    classes = {cls.__name__: cls for cls in ARCHITECTURES.values()}
+    if meta["class"] not in classes:
+        raise CheckpointError(
+            f"{directory} holds a {meta['class']}, not a tokenizer ({', '.join(classes)})"
+        )
+    return classes[meta["class"]].from_pretrained(directory)

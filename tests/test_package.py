@@ -1,0 +1,97 @@
+"""Package contracts: imports run one way down the data flow; registered names are literal."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import mvq
+from mvq.priors import list_priors
+from mvq.tokenizers import ARCHITECTURES, VARIANTS, list_tokenizers
+
+SRC = Path(mvq.__file__).parent
+
+
+def _module(path: Path) -> str:
+    """``src/mvq/priors/common.py`` -> ``mvq.priors.common`` (a package is its ``__init__``)."""
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, lazy and ``TYPE_CHECKING`` imports included."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            if node.module == "mvq":  # from mvq import tokens
+                out |= {f"mvq.{alias.name}" for alias in node.names}
+    return out
+
+
+def _unit(module: str) -> str:
+    """The package or top-level module a module belongs to: ``mvq.priors.common`` ->
+    ``mvq.priors``, ``mvq.tokens`` -> ``mvq.tokens``."""
+    return ".".join(module.split(".")[:2])
+
+
+IMPORTS = {_module(p): _imports(p) for p in sorted(SRC.rglob("*.py"))}
+UNITS: dict[str, set[str]] = {}
+for _name, _deps in IMPORTS.items():
+    UNITS.setdefault(_unit(_name), set()).update(
+        _unit(d) for d in _deps if d.startswith("mvq.") and _unit(d) != _unit(_name)
+    )
+
+
+@pytest.mark.parametrize("unit", ["mvq.tokens", "mvq.mask_schedules"])
+def test_the_token_contract_and_schedules_import_only_torch(unit: str) -> None:
+    deps = set().union(*(d for m, d in IMPORTS.items() if _unit(m) == unit))
+    roots = {d.split(".")[0] for d in deps}
+    assert roots <= set(sys.stdlib_module_names) | {"torch"}, roots
+
+
+@pytest.mark.parametrize(
+    ("unit", "forbidden"),
+    [
+        ("mvq.quantizers", {"mvq.tokenizers", "mvq.priors", "mvq.sampling", "mvq.token_files"}),
+        ("mvq.tokenizers", {"mvq.priors", "mvq.sampling", "mvq.token_files"}),
+        ("mvq.priors", {"mvq.sampling", "mvq.tokenizers", "mvq.quantizers"}),
+    ],
+)
+def test_imports_run_down_the_data_flow(unit: str, forbidden: set[str]) -> None:
+    assert not UNITS[unit] & forbidden
+
+
+def test_nothing_in_the_library_imports_the_cli() -> None:
+    importers = [m for m, deps in IMPORTS.items() if m != "mvq.cli" and "mvq.cli" in deps]
+    assert not importers
+
+
+def test_packages_import_each_other_without_circles() -> None:
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for dep in UNITS.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    circles = sorted((a, b) for a, deps in UNITS.items() for b in deps if a in reachable(b))
+    assert not circles
+
+
+def test_every_registered_name_is_literal_in_the_source() -> None:
+    text = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
+    missing = [n for n in list_tokenizers() + list_priors() if f'"{n}"' not in text]
+    assert not missing
+
+
+def test_each_tokenizer_variant_row_matches_its_name() -> None:
+    arch = {cls: name for name, cls in ARCHITECTURES.items()}
+    for name, cls, dataset, s, k in VARIANTS:
+        assert name == f"{arch[cls]}_{dataset}_s{s}_k{k}"
+    assert sorted(row[0] for row in VARIANTS) == list_tokenizers()
