@@ -110,7 +110,7 @@ def tiny_mvq_run(tmp_path_factory) -> Path:
     sets = ["model_config.channels=16", "model_config.res_channels=8",
             "model_config.num_hypotheses=8", "train.log_every=2", "train.val_every=3",
             "train.val_batches=1", "train.sample_every=6"]  # fmt: skip
-    argv = ["train", "--config", str(cfg), "--run-dir", str(tmp / "mvq"), "--max-steps", "6",
+    argv = ["train", "--config", str(cfg), "--out", str(tmp / "mvq"), "--max-steps", "6",
             "--batch-size", "8", *(a for s in sets for a in ("--set", s))]  # fmt: skip
     assert main(argv) == 0
     return tmp / "mvq"

@@ -40,15 +40,15 @@ def expect_error(capsys, argv: list[str], fragment: str) -> None:
 def test_config_errors_are_one_line_with_a_suggestion(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     cfg = write_config(tmp_path, model_config={"num_hypothesis": 8})
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(run)],
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run)],
                  "unknown key 'num_hypothesis' (did you mean 'num_hypotheses'?)")  # fmt: skip
     cfg = write_config(tmp_path, trian={"lr": 1})
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(run)],
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run)],
                  "(did you mean 'train'?)")  # fmt: skip
     cfg = write_config(tmp_path)
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(run), "--set",
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run), "--set",
                           "train.max_step=3"], "(did you mean 'max_steps'?)")  # fmt: skip
-    expect_error(capsys, ["train", "--config", str(tmp_path / "nope.yaml"), "--run-dir", str(run)],
+    expect_error(capsys, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(run)],
                  "does not exist")  # fmt: skip
     assert not run.exists()  # nothing half-written
 
@@ -56,19 +56,19 @@ def test_config_errors_are_one_line_with_a_suggestion(tmp_path, capsys) -> None:
 def test_data_errors_are_one_line(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     cfg = write_config(tmp_path, data={"name": "fashion_mnist", "root": str(tmp_path / "none")})
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(run)], "fashion")
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run)], "fashion")
     assert not run.exists()
 
 
 @pytest.mark.real_data
 def test_image_size_mismatch_and_unwritable_run_dir(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model="mvqvae_cifar10_s4_k16")
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(tmp_path / "r")],
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")],
                  "expects (3, 32, 32)")  # fmt: skip
     blocker = tmp_path / "file"
     blocker.write_text("")
     cfg = write_config(tmp_path)
-    expect_error(capsys, ["train", "--config", str(cfg), "--run-dir", str(blocker / "run"),
+    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(blocker / "run"),
                           "--max-steps", "2", *TINY], "not writable")  # fmt: skip
 
 
@@ -77,12 +77,12 @@ def test_train_then_resume_exactly_on_real_data(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model_config={"num_hypotheses": 8},
                        train={"log_every": 2, "sample_every": 4, "ckpt_every": 2})  # fmt: skip
     base = ["train", "--config", str(cfg), *TINY, "--set", "train.val_batches=2"]
-    assert main([*base, "--run-dir", str(tmp_path / "full"), "--max-steps", "6"]) == 0
-    assert main([*base, "--run-dir", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
-    expect_error(capsys, [*base, "--run-dir", str(tmp_path / "cut"), "--max-steps", "6"],
+    assert main([*base, "--out", str(tmp_path / "full"), "--max-steps", "6"]) == 0
+    assert main([*base, "--out", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
+    expect_error(capsys, [*base, "--out", str(tmp_path / "cut"), "--max-steps", "6"],
                  "--resume")  # fmt: skip
     capsys.readouterr()
-    assert main([*base, "--run-dir", str(tmp_path / "cut"), "--max-steps", "6", "--resume"]) == 0
+    assert main([*base, "--out", str(tmp_path / "cut"), "--max-steps", "6", "--resume"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 6
     full = load_tokenizer(tmp_path / "full" / "model").state_dict()
@@ -97,7 +97,7 @@ def test_train_then_resume_exactly_on_real_data(tmp_path, capsys) -> None:
 def test_corrupted_checkpoint_on_resume_is_a_clear_error(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model_config={"num_hypotheses": 4})
     run = ["train", "--config", str(cfg), *TINY, "--set", "train.val_batches=1"]
-    run += ["--run-dir", str(tmp_path / "r")]
+    run += ["--out", str(tmp_path / "r")]
     assert main([*run, "--max-steps", "1"]) == 0
     (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     expect_error(capsys, [*run, "--max-steps", "2", "--resume"], "corrupted")
@@ -153,22 +153,34 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert main(argv) == 0  # a re-run reuses the finished runs
 
 
+def readme_torchrun_line() -> str:
+    """The single-machine command of the README's "Many GPUs and many machines" section."""
+    section = (ROOT / "README.md").read_text().split("## Many GPUs and many machines")[1]
+    return next(line for line in section.splitlines() if line.startswith("torchrun --standalone"))
+
+
 @pytest.mark.real_data
 def test_torchrun_two_processes_train_a_tokenizer(tmp_path) -> None:
-    """The README's `torchrun ... -m mvq.cli train` line, on 2 CPU processes (gloo)."""
+    """The README's single-machine torchrun line, on 2 CPU processes (gloo): its launcher flags,
+    config and --out as written; 2 processes, a tiny model, 3 steps and a batch of 8."""
     import os
+    import re
     import signal
     import subprocess
     import sys
 
-    cfg = write_config(tmp_path, model_config={"num_hypotheses": 8, "channels": 16,
-                                               "res_channels": 8})  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mvq.cli", "train", "--config", str(cfg), "--run-dir", str(tmp_path / "ddp"),
-           "--max-steps", "3", "--batch-size", "8", "--set", "train.val_batches=1"]  # fmt: skip
+    line = readme_torchrun_line()
+    assert re.search(r"--nproc_per_node=\d+ -m mvq\.cli train --config \S+ --out \S+", line)
+    argv = line.split()[1:]  # torchrun -> python -m torch.distributed.run
+    argv = ["--nproc_per_node=2" if a.startswith("--nproc_per_node=") else a for a in argv]
+    argv[argv.index("--out") + 1] = str(tmp_path / "ddp")
+    tiny = ["model_config.num_hypotheses=8", "model_config.channels=16",
+            "model_config.res_channels=8", "train.val_batches=1"]  # fmt: skip
+    tiny = [a for s in tiny for a in ("--set", s)] + ["--max-steps", "3", "--batch-size", "8"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *argv, *tiny, "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True, cwd=ROOT)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -179,3 +191,5 @@ def test_torchrun_two_processes_train_a_tokenizer(tmp_path) -> None:
     assert len(summaries) == 1 and json.loads(summaries[0])["steps"] == 3  # rank 0 reports
     model = load_tokenizer(tmp_path / "ddp" / "model")
     assert model.config.channels == 16
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["sampler_state"]["world_size"] == 2 and ckpt["sampler_state"]["batch_size"] == 4

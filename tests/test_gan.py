@@ -193,7 +193,7 @@ def test_offline_without_the_file_is_one_line_naming_it(tmp_path, monkeypatch, c
     cfg.write_text("model: vqgan_fmnist_s4_k16\ndata: {name: fashion_mnist}\n")
     run = tmp_path / "run"
     capsys.readouterr()
-    assert main(["train", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "2"]) == 2
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--max-steps", "2"]) == 2
     err_text = capsys.readouterr().err.strip()
     assert err_text.startswith(f"mvq: error: {VGG16_FILE}") and "\n" not in err_text
     assert not run.exists()  # failed before any run directory was written

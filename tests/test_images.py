@@ -40,7 +40,7 @@ def train_on(tmp_path: Path, folder: Path, name: str, **data: object) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / name
-    assert main(["train", "--config", str(path), "--run-dir", str(run), "--max-steps", "2"]) == 0
+    assert main(["train", "--config", str(path), "--out", str(run), "--max-steps", "2"]) == 0
     return run
 
 
@@ -74,7 +74,7 @@ def test_rgb_folder_trains_and_channels_can_be_set(tmp_path: Path, capsys) -> No
     run = train_on(tmp_path, folder, "as_gray", channels=1)
     assert load_tokenizer(run).config.in_channels == 1
     cfg = tmp_path / "as_gray.yaml"
-    argv = ["train", "--config", str(cfg), "--run-dir", str(tmp_path / "bad"), "--max-steps", "1"]
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--max-steps", "1"]
     expect_error(capsys, [*argv, "--set", "data.channels=2"], "data.channels must be 1")
     expect_error(capsys, [*argv, "--set", "model_config.in_channels=3"],
                  "model_config.in_channels=3 but the folder data gives 1-channel")  # fmt: skip

@@ -130,7 +130,7 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
     tok, tokens = make_tokens(tmp_path, "mvqvae")
     run = tmp_path / "prior"
     cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--run-dir", str(run),
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
             "--max-steps", "4"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -143,7 +143,7 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
     assert torch.allclose(images, tokenizer.decode(drawn).clamp(-1, 1))  # the sampled mask decodes
 
     vq_tok, vq_tokens = make_tokens(tmp_path, "vqvae2")
-    argv = ["train-prior", "--tokens", str(vq_tokens), "--config", str(cfg), "--run-dir",
+    argv = ["train-prior", "--tokens", str(vq_tokens), "--config", str(cfg), "--out",
             str(tmp_path / "vq_prior"), "--max-steps", "2"]  # fmt: skip
     assert main(argv) == 2
     assert "no MVQ mask" in capsys.readouterr().err

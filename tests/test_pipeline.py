@@ -75,7 +75,7 @@ def test_encode_train_prior_sample(prior: str, tmp_path, capsys) -> None:
     tok, tokens = make_tokens(tmp_path)
     run = tmp_path / "prior"
     argv = ["train-prior", "--tokens", str(tokens), "--config", str(prior_config(tmp_path, prior)),
-            "--run-dir", str(run), "--max-steps", "8"]  # fmt: skip
+            "--out", str(run), "--max-steps", "8"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 8
@@ -116,7 +116,7 @@ def test_prior_from_another_tokenizer_is_refused(tmp_path, capsys) -> None:
     other, _ = make_tokens(tmp_path, "vqvae2")
     run = tmp_path / "prior"
     cfg = prior_config(tmp_path, "transformer_1p1")
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--run-dir", str(run),
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
             "--max-steps", "2"]  # fmt: skip
     assert main(argv) == 0
     capsys.readouterr()
@@ -146,7 +146,7 @@ def test_codebook_size_mismatch_is_a_clear_error(tmp_path) -> None:
 def test_conditional_prior_needs_the_tokens_classes(tmp_path, capsys) -> None:
     _, tokens = make_tokens(tmp_path)
     cfg = prior_config(tmp_path, "transformer_1p1", num_classes=5)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--run-dir",
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out",
             str(tmp_path / "p"), "--max-steps", "2"]  # fmt: skip
     assert main(argv) == 2
     assert "the tokens carry 10 classes" in capsys.readouterr().err

@@ -31,7 +31,7 @@ command = argv[0]
 opt = lambda name: argv[argv.index(name) + 1]
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps({"argv": argv, "threads": os.environ.get("OMP_NUM_THREADS")}) + "\n")
-out = Path(opt("--run-dir") if command in ("train", "train-prior") else opt("--out"))
+out = Path(opt("--out"))
 fail = os.environ.get("FAKE_FAIL", "")  # "<command>:<path fragment>:<exit|kill>"
 failing = fail and fail.split(":")[0] == command and fail.split(":")[1] in str(out)
 if command in ("train", "train-prior"):

@@ -248,7 +248,7 @@ def test_unwritable_run_dir_fails_before_any_work(tmp_path):
 def test_existing_run_is_not_overwritten(tmp_path):
     train(fresh(), TRAIN, VAL, config(max_steps=4), tmp_path)
     files = {p: p.read_bytes() for p in (checkpoint_path(tmp_path), tmp_path / "metrics.csv")}
-    with pytest.raises(RunDirError, match="pass --resume or choose a new --run-dir"):
+    with pytest.raises(RunDirError, match="pass --resume or choose a new --out"):
         train(fresh(), TRAIN, VAL, config(max_steps=4), tmp_path)
     assert all(p.read_bytes() == data for p, data in files.items())
 
@@ -267,6 +267,51 @@ def test_resume_from_another_run_is_a_clear_error(tmp_path, model, overrides, me
     with pytest.raises(CheckpointError, match=message) as err:
         train(model(), TRAIN, None, config(max_steps=4, **overrides), tmp_path, resume=True)
     assert "\n" not in str(err.value)
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    """A checkpoint of a 2-process run does not resume on 1 process: one line saying so."""
+    from mvq.training.checkpoint import check_resumable
+
+    train(fresh(), TRAIN, None, config(max_steps=2), tmp_path)
+    ckpt = load_checkpoint(checkpoint_path(tmp_path))
+    ckpt["sampler_state"] |= {"world_size": 2, "batch_size": 4}  # as a 2-process run writes it
+    key = EpochBatchSampler(len(TRAIN), 8, seed=0).order_key()
+    with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1") as err:
+        check_resumable(ckpt, checkpoint_path(tmp_path), fresh(), key)
+    assert "\n" not in str(err.value)
+
+
+def test_sync_batchnorm_converts_the_model_under_ddp(tmp_path, monkeypatch):
+    """``sync_batchnorm`` makes the BatchNorm layers SyncBatchNorm in place (same parameters),
+    only in a multi-process run (DDP is faked here: SyncBatchNorm needs GPUs to run)."""
+    from mvq.training.distributed import DistContext
+
+    monkeypatch.setattr(trainer_module, "DistributedDataParallel", lambda module, **kw: module)
+    def start(ctx: DistContext, sync: bool) -> Tiny:
+        model = fresh()
+        params = list(model.parameters())
+        run = trainer_module.Trainer(model, TRAIN, None, config(max_steps=1, sync_batchnorm=sync),
+                                     tmp_path, ctx)  # fmt: skip
+        run.start(has_checkpoint=False, logs_exist=False)
+        run.close()
+        assert list(model.parameters()) == params  # what the optimizer holds, unchanged
+        return model
+
+    ddp = DistContext(rank=0, world_size=2, device=torch.device("cpu"))
+    assert isinstance(start(ddp, sync=True).net[1], nn.SyncBatchNorm)
+    assert type(start(ddp, sync=False).net[1]) is nn.BatchNorm1d
+    assert type(start(DistContext(), sync=True).net[1]) is nn.BatchNorm1d  # one process
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_work(tmp_path, monkeypatch):
+    from mvq.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, before the group is joined
+    model = fresh()
+    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA GPUs"):
+        train(model, TRAIN, None, config(max_steps=2, sync_batchnorm=True), tmp_path / "r")
+    assert not (tmp_path / "r").exists() and model.train_calls == 0
 
 
 def test_resume_without_checkpoint_starts_the_run_and_says_so(tmp_path, capsys):

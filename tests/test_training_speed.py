@@ -329,7 +329,7 @@ def test_bad_train_values_are_clear_errors(overrides, message):
 def test_bad_precision_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: mvqvae_fmnist_s4_k16\ndata: {name: fashion_mnist}\n")
-    argv = ["train", "--config", str(cfg), "--run-dir", str(tmp_path / "r"),
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "r"),
             "--set", "train.precision=fp8"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -33,14 +33,11 @@ from mvq.tokens import Tokens
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a one-line ValueError for
-    anything else or a GPU that is not there."""
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a one-line
+    ``DeviceError`` for anything else or a GPU that is not there."""
     from mvq.training.distributed import resolve_device
 
-    try:
-        return resolve_device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name}: {err}; use auto, cpu, cuda or cuda:N") from err
+    return resolve_device(name)
 
 
 def load_for_images(tokenizer: str | Path, device: str) -> tuple[Tokenizer, dict, Path]:
@@ -97,7 +94,7 @@ def check_out_dir(out: str | Path, images: str | Path | None = None) -> Path:
 def check_batch_size(batch_size: int) -> int:
     """``batch_size`` if it is at least 1."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     return batch_size
 
 
@@ -181,7 +178,7 @@ def tokenize(
     check_batch_size(batch_size)
     out = Path(out).expanduser()
     if out.suffix != SUFFIX:
-        raise ValueError(f"--out {out} must end in {SUFFIX}")
+        raise DataError(f"--out {out} must end in {SUFFIX}")
     if out.exists() and not is_token_file(out):
         raise DataError(f"--out {out} exists and is not a token file; choose another name")
     files, names = find_images(images)

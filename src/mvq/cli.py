@@ -1,37 +1,39 @@
-"""The ``mvq`` command line: ``mvq train``, ``mvq list``, ``mvq configs``, ``mvq demo``,
-``mvq encode``, ``mvq train-prior``, ``mvq sample``, ``mvq eval``, ``mvq sweep``,
-``mvq reconstruct``, ``mvq tokenize``, ``mvq decode``, ``mvq viz``, ``mvq report``.
+"""The ``mvq`` command line: one subcommand per job (``mvq --help`` lists them).
 
-Every expected failure (bad config, missing data, broken checkpoint, unwritable run directory)
-prints one line ``mvq: error: ...`` and exits with status 2.
+An ``MVQError`` (bad config, missing data, broken checkpoint, unwritable run directory, a device
+this machine lacks) prints one line ``mvq: error: ...`` and exits with status 2; ``--debug`` (or
+``MVQ_DEBUG=1``) shows its traceback instead. Any other exception is a bug: it keeps its
+traceback (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mvq.pretrained import CheckpointError
-from mvq.runconfig import ConfigError, RunConfig, apply_override, load_run_config
-from mvq.training import RunDirError, TrainingDiverged
+from mvq import __version__
+from mvq.errors import DeviceError, MVQError
+from mvq.runconfig import RunConfig, apply_override, load_run_config
+from mvq.training.config import DEVICE_HELP
 
 if TYPE_CHECKING:
     import torch
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    CheckpointError,
-    RunDirError,
-    TrainingDiverged,
-    ValueError,
-    KeyError,
-    FileNotFoundError,
-    PermissionError,
+DESCRIPTION = (
+    "Train, sample and evaluate discrete image tokenizers (MVQ, VQ-VAE-2, FSQ) and their priors."
 )
+EPILOG = """example:
+  mvq train --config configs/mvqvae_fmnist_s4_k16.yaml --out runs/mvq_s4 --max-steps 2000
+  mvq sample --tokenizer runs/mvq_s4 --prior runs/prior -n 64 --out runs/samples
+
+'mvq COMMAND --help' shows the options of a command. Bad input is one line 'mvq: error: ...'
+(exit status 2); --debug or MVQ_DEBUG=1 shows its traceback."""
+DEBUG_HELP = "show the traceback of an mvq error instead of one line (or set MVQ_DEBUG=1)"
 
 
 def _print_rank0(summary: dict) -> None:
@@ -55,7 +57,7 @@ def _train(args: argparse.Namespace) -> None:
     from mvq.train_tokenizer import train_tokenizer
 
     cfg = _run_config(args)
-    model, result = train_tokenizer(cfg, args.run_dir, resume=args.resume)
+    model, result = train_tokenizer(cfg, args.out, resume=args.resume)
     summary = {"steps": result.steps, "images_per_s": round(result.items_per_second, 1)}
     if result.last_val_loss is not None:
         summary["val_loss"] = round(result.last_val_loss, 6)
@@ -72,14 +74,15 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> torch.device:
-    """``--device`` of encode and sample, chosen as the trainer chooses (LOCAL_RANK's GPU under
-    torchrun); a bad name or CUDA without a GPU is a ``ValueError``."""
-    from mvq.training.distributed import resolve_device
+    """``--device``, chosen as the trainer chooses (LOCAL_RANK's GPU under torchrun); a bad
+    name or a device this machine lacks is a one-line ``DeviceError``."""
+    from mvq.training.distributed import device_problem, resolve_device
 
-    try:
-        return resolve_device(name, int(os.environ.get("LOCAL_RANK", 0)))
-    except RuntimeError as err:
-        raise ValueError(f"--device {name}: {err}") from None
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    problem = device_problem(name, local_rank)
+    if problem is not None:
+        raise DeviceError(f"--device {name}: {problem}")
+    return resolve_device(name, local_rank)
 
 
 def _is_rank0() -> bool:
@@ -110,7 +113,7 @@ def _train_prior(args: argparse.Namespace) -> None:
     from mvq.train_prior import train_prior
 
     cfg = _run_config(args)
-    _, result = train_prior(cfg, args.tokens, args.run_dir, resume=args.resume)
+    _, result = train_prior(cfg, args.tokens, args.out, resume=args.resume)
     summary = {"steps": result.steps, "tokens_sets_per_s": round(result.items_per_second, 1)}
     summary |= {
         k: round(v, 4) for k, v in result.train_logs.items() if k.startswith(("nll", "bits"))
@@ -171,26 +174,6 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'eval.json'} and a row of {Path(args.out) / 'eval.csv'}")
 
 
-def _eval_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="metrics of a tokenizer, its samples, or a folder of images")
-    ev.add_argument("--tokenizer", help="a saved tokenizer: reconstruction metrics")
-    ev.add_argument("--prior", help="a saved prior of --tokenizer: sample metrics")
-    ev.add_argument("--images", help="a folder of images to judge against the split")
-    ev.add_argument("--data", default="fashion_mnist", help="reference data set")
-    ev.add_argument("--split", default="test", help="reference split (test: the data's test split)")
-    ev.add_argument("--root", help="data set folder (default: the data set's usual place)")
-    ev.add_argument("-n", type=int, help="samples to draw (default 10000) / images to reconstruct")
-    ev.add_argument(
-        "--metrics", help="comma-separated metrics; each must run (default: all that can)"
-    )
-    ev.add_argument("--out", required=True, help="folder for eval.json and eval.csv")
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ev.add_argument("--weights-dir", help="folder searched first for Inception/VGG16 weights")
-    ev.add_argument("--batch-size", type=int, default=250)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.set_defaults(func=_eval)
-
-
 def _configs(args: argparse.Namespace) -> None:
     from mvq.runconfig import write_paper_configs
 
@@ -210,7 +193,6 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_command(args)
 
 
-
 def _viz(args: argparse.Namespace) -> None:
     from mvq.viz import run
 
@@ -223,132 +205,203 @@ def _report(args: argparse.Namespace) -> None:
     print(write_report(args.dir, args.out))
 
 
-DEVICE_HELP = "auto (cuda if available), cpu, cuda or cuda:N; torchrun: LOCAL_RANK's GPU"
+def _device_argument(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` with the one help text of every command that runs a model."""
+    where = default or "the config's train.device, else auto"
+    p.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default: {where})")
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the model go")
+    """The options ``train`` and ``train-prior`` share."""
+    p.add_argument("--out", "--run-dir", dest="out", required=True, metavar="DIR",
+                   help="run directory: checkpoints, logs and the trained model/ "
+                   "(--run-dir: the former name)")  # fmt: skip
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--seed", type=int, help="seed of the run and its data order")
-    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--batch-size", type=int, help="global batch size, split over the processes")
     p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    _device_argument(p, default=None)
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from run-dir's last checkpoint (none yet: start the run)",
+        help="continue from the run directory's last checkpoint (none yet: start the run)",
     )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
 
 
-def _sampling_parsers(sub: argparse._SubParsersAction) -> None:
-    en = sub.add_parser("encode", help="encode a data set into tokens once, for priors")
-    en.add_argument("--tokenizer", required=True, help="a saved tokenizer (run-dir/model)")
+def _training_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train`` (a tokenizer), ``encode`` (its tokens) and ``train-prior``."""
+    tr = _command(sub, "train", _train, "train a tokenizer from a YAML run config")
+    tr.add_argument("--config", required=True, help="e.g. configs/mvqvae_fmnist_s4_k16.yaml")
+    _training_arguments(tr)
+    en = _command(sub, "encode", _encode, "encode a data set into tokens once, for priors")
+    en.add_argument("--tokenizer", required=True, help="a saved tokenizer (run directory/model)")
     en.add_argument("--data", required=True, help="data set name, e.g. fashion_mnist")
     en.add_argument("--root", help="data set folder (default: the data set's usual place)")
     en.add_argument("--download", action="store_true", help="download the data if missing")
     en.add_argument("--splits", default="train,val", help="comma-separated splits")
     en.add_argument("--out", required=True, help="token directory to write")
     en.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
-    en.add_argument("--device", default="auto", help=DEVICE_HELP)
-    en.set_defaults(func=_encode)
-    tp = sub.add_parser("train-prior", help="train a token prior on a token directory")
-    tp.add_argument("--tokens", required=True, help="token directory from `mvq encode`")
+    _device_argument(en)
+    tp = _command(sub, "train-prior", _train_prior, "train a token prior on a token directory")
+    tp.add_argument("--tokens", required=True, help="token directory from 'mvq encode'")
     tp.add_argument("--config", required=True, help="e.g. configs/priors/transformer_4p1.yaml")
     _training_arguments(tp)
-    tp.set_defaults(func=_train_prior)
-    sa = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer")
+
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    sa = _command(sub, "sample", _sample, "sample images: prior -> tokens -> tokenizer")
     sa.add_argument("--tokenizer", required=True, help="the saved tokenizer")
-    sa.add_argument("--prior", required=True, help="the saved prior (run-dir/model)")
-    sa.add_argument("-n", type=int, default=64, help="number of images")
+    sa.add_argument("--prior", required=True, help="the saved prior (run directory/model)")
+    sa.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
     sa.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
-    sa.add_argument("--temperature", type=float, default=1.0)
-    sa.add_argument("--top-k", type=int)
-    sa.add_argument("--top-p", type=float)
+    sa.add_argument("--temperature", type=float, default=1.0,
+                    help="softmax temperature of the prior (default: 1.0)")  # fmt: skip
+    sa.add_argument("--top-k", type=int, help="sample among the k likeliest tokens only")
+    sa.add_argument("--top-p", type=float, help="sample from the nucleus of probability p only")
     sa.add_argument("--steps", type=int, help="MaskGIT decoding steps (default min(8, tokens))")
-    sa.add_argument("--schedule", default="cosine", help="MaskGIT mask schedule")
+    sa.add_argument("--schedule", default="cosine", help="MaskGIT mask schedule (default: cosine)")
     sa.add_argument("--label", type=int, help="class to sample (class-conditional priors)")
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--batch-size", type=int, default=64)
-    sa.add_argument("--device", default="auto", help=DEVICE_HELP)
-    sa.set_defaults(func=_sample)
+    sa.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    sa.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    _device_argument(sa)
 
 
 def _image_parsers(sub: argparse._SubParsersAction) -> None:
     """``reconstruct``, ``tokenize`` and ``decode``: a trained tokenizer on image files."""
     tok = "a trained tokenizer: its model/ folder, a run directory or a Hub id org/name"
-    re_ = sub.add_parser("reconstruct", help="a folder of images -> reconstructions (PNG)")
-    tz = sub.add_parser("tokenize", help="a folder of images -> a token file")
-    de = sub.add_parser("decode", help="a token file -> images (PNG)")
+    re_ = _command(sub, "reconstruct", _reconstruct, "a folder of images -> reconstructions (PNG)")
+    tz = _command(sub, "tokenize", _tokenize, "a folder of images -> a token file")
+    de = _command(sub, "decode", _decode, "a token file -> images (PNG)")
     for p in (re_, tz, de):
         p.add_argument("--tokenizer", required=True, help=tok)
     for p in (re_, tz):
         p.add_argument("--images", required=True, help="a folder of images (recursive) or one")
     re_.add_argument("--out", required=True, help="new folder for the PNGs (same names as IN)")
     tz.add_argument("--out", required=True, help="token file to write (.safetensors)")
-    de.add_argument("--tokens", required=True, help="a token file from `mvq tokenize`")
+    de.add_argument("--tokens", required=True, help="a token file from 'mvq tokenize'")
     de.add_argument("--out", required=True, help="new folder for the PNGs")
     for p in (re_, tz, de):
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+        _device_argument(p)
+        p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     for p in (re_, tz):
         p.add_argument("--seed", type=int, default=0, help="seed of MVQ's mask search")
-    re_.set_defaults(func=_reconstruct)
-    tz.set_defaults(func=_tokenize)
-    de.set_defaults(func=_decode)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = _command(sub, "eval", _eval, "metrics of a tokenizer, its samples, or a folder of images")
+    ev.add_argument("--tokenizer", help="a saved tokenizer: reconstruction metrics")
+    ev.add_argument("--prior", help="a saved prior of --tokenizer: sample metrics")
+    ev.add_argument("--images", help="a folder of images to judge against the split")
+    ev.add_argument("--data", default="fashion_mnist", help="reference data set")
+    ev.add_argument("--split", default="test", help="reference split (test: the data's test split)")
+    ev.add_argument("--root", help="data set folder (default: the data set's usual place)")
+    ev.add_argument("-n", type=int, help="samples to draw (default 10000) / images to reconstruct")
+    ev.add_argument(
+        "--metrics", help="comma-separated metrics; each must run (default: all that can)"
+    )
+    ev.add_argument("--out", required=True, help="folder for eval.json and eval.csv")
+    _device_argument(ev)
+    ev.add_argument("--weights-dir", help="folder searched first for Inception/VGG16 weights")
+    ev.add_argument("--batch-size", type=int, default=250, help="images per batch (default: 250)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of samples, masks and subsets")
+
+
+def _other_parsers(sub: argparse._SubParsersAction) -> None:
+    """``list``, ``configs``, ``demo``, ``sweep``, ``viz`` and ``report``."""
+    from mvq.demo import add_arguments as demo_arguments
+    from mvq.sweep import add_arguments as sweep_arguments
+    from mvq.viz import add_arguments as viz_arguments
+
+    ls = _command(sub, "list", _list, "list the registered tokenizer (or prior) variants")
+    ls.add_argument("--priors", action="store_true", help="list the priors instead")
+    cf = _command(sub, "configs", _configs, "write the paper's run configs (configs/*.yaml)")
+    cf.add_argument("--out", default="configs", help="output directory (default: configs)")
+    demo_arguments(_command(sub, "demo", _demo, "the main job: MVQVAE vs VQ-VAE-2 on "
+                            "Fashion-MNIST"))  # fmt: skip
+    sweep_arguments(_command(sub, "sweep", _sweep, "a resumable grid of runs with one budget, "
+                             "and its table"))  # fmt: skip
+    viz_arguments(_command(sub, "viz", _viz, "figures of a trained tokenizer (transfer, "
+                           "compose, ...)"))  # fmt: skip
+    rp = _command(sub, "report", _report, "one static HTML page of a run or a folder of runs")
+    rp.add_argument("dir", help="a run directory, a demo directory or a sweep directory")
+    rp.add_argument("--out", help="the HTML file (default: DIR/report.html)")
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, func: object, text: str
+) -> argparse.ArgumentParser:
+    """Subcommand ``name`` running ``func(args)``, with ``text`` as its help and description;
+    it also takes ``--debug`` (after the command, as ``mvq CMD --debug``)."""
+    p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mvq``."""
-    parser = argparse.ArgumentParser(prog="mvq", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a tokenizer from a YAML run config")
-    tr.add_argument("--config", required=True, help="e.g. configs/mvqvae_fmnist_s4_k16.yaml")
-    _training_arguments(tr)
-    tr.set_defaults(func=_train)
-    ls = sub.add_parser("list", help="list the registered tokenizer (or prior) variants")
-    ls.add_argument("--priors", action="store_true", help="list the priors instead")
-    ls.set_defaults(func=_list)
-    _sampling_parsers(sub)
+    parser = argparse.ArgumentParser(
+        prog="mvq",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mvq {__version__}",
+                        help="print the version of mvq and exit")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="the job to run (one of these)")  # fmt: skip
+    _training_parsers(sub)
+    _sample_parser(sub)
     _image_parsers(sub)
     _eval_parser(sub)
-    cf = sub.add_parser("configs", help="write the paper's run configs (configs/*.yaml)")
-    cf.add_argument("--out", default="configs", help="output directory")
-    cf.set_defaults(func=_configs)
-    from mvq.demo import add_arguments
-
-    dm = sub.add_parser("demo", help="the main job: MVQVAE vs VQ-VAE-2 on Fashion-MNIST")
-    add_arguments(dm)
-    dm.set_defaults(func=_demo)
-    from mvq.sweep import add_arguments as add_sweep_arguments
-
-    sw = sub.add_parser("sweep", help="a resumable grid of runs with one budget, and its table")
-    add_sweep_arguments(sw)
-    sw.set_defaults(func=_sweep)
-
-    from mvq.viz import add_arguments as viz_arguments
-
-    vz = sub.add_parser("viz", help="figures of a trained tokenizer (transfer, compose, ...)")
-    viz_arguments(vz)
-    vz.set_defaults(func=_viz)
-    rp = sub.add_parser("report", help="one static HTML page of a run or a folder of runs")
-    rp.add_argument("dir", help="a run directory, a demo directory or a sweep directory")
-    rp.add_argument("--out", help="the HTML file (default: DIR/report.html)")
-    rp.set_defaults(func=_report)
+    _other_parsers(sub)
     return parser
 
 
+def debug_requested(args: argparse.Namespace) -> bool:
+    """``--debug`` given, or ``MVQ_DEBUG`` set to something other than empty or ``0``."""
+    return args.debug or os.environ.get("MVQ_DEBUG", "").strip() not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mvq`` console script."""
+    """Entry point of the ``mvq`` console script; returns the exit status.
+
+    An ``MVQError`` prints ``mvq: error: <one line>`` to stderr and returns 2 (re-raised with
+    ``--debug`` or ``MVQ_DEBUG=1``), and so does an OS refusal on a path the user gave (no
+    permission, read-only or full disk, a file where a folder must go); any other exception
+    propagates with its traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            _device(args.device)  # before anything is read or written
         code = args.func(args)
-    except EXPECTED_ERRORS as err:
-        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"mvq: error: {' '.join(message.split())}", file=sys.stderr)
+    except (MVQError, OSError) as err:
+        if debug_requested(args) or not _user_error(err):
+            raise
+        print(f"mvq: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return code or 0
+
+
+PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST,
+               errno.ENOTDIR, errno.EISDIR)  # fmt: skip
+
+
+def _user_error(err: BaseException) -> bool:
+    """An ``MVQError``, or an ``OSError`` about a named path that the user can fix."""
+    if isinstance(err, MVQError):
+        return True
+    return isinstance(err, OSError) and err.filename is not None and err.errno in PATH_ERRNOS
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, MVQError) and err.filename is not None:
+        return f"cannot use {err.filename}: {err.strerror}; choose another path or fix it"
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

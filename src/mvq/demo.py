@@ -53,25 +53,31 @@ from mvq.train_tokenizer import (
     train_tokenizer,
 )
 from mvq.training import checkpoint_path
+from mvq.training.config import DEVICE_HELP
+from mvq.training.distributed import resolve_device
 
 MODELS = {"vqvae2": "vqvae2_fmnist_s4_k16", "mvqvae": "mvqvae_fmnist_s4_k16"}
 PRIOR = "transformer_4p1"
 
 
-def demo_config(model: str, steps: int, num_hypotheses: int, data_root: str | None) -> RunConfig:
+def demo_config(
+    model: str, steps: int, num_hypotheses: int, data_root: str | None, device: str = "auto"
+) -> RunConfig:
     """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
     model_config = {"num_hypotheses": num_hypotheses} if model.startswith("mvqvae") else {}
     train = {"max_steps": steps, "batch_size": 32, "log_every": 50, "ckpt_every": 250,
-             "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0}  # fmt: skip
+             "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0,
+             "device": device}  # fmt: skip
     # Debian's files when installed, else torchvision downloads into the user cache
     data = {"name": "fashion_mnist", "root": data_root, "download": True}
     return RunConfig(model, model_config, data, train)
 
 
-def prior_config(steps: int) -> RunConfig:
+def prior_config(steps: int, device: str = "auto") -> RunConfig:
     """Run config of a demo prior: Table 4's 4+1 transformer, GPT-style Adam, batch 64."""
     train = {"max_steps": steps, "batch_size": 64, "lr": 1e-3, "betas": [0.9, 0.95],
-             "log_every": 50, "ckpt_every": 250, "val_every": steps, "seed": 0}  # fmt: skip
+             "log_every": 50, "ckpt_every": 250, "val_every": steps, "seed": 0,
+             "device": device}  # fmt: skip
     return RunConfig(PRIOR, {}, {}, train)
 
 
@@ -104,19 +110,22 @@ def run_tokenizer(name: str, cfg: RunConfig, out: Path, subset: int | None) -> d
 def run_prior(
     name: str, cfg: RunConfig, steps: int, out: Path, subset: int | None
 ) -> dict[str, float]:
-    """Encode the data with the trained tokenizer, train the prior, sample 64 images."""
+    """Encode the data with the trained tokenizer, train the prior, sample 64 images (all on
+    the device of ``cfg.train``)."""
+    device = resolve_device(cfg.train.get("device", "auto"))
     tok_dir, tokens, run_dir = out / name / "model", out / f"{name}_tokens", out / f"{name}_prior"
-    tokenizer = load_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir).to(device)
     if not (tokens / "meta.json").is_file():
         train_set, val_set = splits(cfg, tokenizer, subset)
         encode_dataset(tokenizer, {"train": train_set, "val": val_set}, tokens,
                        tokenizer_identity(tokenizer, tok_dir), cfg.data,
                        dataset_info("fashion_mnist").num_classes)  # fmt: skip
     if not finished(run_dir):
-        train_prior(prior_config(steps), tokens, run_dir, checkpoint_path(run_dir).is_file())
+        train_prior(prior_config(steps, str(device)), tokens, run_dir,
+                    checkpoint_path(run_dir).is_file())  # fmt: skip
     csv = (run_dir / "metrics.csv").read_text().splitlines()
     val = {r.split(",")[2]: float(r.split(",")[3]) for r in csv if ",val," in r}
-    prior = load_prior(run_dir / "model")
+    prior = load_prior(run_dir / "model").to(device)
     t0 = time.perf_counter()
     images, _ = sample_images(tokenizer, prior, 64, SampleOptions(), seed=0)
     seconds = time.perf_counter() - t0
@@ -133,7 +142,7 @@ def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str,
     from mvq.evaluate import EvalRequest, run_eval
 
     tokenizer, prior = out / name / "model", out / f"{name}_prior" / "model"
-    common = {"root": args.data_root, "seed": 0}
+    common = {"root": args.data_root, "seed": 0, "device": args.device}
     recon_metrics = "mse,psnr,ssim,fd_fmnist"  # no FID/LPIPS: minutes on a CPU
     if MODELS[name].startswith("mvqvae"):
         recon_metrics += ",random_mask"  # only MVQ has a mask
@@ -216,6 +225,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--subset", type=int, help="encode/evaluate only the first N images (quick runs)"
     )
+    ap.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -226,7 +236,7 @@ def run(args: argparse.Namespace) -> None:
     metrics = {}
     for name, registered in MODELS.items():
         print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
-        cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root)
+        cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root, args.device)
         metrics[name] = run_tokenizer(name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
         metrics[name] |= run_prior(name, cfg, args.prior_steps, out, args.subset)

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from mvq.data import build_dataset
 from mvq.data.folder import list_images
+from mvq.errors import MVQError
 from mvq.registry import closest_hint
 
 RECON_GROUPS = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist", "usage", "perplexity",
@@ -69,7 +70,7 @@ GROUP_OF = {
 }  # fmt: skip
 
 
-class EvalError(ValueError):
+class EvalError(MVQError, ValueError):
     """Bad input to ``mvq eval``; one line, exit status 2."""
 
 
@@ -198,10 +199,7 @@ def resolve_eval_device(name: str) -> torch.device:
     """``auto``/``cpu``/``cuda``/``cuda:N``; under torchrun ``cuda`` is the local rank's GPU."""
     from mvq.training.distributed import resolve_device
 
-    try:
-        return resolve_device(name, int(os.environ.get("LOCAL_RANK", "0")))
-    except RuntimeError as err:
-        raise EvalError(str(err)) from err
+    return resolve_device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def load_fd_classifier(data_root: str | None, device: torch.device) -> object:

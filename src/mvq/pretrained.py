@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mvq.errors import MVQError
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -35,7 +37,7 @@ _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<re
 M = TypeVar("M", bound="PretrainedMixin")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MVQError, ValueError):
     """A saved model or checkpoint is missing, corrupted or belongs to another model."""
 
 

@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from mvq.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -41,9 +43,10 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
-        """The factory registered as ``name``; an unknown name lists the closest valid one."""
+        """The factory registered as ``name``; an unknown name is an ``UnknownNameError`` (a
+        ``KeyError``) naming the closest valid one."""
         if name not in self._factories:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} '{name}'{closest_hint(name, self.names())}; "
                 f"available: {', '.join(self.names())}"
             )

@@ -7,26 +7,31 @@ A run config has four sections, each overriding one owner's typed config:
     data: {name: fashion_mnist, root: null, image_size: null, download: false, channels: null}
     train: {epochs: 350, batch_size: 32} # fields of mvq.training.TrainConfig
 
-Every unknown key is a ``ConfigError`` naming the closest valid key.
+Every unknown key is a ``ConfigError`` naming the closest valid key, and every value of the
+wrong type (``train.batch_size=abc``, ``train.betas=0.9``) one naming the type its field wants.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mvq.errors import ConfigError
 from mvq.registry import closest_hint
+
+__all__ = ["ConfigError", "RunConfig", "apply_override", "check_types", "load_run_config"]
 
 SECTIONS = ("model", "model_config", "data", "train")
 DATA_KEYS = ("name", "root", "image_size", "download", "channels")
-
-
-class ConfigError(ValueError):
-    """A run config (file or override) names something that does not exist."""
+# YAML 1.1 reads 1e-4 (no dot) as text; --set reads it as the number everyone means.
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass
@@ -72,8 +77,76 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 def parse_value(text: str) -> Any:
-    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, null, lists)."""
-    return yaml.safe_load(text)
+    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, null, lists); ``1e-4``
+    is a number."""
+    if EXPONENT_FLOAT.fullmatch(text.strip()):
+        return float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"'{text}' is not a YAML value: {str(err).splitlines()[0]}") from None
+
+
+PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe(tp: Any) -> str:
+    """The words for type annotation ``tp`` in an error message."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             type(None): "null", dict: "a mapping"}  # fmt: skip
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in names:
+        return names[tp]
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        kind = PLURALS.get(args[0], "values") if len(set(args)) == 1 else "values"
+        return f"a list of {len(args)} {kind}"
+    if origin in (tuple, list) and args:
+        return f"a list of {PLURALS.get(args[0], 'values')}"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def fits(tp: Any, value: Any) -> bool:
+    """Whether ``value``, as YAML or JSON gives it, fits type annotation ``tp``.
+
+    Lists stand for tuples; an int fits a float; a bool is neither an int nor a float.
+    Annotations other than these plain forms accept any value.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(a, value) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool or tp is str:
+        return isinstance(value, tp)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(fits, args, value))
+        return not args or all(fits(args[0], v) for v in value)
+    if origin is typing.Literal:
+        return value in args
+    return True
+
+
+def check_types(config_class: type, values: dict[str, Any], where: str) -> None:
+    """Raise a one-line ``ConfigError`` for the first value of ``values`` whose type does not
+    fit its field of dataclass ``config_class`` (unknown keys are ``check_keys``' business)."""
+    hints = typing.get_type_hints(config_class)
+    for key, value in values.items():
+        if key in hints and not fits(hints[key], value):
+            hint = ""
+            if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value.strip()):
+                hint = " (YAML reads 1e-4 as text: write 1.0e-4)"
+            raise ConfigError(f"{where}.{key} must be {_describe(hints[key])}, got {value!r}{hint}")
 
 
 def apply_override(cfg: RunConfig, assignment: str) -> None:
@@ -89,9 +162,18 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
             f"override '{assignment}': unknown section '{section}'"
             f"{closest_hint(section, ['model_config', 'data', 'train'])}"
         )
+    try:
+        parsed = parse_value(value)
+    except ConfigError as err:
+        raise ConfigError(f"override '{assignment}': {err}") from None
     if section == "data":
         check_keys({key: None}, DATA_KEYS, "data")
-    getattr(cfg, section)[key] = parse_value(value)
+    if section == "train":  # the model's fields are known once the model is: build_* checks
+        from mvq.training.config import TrainConfig
+
+        check_keys({key: None}, [f.name for f in dataclasses.fields(TrainConfig)], "train")
+        check_types(TrainConfig, {key: parsed}, "train")
+    getattr(cfg, section)[key] = parsed
 
 
 # registry dataset tag -> (data set name, Table 2 epochs)

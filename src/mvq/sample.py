@@ -17,9 +17,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
+from mvq.errors import ConfigError
 from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
-from mvq.sampling import sample_autoregressive, sample_maskgit, sample_pixelcnn
+from mvq.sampling import SCHEDULES, sample_autoregressive, sample_maskgit, sample_pixelcnn
+from mvq.sampling.common import check_sampling_args
 from mvq.token_files import tokenizer_identity
 from mvq.tokenizers import Tokenizer, load_tokenizer
 from mvq.tokens import Tokens
@@ -52,6 +54,23 @@ class SampleOptions:
             steps = self.steps or min(8, prior.config.num_tokens)
             opts |= {"steps": steps, "schedule": self.schedule}
         return opts
+
+
+def check_options(options: SampleOptions, n: int, labels: int | None, prior: nn.Module) -> None:
+    """A one-line ``ConfigError`` for a sampling option out of range, before sampling starts."""
+    o = options
+    try:
+        check_sampling_args(n, o.temperature, o.top_k, o.top_p, o.batch_size)
+    except ValueError as err:
+        raise ConfigError(f"mvq sample: {err}") from None
+    if options.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {options.schedule}: choose one of {', '.join(SCHEDULES)}")
+    if options.steps is not None and options.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {options.steps}")
+    classes = prior.config.num_classes
+    if labels is not None and not 0 <= labels < classes:
+        what = f"one of 0 to {classes - 1}" if classes else "none: the prior is unconditional"
+        raise ConfigError(f"--label {labels} is not a class of this prior ({what})")
 
 
 def check_pair(tokenizer_dir: str | Path, prior_dir: str | Path, tokenizer: Tokenizer) -> None:
@@ -122,8 +141,10 @@ def run_sample(
     tokenizer_dir, prior_dir = resolve_pretrained(tokenizer_dir), resolve_pretrained(prior_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     check_pair(tokenizer_dir, prior_dir, tokenizer)  # hashes the weights before moving them
+    prior = load_prior(prior_dir).eval()
+    check_options(options, n, labels, prior)
     tokenizer.to(device)
-    prior = load_prior(prior_dir).eval().to(device)
+    prior.to(device)
     t0 = time.perf_counter()
     images, _ = sample_images(tokenizer, prior, n, options, labels, seed)
     seconds = time.perf_counter() - t0

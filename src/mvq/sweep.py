@@ -498,9 +498,9 @@ def cell_stages(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> list[Stage]:
 
 
 def _train_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
-    """``mvq train --config C --run-dir CELL/tokenizer --set ...``."""
+    """``mvq train --config C --out CELL/tokenizer --set ...``."""
     run_dir = cell_dir / "tokenizer"
-    args = ["train", "--config", str(cell.config), "--run-dir", str(run_dir)]
+    args = ["train", "--config", str(cell.config), "--out", str(run_dir)]
     args += [*_set_args(cell.sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.run_config.to_dict())
     return Stage("train", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
@@ -519,11 +519,11 @@ def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
 
 
 def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
-    """``mvq train-prior --tokens CELL/tokens --config P --run-dir CELL/prior --set ...``."""
+    """``mvq train-prior --tokens CELL/tokens --config P --out CELL/prior --set ...``."""
     assert cell.prior_run_config is not None
     run_dir = cell_dir / "prior"
     args = ["train-prior", "--tokens", str(cell_dir / "tokens"), "--config", str(cell.prior_config)]
-    args += ["--run-dir", str(run_dir), *_set_args(cell.prior_sets), *_device_args(sweep)]
+    args += ["--out", str(run_dir), *_set_args(cell.prior_sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.prior_run_config.to_dict())
     return Stage("prior", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
 

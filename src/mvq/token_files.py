@@ -150,8 +150,9 @@ class TokenDataset(Dataset):
     def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
         self.meta = read_token_meta(directory)
         if split not in self.meta["splits"]:
-            raise ValueError(
-                f"{directory} has no '{split}' split (has {sorted(self.meta['splits'])})"
+            raise CheckpointError(
+                f"{directory} has no '{split}' split (has {sorted(self.meta['splits'])}): "
+                f"encode it with `mvq encode --splits {split},...`"
             )
         try:
             tensors = load_file(str(Path(directory) / f"{split}.safetensors"))

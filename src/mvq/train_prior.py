@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from mvq.priors import PRIOR_CLASSES, PRIORS, create_prior
-from mvq.runconfig import ConfigError, RunConfig, check_keys
+from mvq.runconfig import ConfigError, RunConfig, check_keys, check_types
 from mvq.token_files import TokenDataset, read_token_meta
 from mvq.tokens import layout_overrides
-from mvq.train_tokenizer import build_train_config
+from mvq.train_tokenizer import config_values, runnable_train_config
 from mvq.training import TrainResult, train
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,7 +44,9 @@ def build_prior(cfg: RunConfig, meta: dict[str, Any]) -> nn.Module:
     cls = next(c for n, c in PRIOR_CLASSES.items() if n.lower().startswith(family))
     fields = [f.name for f in dataclasses.fields(cls.config_class)]
     check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
-    return create_prior(cfg.model, **prior_overrides(cfg, meta))
+    check_types(cls.config_class, cfg.model_config, "model_config")
+    with config_values(f"model_config of {cfg.model}"):
+        return create_prior(cfg.model, **prior_overrides(cfg, meta))
 
 
 def train_prior(
@@ -52,7 +54,7 @@ def train_prior(
 ) -> tuple[nn.Module, TrainResult]:
     """Check everything, then train; ``run_dir/model`` gets the prior and its tokenizer's id."""
     meta = read_token_meta(tokens)
-    train_cfg = build_train_config(cfg)
+    train_cfg = runnable_train_config(cfg)
     torch.manual_seed(train_cfg.seed)
     prior = build_prior(cfg, meta)
     train_set = TokenDataset(tokens, "train")

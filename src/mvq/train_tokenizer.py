@@ -6,9 +6,11 @@ usage over a whole split, bits per image) and ``ReconstructionGrid`` (the period
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset, data_channels
+from mvq.errors import ConfigError, MVQError
 from mvq.pretrained import config_from_dict
-from mvq.runconfig import ConfigError, RunConfig, check_keys
+from mvq.runconfig import RunConfig, check_keys, check_types
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
 from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
+from mvq.training.distributed import resolve_device
 
 
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -32,7 +36,9 @@ def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     config_class = ARCHITECTURES[cfg.model.split("_")[0]].config_class
     fields = [f.name for f in dataclasses.fields(config_class)]
     check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
-    return create_tokenizer(cfg.model, **(cfg.model_config | channels_from_data(cfg)))
+    check_types(config_class, cfg.model_config, "model_config")
+    with config_values(f"model_config of {cfg.model}"):
+        return create_tokenizer(cfg.model, **(cfg.model_config | channels_from_data(cfg)))
 
 
 def channels_from_data(cfg: RunConfig) -> dict[str, int]:
@@ -52,11 +58,31 @@ def channels_from_data(cfg: RunConfig) -> dict[str, int]:
 
 
 def build_train_config(cfg: RunConfig) -> TrainConfig:
-    """``TrainConfig`` with the run config's ``train`` overrides (unknown keys: ConfigError)."""
+    """``TrainConfig`` with the run config's ``train`` overrides; an unknown key or a bad value
+    is a ``ConfigError``."""
+    check_keys(cfg.train, [f.name for f in dataclasses.fields(TrainConfig)], "train")
+    check_types(TrainConfig, cfg.train, "train")
+    return config_from_dict(TrainConfig, cfg.train, "train")
+
+
+def runnable_train_config(cfg: RunConfig) -> TrainConfig:
+    """``build_train_config``, whose device this machine must have (a ``DeviceError`` before
+    any model or data is built)."""
+    train_cfg = build_train_config(cfg)
+    resolve_device(train_cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    return train_cfg
+
+
+@contextlib.contextmanager
+def config_values(where: str) -> Iterator[None]:
+    """Turn a ``ValueError`` of a config's own checks (``__post_init__``) into a one-line
+    ``ConfigError`` naming ``where`` the values came from; the cause stays chained."""
     try:
-        return config_from_dict(TrainConfig, cfg.train, "train")
+        yield
+    except MVQError:
+        raise
     except ValueError as err:
-        raise ConfigError(str(err)) from err
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def build_splits(cfg: RunConfig, model: Tokenizer) -> tuple[Dataset, Dataset]:
@@ -117,7 +143,7 @@ def train_tokenizer(
     cfg: RunConfig, run_dir: str | Path, resume: bool = False
 ) -> tuple[Tokenizer, TrainResult]:
     """Build and check everything from ``cfg`` first, then train; saves the model at the end."""
-    train_cfg = build_train_config(cfg)
+    train_cfg = runnable_train_config(cfg)
     torch.manual_seed(train_cfg.seed)  # the initial weights depend on the seed alone
     model = build_tokenizer(cfg)
     if isinstance(model, GANObjective):

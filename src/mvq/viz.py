@@ -30,10 +30,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset
+from mvq.errors import MVQError
 from mvq.pretrained import read_pretrained_meta
 from mvq.quantizers.base import to_channel_first, to_channel_last
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
 from mvq.tokens import Tokens, pack_masks, unpack_masks
+from mvq.training.config import DEVICE_HELP
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: `mvq --help` stays quick
     from matplotlib.figure import Figure
@@ -47,7 +49,7 @@ DEFAULT_N = {"transfer": 4, "compose": 3, "dimensions": 8, "diversity": 6,
              "reconstructions": 16, "codebook": 10_000, "curves": 0}  # fmt: skip
 
 
-class VizError(ValueError):
+class VizError(MVQError, ValueError):
     """A figure cannot be made from this directory or tokenizer (one line, exit 2)."""
 
 
@@ -467,10 +469,7 @@ def load_source_model(source: VizSource, device: str) -> Tokenizer | None:
         return None
     from mvq.training.distributed import resolve_device
 
-    try:
-        dev = resolve_device(device)
-    except RuntimeError as err:
-        raise VizError(str(err)) from err
+    dev = resolve_device(device)
     return load_tokenizer(source.model_dir).to(dev).eval()  # type: ignore[arg-type]
 
 
@@ -528,7 +527,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "dimensions, code vectors (diversity), images (reconstructions, codebook)",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the images and masks drawn")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    ap.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default: cpu)")
     ap.add_argument("--data", help="data set (default: by image shape; 1x28x28: fashion_mnist)")
     ap.add_argument("--data-root", help="data set folder (default: the data set's usual place)")
     ap.add_argument("--split", default="val", help="split the images come from")
@@ -540,6 +539,9 @@ def run(args: argparse.Namespace) -> dict[str, str]:
     """``mvq viz``: write the figures, return {kind: path}."""
     if args.n is not None and args.n < 1:
         raise VizError(f"--n must be a positive number, got {args.n}")
-    dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    try:
+        dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    except ValueError:
+        raise VizError(f"--dims must be comma-separated integers, got '{args.dims}'") from None
     opts = VizOptions(args.n, args.seed, args.data, args.data_root, args.split, dims, args.device)
     return write_figures(args.dir, [args.kind], args.out, opts)

@@ -16,8 +16,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from mvq.errors import MVQError
 
-class DataError(ValueError):
+
+class DataError(MVQError, ValueError):
     """A data set cannot be built or read; the one-line message names the problem and the fix."""
 
     def __init__(self, message: str) -> None:

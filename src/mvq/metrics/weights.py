@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
+from mvq.errors import MVQError
+
 ENV_DIR = "MVQ_WEIGHTS_DIR"
 ENV_OFFLINE = "MVQ_OFFLINE"
 
 
-class WeightsUnavailable(FileNotFoundError):
+class WeightsUnavailable(MVQError, FileNotFoundError):
     """A weights file is neither on disk nor downloadable; the message says how to fix it."""
 
 

@@ -33,13 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mvq.errors import MVQError
 from mvq.pretrained import CheckpointError, atomic_write_file, state_mismatch
 
 CHECKPOINT_VERSION = 2
 STEP_FILE = re.compile(r"step_(\d+)\.pt")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(MVQError, RuntimeError):
     """The run directory cannot be used: unwritable, or it already holds another run."""
 
 
@@ -67,8 +68,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, announce: bool = True) -> bool:
     ckpt = checkpoint_path(run_dir)
     if not resume and ckpt.exists():
         raise RunDirError(
-            f"{run_dir} already holds a run ({ckpt} exists); "
-            "pass --resume or choose a new --run-dir"
+            f"{run_dir} already holds a run ({ckpt} exists); pass --resume or choose a new --out"
         )
     if resume and not ckpt.is_file():
         if announce:
@@ -154,10 +154,17 @@ def check_resumable(
     mismatch = state_mismatch(ckpt["model"], model.state_dict())
     if mismatch:
         raise CheckpointError(f"{where} weights do not fit this model ({mismatch})")
+    old_world = ckpt["sampler_state"].get("world_size")
+    if old_world != order_key["world_size"]:
+        raise CheckpointError(
+            f"{where} it was written by {old_world} processes, this run has "
+            f"{order_key['world_size']}; resume with the same number of processes (torchrun "
+            "--nnodes x --nproc_per_node), or choose a new --out"
+        )
     for name, value in order_key.items():
         old = ckpt["sampler_state"].get(name)
         if old != value:
             raise CheckpointError(
                 f"{where} the data order differs ({name} was {old}, now {value}); resume with the "
-                "same seed, batch size, data and number of processes, or choose a new --run-dir"
+                "same seed, batch size, data and number of processes, or choose a new --out"
             )

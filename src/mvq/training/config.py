@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from mvq.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -11,6 +14,11 @@ OPTIONAL_INTS = ("max_steps", "epochs", "val_every", "val_batches")
 INT_MINIMUMS = {"batch_size": 1, "log_every": 1, "ckpt_every": 1, "sample_every": 1,
                 "grad_accum": 1, "keep_last": 1, "warmup_steps": 0, "num_workers": 0,
                 **dict.fromkeys(OPTIONAL_INTS, 1)}  # fmt: skip
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE_HELP = (
+    "auto (a GPU when there is one), cpu, cuda, cuda:N or mps; under torchrun cuda is the "
+    "LOCAL_RANK's GPU"
+)
 
 
 def _is_number(value: object) -> bool:
@@ -20,7 +28,7 @@ def _is_number(value: object) -> bool:
 
 def _invalid(name: str, value: object, rule: str) -> None:
     """Raise the one-line error for field ``name``."""
-    raise ValueError(f"TrainConfig.{name} must be {rule}, got {value!r}")
+    raise ConfigError(f"TrainConfig.{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -31,7 +39,8 @@ class TrainConfig:
         lr: Adam learning rate (the peak of a schedule).
         betas: Adam betas; (0.5, 0.9) as in the paper's Table 2.
         batch_size: global batch size of one optimizer step, split evenly over the processes of
-            a distributed run and then into ``grad_accum`` micro-batches.
+            a distributed run (``batch_size / world_size`` per GPU) and then into
+            ``grad_accum`` micro-batches.
         max_steps: optimizer steps to train for; wins over ``epochs`` when both are set.
         epochs: passes over the train set, used when ``max_steps`` is None.
         log_every: steps between train-log rows (means over the window); also the steps at
@@ -49,7 +58,8 @@ class TrainConfig:
         seed: seeds the RNGs at the start of a fresh run and the data order of every epoch.
         grad_clip: max global gradient norm, None for no clipping.
         num_workers: DataLoader worker processes.
-        device: "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N".
+        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"; under
+            torchrun "auto" and "cuda" are the local rank's GPU.
         precision: "fp32"; "bf16" autocast for the forward pass; "fp16" autocast with a
             ``GradScaler`` (steps with Inf/NaN gradients are skipped and the scale lowered).
             Weights, optimizer state and the quantizers stay fp32.
@@ -65,6 +75,10 @@ class TrainConfig:
             0.999); validation, the image callbacks and the saved model then use the EMA
             weights, and ``train`` returns with them loaded. None: no EMA.
         find_unused_parameters: passed to DistributedDataParallel.
+        sync_batchnorm: under DDP on GPUs, make every BatchNorm layer a ``SyncBatchNorm``: it
+            normalizes with the statistics of the global batch instead of each GPU's share.
+            Ignored by a single process; refused on CPU processes (gloo), where SyncBatchNorm
+            cannot run.
     """
 
     lr: float = 5e-4
@@ -92,13 +106,19 @@ class TrainConfig:
     ckpt_minutes: float | None = None
     keep_last: int = 1
     find_unused_parameters: bool = False
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
+        pair = isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+        if not pair or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+            _invalid("betas", self.betas, "a pair of numbers in [0, 1), e.g. [0.5, 0.9]")
         self.betas = tuple(self.betas)  # YAML and JSON give lists
         for name, choices in (("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
                 _invalid(name, getattr(self, name), f"one of {', '.join(choices)}")
-        for name in ("tf32", "compile", "find_unused_parameters"):
+        if not isinstance(self.device, str) or not DEVICE_NAME.fullmatch(self.device):
+            _invalid("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        for name in ("tf32", "compile", "find_unused_parameters", "sync_batchnorm"):
             if not isinstance(getattr(self, name), bool):
                 _invalid(name, getattr(self, name), "true or false")
         for name, low in INT_MINIMUMS.items():
@@ -122,7 +142,7 @@ class TrainConfig:
             if not _is_number(value) or not ok(value):
                 _invalid(name, value, rule)
         if self.batch_size % self.grad_accum:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig.batch_size {self.batch_size} does not split into "
                 f"grad_accum={self.grad_accum} micro-batches"
             )
@@ -133,7 +153,7 @@ class TrainConfig:
             return self.max_steps
         if self.epochs is not None:
             return self.epochs * batches_per_epoch
-        raise ValueError("TrainConfig needs max_steps or epochs to know when to stop")
+        raise ConfigError("TrainConfig needs max_steps or epochs to know when to stop")
 
 
 @dataclass

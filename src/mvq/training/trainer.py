@@ -16,11 +16,11 @@ callbacks, checkpoints, the end). A NaN/Inf loss or gradient norm is remembered 
 and raises ``TrainingDiverged`` at the next check, before any checkpoint could hold it. The
 model in memory may then hold the diverged update; the checkpoints on disk never do.
 
-BatchNorm under DDP: layers are not converted to SyncBatchNorm (it cannot run on CPU/gloo).
-Each rank normalizes with the statistics of its own share of the batch, and DDP broadcasts rank
-0's buffers (running statistics) at every forward, so weights and buffers stay identical across
-ranks. Call ``nn.SyncBatchNorm.convert_sync_batchnorm(model)`` before ``train`` to normalize over
-the global batch on GPUs instead.
+BatchNorm under DDP: by default each rank normalizes with the statistics of its own share of
+the batch, and DDP broadcasts rank 0's buffers (running statistics) at every forward, so
+weights and buffers stay identical across ranks. ``TrainConfig.sync_batchnorm`` makes the
+layers ``SyncBatchNorm`` (in place, same parameters) to normalize over the global batch on GPUs;
+it cannot run on CPU processes (gloo) and is refused there.
 
 Several optimizers (a GAN): a model that defines ``optimizer_groups() -> {name: params}`` gets
 one Adam per group, stepped in that order once per batch, and is trained through
@@ -48,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mvq.errors import ConfigError, MVQError
 from mvq.pretrained import CheckpointError
 from mvq.training.batch import count_items, split_batch, to_device
 from mvq.training.checkpoint import (
@@ -70,6 +71,7 @@ from mvq.training.distributed import (
     close_distributed,
     init_distributed,
     launched_world_size,
+    resolve_device,
 )
 from mvq.training.ema import make_ema, update_ema
 from mvq.training.interrupt import StopRequest
@@ -92,7 +94,7 @@ model when ``ema_decay`` is set) in eval mode under ``torch.no_grad()``; ``write
 TensorBoard ``SummaryWriter``."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MVQError, RuntimeError):
     """The loss or gradient became NaN/Inf; the run stopped without checkpointing that state."""
 
 
@@ -209,25 +211,31 @@ def _check_inputs(model: nn.Module, train_set: Dataset, cfg: TrainConfig) -> Non
     if not callable(getattr(model, "loss", None)):
         raise TypeError(f"{type(model).__name__} has no loss(batch) -> (loss, logs) method")
     if cfg.max_steps is None and cfg.epochs is None:
-        raise ValueError("TrainConfig needs max_steps or epochs to know when to stop")
+        raise ConfigError("TrainConfig needs max_steps or epochs to know when to stop")
     world = launched_world_size()
     if cfg.batch_size % (world * cfg.grad_accum):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} does not split over {world} processes x "
-            f"grad_accum {cfg.grad_accum}"
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} (the global batch) does not split over {world} "
+            f"processes x grad_accum {cfg.grad_accum}"
+        )
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.sync_batchnorm and world > 1 and device.type != "cuda":
+        raise ConfigError(
+            f"train.sync_batchnorm needs CUDA GPUs (SyncBatchNorm does not run on {device.type} "
+            "processes); set it to false"
         )
     names = list(optimizer_groups(model))
     unsupported = (("precision=fp16", cfg.precision == "fp16"), ("compile=true", cfg.compile),
                    (f"grad_accum={cfg.grad_accum}", cfg.grad_accum > 1))  # fmt: skip
     for what, used in unsupported if len(names) > 1 else ():
         if used:
-            raise ValueError(
+            raise ConfigError(
                 f"train.{what} is not supported for {type(model).__name__}, which trains "
                 f"{len(names)} optimizers ({', '.join(names)}); use fp32 or bf16, grad_accum=1, "
                 "compile=false"
             )
     if len(train_set) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"train set has {len(train_set)} items, fewer than one batch ({cfg.batch_size})"
         )
 
@@ -319,6 +327,8 @@ class Trainer:
         """Load the checkpoint, wrap in DDP and compile, open the logger, seed or restore RNG."""
         cfg, ctx = self.cfg, self.ctx
         rng = self._load_checkpoint() if has_checkpoint else None
+        if ctx.enabled and cfg.sync_batchnorm:  # in place: the same parameters and buffers
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.forward)
         if ctx.enabled:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             unused = cfg.find_unused_parameters or len(self.optimizers) > 1
