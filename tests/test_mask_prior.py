@@ -147,3 +147,27 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
             str(tmp_path / "vq_prior"), "--max-steps", "2"]  # fmt: skip
     assert main(argv) == 2
     assert "no MVQ mask" in capsys.readouterr().err
+
+
+def test_eval_prior_nll_of_a_mask_prior(tmp_path, capsys) -> None:
+    """``mvq eval --prior``'s NLL feeds a mask-aware prior the tokens' masks (packed uint8):
+    it equals the prior's own loss on the same tokens."""
+    from mvq.evaluate import encode_codes, prior_nll
+    from mvq.priors import load_prior
+    from mvq.tokenizers import load_tokenizer
+
+    tok, tokens = make_tokens(tmp_path, "mvqvae")
+    run = tmp_path / "prior"
+    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
+            "--max-steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    tokenizer, prior = load_tokenizer(tok), load_prior(run / "model")
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    codes = encode_codes(tokenizer, images, 4, seed=0)
+    assert codes["mask"].dtype == torch.uint8 and codes["mask"].shape == (6, 2)
+    labels = torch.zeros(6, dtype=torch.long)
+    got = prior_nll(prior, codes, labels, batch_size=6)
+    batch = {k: v if k == "mask" else v.long() for k, v in codes.items()} | {"label": labels}
+    _, logs = prior.eval().loss(batch)
+    assert got["prior_nll_nats_per_token"] == pytest.approx(float(logs["nll"]), rel=1e-5)

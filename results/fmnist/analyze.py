@@ -144,6 +144,8 @@ def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
         high = [v for j, v in by_j.items() if j in ("16", "64", "256") and v]
         worst_high = max(high, default=None, key=lambda v: v.mean)
         trend = ", ".join(f"J={j}: {fmt(v)}" for j, v in by_j.items())
+        if not all(by_j.values()):  # the claim is about the whole curve: every J must be in
+            best_low = worst_high = None
         out.append(
             f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
             f"**{compare(worst_high, best_low)}**."

@@ -366,7 +366,8 @@ def prior_nll(
     device = next(prior.parameters()).device
     nats, bits, n = 0.0, 0.0, len(codes["primary"])
     for i in range(0, n, batch_size):
-        batch = {k: v[i : i + batch_size].long().to(device) for k, v in codes.items()}
+        batch = {k: v[i : i + batch_size].to(device) for k, v in codes.items()}
+        batch = {k: v if k == "mask" else v.long() for k, v in batch.items()}  # mask: packed uint8
         batch["label"] = labels[i : i + batch_size].to(device)
         _, logs = prior.loss(batch)
         nats += float(logs["nll"]) * len(batch["primary"])
@@ -536,15 +537,18 @@ def ordered(metrics: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def encode_codes(tokenizer: nn.Module, images: Tensor, batch_size: int, seed: int) -> dict:
-    """The tokenizer's ``primary`` (and ``secondary``) tokens of uint8 images."""
+    """The tokenizer's ``primary`` (and ``secondary``, and MVQ's packed uint8 ``mask``) tokens
+    of uint8 images: the batch format of ``mvq.priors``."""
     device = next(tokenizer.parameters()).device
     torch.manual_seed(seed)
-    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": []}
+    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": []}
     for i in range(0, len(images), batch_size):
         tokens = tokenizer.encode((images[i : i + batch_size].float() / 127.5 - 1.0).to(device))
         parts["primary"].append(tokens.indices.cpu())
         if tokens.secondary is not None:
             parts["secondary"].append(tokens.secondary.cpu())
+        if tokens.mask is not None:
+            parts["mask"].append(tokens.mask.cpu())
     return {k: torch.cat(v) for k, v in parts.items() if v}
 
 
