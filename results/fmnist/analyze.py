@@ -183,10 +183,21 @@ def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
         modelled = s(mask_prior, method="mvqvae", tokens=tokens, K="16")
         rand = s(grid, method="mvqvae", tokens=tokens, K="16")
         f8 = [s(r, "sample_f8", method="mvqvae", tokens=tokens, K="16") for r in (mask_prior, grid)]
+        pairs = {r["seed"]: float(r[m]) for r in select(mask_prior, tokens=tokens, K="16")}
+        diffs = [
+            pairs[r["seed"]] - float(r[m])
+            for r in select(grid, method="mvqvae", tokens=tokens, K="16")
+            if r["seed"] in pairs
+        ]
+        paired = ", ".join(f"{d:+.1f}" for d in diffs)
+        bits = [s(r, "prior_bits_per_image", method="mvqvae", tokens=tokens, K="16")
+                for r in (mask_prior, grid)]  # fmt: skip
         out.append(
             f"- **C6** ({tokens}, K = 16, sample fd_fmnist): prior with the mask bits "
             f"{fmt(modelled)} vs random masks {fmt(rand)}: **{compare(modelled, rand)}** "
-            f"(F_8 {fmt(f8[0], '{:.3f}')} vs {fmt(f8[1], '{:.3f}')})."
+            f"(F_8 {fmt(f8[0], '{:.3f}')} vs {fmt(f8[1], '{:.3f}')}; same tokenizers, so per "
+            f"seed the change is {paired or '—'}; the prior spends {fmt(bits[0])} bits per "
+            f"image on codes and mask vs {fmt(bits[1])} on the codes alone)."
         )
     return out
 
