@@ -122,17 +122,24 @@ def test_bad_configs_and_batches() -> None:
         prior.loss({**batch, "mask": batch["mask"][:, :1]})
 
 
+def train_mask_prior(tmp_path, steps: int):
+    """An MVQVAE's tokenizer folder, its tokens and a mask-aware prior trained ``steps`` steps
+    with ``mvq train-prior`` (returns the tokenizer folder and the prior's run folder)."""
+    tok, tokens = make_tokens(tmp_path, "mvqvae")
+    run = tmp_path / "prior"
+    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
+    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
+            "--max-steps", str(steps)]  # fmt: skip
+    assert main(argv) == 0
+    return tok, run, cfg
+
+
 def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
     from mvq.priors import load_prior
     from mvq.sample import sample_images
     from mvq.tokenizers import load_tokenizer
 
-    tok, tokens = make_tokens(tmp_path, "mvqvae")
-    run = tmp_path / "prior"
-    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
-            "--max-steps", "4"]  # fmt: skip
-    assert main(argv) == 0
+    tok, run, cfg = train_mask_prior(tmp_path, steps=4)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and "bits_per_image" in summary
     prior = load_prior(run / "model")
@@ -156,12 +163,7 @@ def test_eval_prior_nll_of_a_mask_prior(tmp_path, capsys) -> None:
     from mvq.priors import load_prior
     from mvq.tokenizers import load_tokenizer
 
-    tok, tokens = make_tokens(tmp_path, "mvqvae")
-    run = tmp_path / "prior"
-    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
-            "--max-steps", "2"]  # fmt: skip
-    assert main(argv) == 0
+    tok, run, _ = train_mask_prior(tmp_path, steps=2)
     tokenizer, prior = load_tokenizer(tok), load_prior(run / "model")
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
     codes = encode_codes(tokenizer, images, 4, seed=0)
