@@ -367,7 +367,7 @@ def prior_nll(
     nats, bits, n = 0.0, 0.0, len(codes["primary"])
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].to(device) for k, v in codes.items()}
-        batch = {k: v if k == "mask" else v.long() for k, v in batch.items()}  # mask: packed uint8
+        batch |= {k: v.long() for k, v in batch.items() if k != "mask"}  # mask: packed uint8
         batch["label"] = labels[i : i + batch_size].to(device)
         _, logs = prior.loss(batch)
         nats += float(logs["nll"]) * len(batch["primary"])
