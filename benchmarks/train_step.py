@@ -1,5 +1,6 @@
 """Training throughput of the shared trainer: images/s with fp32, bf16, fp16 and torch.compile.
 
+Also fp32 with ``train.fused_optimizer`` (torch's fused Adam) against the default Adam loop.
 Runs ``mvq.training.train`` on random 28x28 images (B = 32, the Fashion-MNIST tokenizers) for
 ``--steps`` steps per setting and reports the trainer's own ``items_per_second`` (the first 3
 steps are warm-up; host syncs only every ``log_every`` = ``--steps`` steps). On a CPU, bf16 only
@@ -24,7 +25,9 @@ from mvq.tokenizers import create_tokenizer
 from mvq.training import TrainConfig, train
 
 
-def images_per_second(args: argparse.Namespace, precision: str, compiled: bool) -> float:
+def images_per_second(
+    args: argparse.Namespace, precision: str, compiled: bool, fused: bool = False
+) -> float:
     """The trainer's throughput over ``args.steps`` steps of one setting."""
     torch.manual_seed(0)
     extra = {"num_hypotheses": args.j} if args.model.startswith("mvqvae") else {}
@@ -34,7 +37,7 @@ def images_per_second(args: argparse.Namespace, precision: str, compiled: bool) 
     cfg = TrainConfig(
         batch_size=args.batch_size, max_steps=args.steps, log_every=args.steps,
         ckpt_every=10**9, sample_every=10**9, device=args.device, precision=precision,
-        compile=compiled, tf32=True,
+        compile=compiled, tf32=True, fused_optimizer=fused,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as run_dir:
         return train(model, data, None, cfg, os.path.join(run_dir, "run")).items_per_second
@@ -61,6 +64,11 @@ def main() -> None:
             rate = images_per_second(args, precision, compiled)
             res[f"images_per_s_{name}"] = round(rate, 1)
             print(f"{name:<16}{rate:>10.1f}")
+    if "fp32" in args.precisions.split(","):  # train.fused_optimizer, against the loop above
+        rate = images_per_second(args, "fp32", False, fused=True)
+        res["images_per_s_fp32_fused_adam"] = round(rate, 1)
+        res["fused_adam_over_loop_fp32"] = round(rate / res["images_per_s_fp32"], 3)
+        print(f"{'fp32_fused_adam':<16}{rate:>10.1f}")
     print(json.dumps(res))
 
 

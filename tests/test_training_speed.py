@@ -92,6 +92,7 @@ SWITCHES = {
     "cosine": {"lr_schedule": "cosine", "warmup_steps": 3, "min_lr": 1e-5},
     "ema": {"ema_decay": 0.9},
     "grad_accum": {"grad_accum": 2},
+    "fused_adam": {"fused_optimizer": True},
     "all": {"precision": "bf16", "lr_schedule": "cosine", "warmup_steps": 2, "ema_decay": 0.8,
             "grad_accum": 4, "keep_last": 2, "log_every": 3},
 }  # fmt: skip
@@ -115,6 +116,19 @@ def test_every_switch_resumes_bit_exactly(tmp_path, name):
     if name == "fp16":  # overflowing steps were skipped, the scale lowered, the run went on
         assert full["scaler"]["scale"] < 2.0**16
         assert all(torch.isfinite(v).all() for v in full["model"].values())
+
+
+def test_fused_adam_is_the_same_update_up_to_rounding(tmp_path):
+    loop, fused = fresh(), fresh()
+    train(loop, TRAIN, None, config(max_steps=6), tmp_path / "loop")
+    train(fused, TRAIN, None, config(max_steps=6, fused_optimizer=True), tmp_path / "fused")
+    state = torch.load(checkpoint_path(tmp_path / "fused"), weights_only=True)
+    assert all(g["fused"] for g in state["optimizers"]["model"]["param_groups"])
+    moved = 0.0
+    for (name, a), b in zip(loop.state_dict().items(), fused.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, (a.float() - fresh().state_dict()[name].float()).abs().max().item())
+    assert moved > 1e-3  # six steps changed the weights far more than the tolerance
 
 
 def test_fp16_skips_overflowing_steps_instead_of_diverging(tmp_path):
@@ -317,6 +331,7 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
         ({"grad_accum": 3}, "does not split into grad_accum=3"),
         ({"ema_decay": 1.5}, r"ema_decay must be in \(0, 1\)"),
         ({"tf32": "yes"}, "tf32 must be true or false"),
+        ({"fused_optimizer": 1}, "fused_optimizer must be true or false"),
         ({"keep_last": 0}, "keep_last must be an integer >= 1"),
         ({"min_lr": 1.0}, "min_lr must be in"),
     ],

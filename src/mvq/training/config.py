@@ -65,6 +65,10 @@ class TrainConfig:
             Weights, optimizer state and the quantizers stay fp32.
         tf32: allow TF32 matrix products and convolutions on CUDA during the run.
         compile: ``torch.compile`` the training forward and backward (the model's ``loss``).
+        fused_optimizer: Adam as torch's fused kernel (``fused=True``: one kernel for all
+            parameters instead of a loop of small ops); the same update up to float rounding,
+            not bit-identical to the default loop, so off by default to keep results exact
+            across versions.
         grad_accum: split each step's batch into this many micro-batches, one backward each,
             one optimizer step: the same update as the whole batch up to float error (except
             for layers that mix items, e.g. BatchNorm).
@@ -98,6 +102,7 @@ class TrainConfig:
     precision: str = "fp32"
     tf32: bool = False
     compile: bool = False
+    fused_optimizer: bool = False
     grad_accum: int = 1
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -118,7 +123,13 @@ class TrainConfig:
                 _invalid(name, getattr(self, name), f"one of {', '.join(choices)}")
         if not isinstance(self.device, str) or not DEVICE_NAME.fullmatch(self.device):
             _invalid("device", self.device, "auto, cpu, cuda, cuda:N or mps")
-        for name in ("tf32", "compile", "find_unused_parameters", "sync_batchnorm"):
+        for name in (
+            "tf32",
+            "compile",
+            "fused_optimizer",
+            "find_unused_parameters",
+            "sync_batchnorm",
+        ):
             if not isinstance(getattr(self, name), bool):
                 _invalid(name, getattr(self, name), "true or false")
         for name, low in INT_MINIMUMS.items():

@@ -118,6 +118,11 @@ def optimizer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {"model": [p for p in model.parameters() if p.requires_grad]}
 
 
+def make_adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with ``cfg``'s lr and betas; torch's fused kernel when ``cfg.fused_optimizer``."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_optimizer or None)
+
+
 class DivergenceWatch:
     """Remembers, on the device and without a host sync, the first step whose loss (or
     gradient norm) was not finite, and those values."""
@@ -295,7 +300,7 @@ class Trainer:
         self.total = cfg.total_steps(self.sampler.batches_per_epoch)
         # What trains: the model, its optimizers by name, the fp16 scaler, the EMA copy.
         self.model = model.to(ctx.device).train()
-        self.optimizers = {name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+        self.optimizers = {name: make_adam(params, cfg)
                            for name, params in optimizer_groups(model).items()}  # fmt: skip
         self.scaler = make_scaler(cfg.precision, ctx.device)
         self.ema = make_ema(model) if cfg.ema_decay is not None else None
