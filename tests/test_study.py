@@ -1,0 +1,75 @@
+"""The replication study's files (``results/fmnist/``): the sweeps are the issue's design, the
+run queue finishes every cell, and ``analyze.py`` turns numbers into the right verdicts."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvq.sweep import expand, load_sweep
+
+STUDY = Path(__file__).resolve().parents[1] / "results" / "fmnist"
+# cells per sweep: the grid 3 methods x 3 token counts x 2 K x 2 seeds; the healthy baselines
+# 2 methods x 3 x 2 x 2; the J ablation J in {1, 4, 16, 64} x 2 token counts x 2 seeds (J = 256
+# is read from the grid); the longer pair 2 methods x 2 token counts x 2 seeds; C6 2 x 2.
+CELLS = {"grid": 36, "healthy": 24, "j_ablation": 16, "longer": 8, "mask_prior": 4}
+STEPS = {"grid": 3750, "healthy": 3750, "j_ablation": 3750, "longer": 18750, "mask_prior": 3750}
+
+
+def _analyze():
+    spec = importlib.util.spec_from_file_location("study_analyze", STUDY / "analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_sweep_is_the_issues_design_with_one_budget(name):
+    cells = expand(load_sweep(STUDY / f"{name}.yaml"))
+    assert len(cells) == CELLS[name]
+    assert {c.axes["seed"] for c in cells} == {"0", "1"}
+    for cell in cells:  # the same training budget and a prior + 10,000-sample eval in every cell
+        assert f"train.max_steps={STEPS[name]}" in cell.sets
+        assert "train.batch_size=32" in cell.sets
+        assert cell.prior_config is not None
+    sweep = load_sweep(STUDY / f"{name}.yaml")
+    assert sweep.eval.n == 10000 and sweep.eval.split == "val"
+    assert sweep.prior.max_steps == 3000
+
+
+def test_j_ablation_covers_every_j_below_the_grids():
+    cells = expand(load_sweep(STUDY / "j_ablation.yaml"))
+    got = collections.Counter((c.axes["tokens"], c.axes["J"]) for c in cells)
+    assert got == {(t, j): 2 for t in ("1+1", "4+1") for j in ("1", "4", "16", "64")}
+
+
+def test_queue_runs_every_cell_of_every_sweep_exactly_once():
+    lines = [ln.split() for ln in (STUDY / "queue.txt").read_text().splitlines()]
+    queued = collections.Counter(
+        (s, int(i)) for s, i in (ln for ln in lines if ln and ln[0][0] != "#")
+    )
+    want = {(s, c.index) for s in CELLS for c in expand(load_sweep(STUDY / f"{s}.yaml"))}
+    assert set(queued) == want
+    assert max(queued.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("better", "worse", "lower", "verdict"),
+    [
+        ((10.0, 1.0), (20.0, 1.0), True, "held"),
+        ((20.0, 1.0), (10.0, 1.0), True, "not held"),
+        ((10.0, 4.0), (16.0, 3.0), True, "unclear at this budget"),  # ranges overlap
+        ((30.0, 1.0), (20.0, 1.0), False, "held"),  # higher is better
+    ],
+)
+def test_a_difference_inside_the_spread_is_unclear(better, worse, lower, verdict):
+    analyze = _analyze()
+    a, b = (analyze.Stat(m, s, 2) for m, s in (better, worse))
+    assert analyze.compare(a, b, lower_is_better=lower) == verdict
+    assert analyze.compare(a, None) == "not measured yet"
+    assert analyze.compare(analyze.Stat(*better, 1), b).startswith("unclear")
