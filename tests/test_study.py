@@ -73,3 +73,33 @@ def test_a_difference_inside_the_spread_is_unclear(better, worse, lower, verdict
     assert analyze.compare(a, b, lower_is_better=lower) == verdict
     assert analyze.compare(a, None) == "not measured yet"
     assert analyze.compare(analyze.Stat(*better, 1), b).startswith("unclear")
+
+
+def _rows(method, tokens, k, fd, **extra):
+    """Two seeds of a cell whose sample fd_fmnist is ``fd`` ± 1."""
+    return [
+        {"method": method, "tokens": tokens, "K": k, "seed": str(seed),
+         "sample_fd_fmnist": str(fd + d), "fd_fmnist": str(fd + d), **extra}
+        for seed, d in ((0, -1.0), (1, 1.0))
+    ]  # fmt: skip
+
+
+def test_verdicts_read_the_longer_pair_and_the_healthy_baselines():
+    analyze = _analyze()
+    grid = _rows("mvqvae", "1+1", "16", 100) + _rows("vqvae2", "1+1", "16", 150)
+    grid += _rows("mvqvae", "1+1", "256", 100) + _rows("vqvae2", "1+1", "256", 110)
+    healthy = _rows("mvqvae", "1+1", "16", 90) + _rows("vqvae2", "1+1", "16", 80)
+    healthy += _rows("mvqvae", "1+1", "256", 90) + _rows("vqvae2", "1+1", "256", 70)
+    longer = _rows("mvqvae", "1+1", "16", 60) + _rows("vqvae2", "1+1", "16", 50)
+    lines = {ln.split("**")[1] + ln.split("(")[1].split(")")[0]: ln for ln in
+             analyze.verdicts(grid, healthy, [], [], longer)}  # fmt: skip
+    c1 = lines["C11+1, K = 16, sample fd_fmnist, lower is better"]
+    assert c1.count("**held**") == 1 and c1.endswith(
+        "both healthy 90.0 ± 1.4 vs 80.0 ± 1.4: **not held**."
+    )
+    late = lines["C1 after 10 epochs1+1, K = 16"]
+    assert "60.0 ± 1.4 vs VQ-VAE-2 50.0 ± 1.4: **not held**" in late and "held)" in late
+    c4 = lines["C41+1"]  # gains 50 vs 10 (paper baselines), -10 vs -20 (both healthy)
+    assert "50.0 ± 2.0 vs K = 256 10.0 ± 2.0: **held**" in c4
+    assert "both healthy -10.0 ± 2.0 vs -20.0 ± 2.0: **held**" in c4
+    assert "not measured yet" in lines["C1 after 10 epochs4+1, K = 16"]

@@ -109,7 +109,7 @@ def _axis_order(key: tuple[str, ...]) -> tuple:
     return tuple(float(k.split("+")[0]) if k.split("+")[0].isdigit() else k for k in key)
 
 
-def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
+def verdicts(grid, healthy, j_ablation, mask_prior, longer) -> list[str]:
     """One line per claim C1-C6 with the numbers that decide it."""
     m = "sample_fd_fmnist"
     out = []
@@ -122,17 +122,29 @@ def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
             s(grid, method="mvqvae", tokens=tokens, K="16"),
             s(grid, method="vqvae2", tokens=tokens, K="16"),
         )
-        vqh = s(healthy, method="vqvae2", tokens=tokens, K="16")
+        mvqh, vqh = (s(healthy, method=x, tokens=tokens, K="16") for x in ("mvqvae", "vqvae2"))
         out.append(
             f"- **C1** ({tokens}, K = 16, sample fd_fmnist, lower is better): MVQVAE "
             f"{fmt(mvq)} vs VQ-VAE-2 {fmt(vq)}: **{compare(mvq, vq)}**; vs the healthy "
-            f"VQ-VAE-2 {fmt(vqh)}: **{compare(mvq, vqh)}**."
+            f"VQ-VAE-2 {fmt(vqh)}: **{compare(mvq, vqh)}**; both healthy {fmt(mvqh)} vs "
+            f"{fmt(vqh)}: **{compare(mvqh, vqh)}**."
         )
-    mvq1 = s(grid, method="mvqvae", tokens="1+1", K="16")
+    for tokens in ("1+1", "4+1"):
+        short, long_ = (
+            [s(rows, method=x, tokens=tokens, K="16") for x in ("mvqvae", "vqvae2")]
+            for rows in (grid, longer)
+        )
+        out.append(
+            f"- **C1 after 10 epochs** ({tokens}, K = 16): MVQVAE {fmt(long_[0])} vs VQ-VAE-2 "
+            f"{fmt(long_[1])}: **{compare(*long_)}** (after 2 epochs {fmt(short[0])} vs "
+            f"{fmt(short[1])}: {compare(*short)})."
+        )
+    mvq1, mvq1h = (s(r, method="mvqvae", tokens="1+1", K="16") for r in (grid, healthy))
     vq4, vq4h = (s(r, method="vqvae2", tokens="4+1", K="16") for r in (grid, healthy))
     out.append(
         f"- **C2** (MVQVAE 1+1 vs VQ-VAE-2 4+1, K = 16): {fmt(mvq1)} vs {fmt(vq4)}: "
-        f"**{compare(mvq1, vq4)}**; vs healthy {fmt(vq4h)}: **{compare(mvq1, vq4h)}**."
+        f"**{compare(mvq1, vq4)}**; vs healthy {fmt(vq4h)}: **{compare(mvq1, vq4h)}**; both "
+        f"healthy {fmt(mvq1h)} vs {fmt(vq4h)}: **{compare(mvq1h, vq4h)}**."
     )
     for tokens in ("1+1", "4+1"):
         by_j = {j: s(j_ablation, tokens=tokens, J=j) for j in ("1", "4", "16", "64", "256")}
@@ -150,30 +162,31 @@ def verdicts(grid, healthy, j_ablation, mask_prior) -> list[str]:
             f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
             f"**{compare(worst_high, best_low)}**."
         )
+
+    def gain(rows, tokens, k):
+        """VQ-VAE-2's sample fd_fmnist minus MVQVAE's (positive: MVQ better), spreads added."""
+        mvq, vq = (s(rows, method=x, tokens=tokens, K=k) for x in ("mvqvae", "vqvae2"))
+        if not (mvq and vq):
+            return None
+        return Stat(vq.mean - mvq.mean, math.hypot(vq.std, mvq.std), min(vq.n, mvq.n))
+
     for tokens in ("1+1", "4+1", "16+1"):
-        gains = []
-        for k in ("16", "256"):
-            mvq, vq = (
-                s(grid, method="mvqvae", tokens=tokens, K=k),
-                s(grid, method="vqvae2", tokens=tokens, K=k),
-            )
-            gains.append(
-                None
-                if not (mvq and vq)
-                else Stat(vq.mean - mvq.mean, math.hypot(vq.std, mvq.std), min(vq.n, mvq.n))
-            )
+        gains = [gain(grid, tokens, k) for k in ("16", "256")]
+        healthy_gains = [gain(healthy, tokens, k) for k in ("16", "256")]
         out.append(
             f"- **C4** ({tokens}): gain of MVQ over VQ-VAE-2 in sample fd_fmnist at K = 16 "
             f"{fmt(gains[0])} vs K = 256 {fmt(gains[1])}: **"
-            f"{compare(gains[0], gains[1], lower_is_better=False)}**."
+            f"{compare(gains[0], gains[1], lower_is_better=False)}**; both healthy "
+            f"{fmt(healthy_gains[0])} vs {fmt(healthy_gains[1])}: **"
+            f"{compare(*healthy_gains, lower_is_better=False)}**."
         )
     pairs = [(("4+1", "16"), ("4+1", "256")), (("1+1", "256"), ("4+1", "256"))]
     for (mt, mk), (bt, bk) in pairs:
         mvq = s(grid, "fd_fmnist", method="mvqvae", tokens=mt, K=mk)
         bits = s(grid, "bits_per_image", method="mvqvae", tokens=mt, K=mk)
-        for base in ("vqvae2", "fsqvae"):
-            other = s(grid, "fd_fmnist", method=base, tokens=bt, K=bk)
-            obits = s(grid, "bits_per_image", method=base, tokens=bt, K=bk)
+        for base, rows in (("vqvae2", grid), ("healthy vqvae2", healthy), ("fsqvae", grid)):
+            other = s(rows, "fd_fmnist", method=base.split()[-1], tokens=bt, K=bk)
+            obits = s(rows, "bits_per_image", method=base.split()[-1], tokens=bt, K=bk)
             out.append(
                 f"- **C5** (reconstruction fd_fmnist) MVQVAE {mt}, K = {mk} "
                 f"({fmt(bits, '{:.0f}')} bits) {fmt(mvq)} vs {base} {bt}, K = {bk} "
@@ -301,7 +314,9 @@ def main() -> None:
         for r in rows["grid"]
         if r["method"] == "mvqvae" and r["K"] == "16" and r["tokens"] in ("1+1", "4+1")
     ]
-    claims = verdicts(rows["grid"], rows["healthy"], rows["j_ablation"], rows["mask_prior"])
+    claims = verdicts(
+        rows["grid"], rows["healthy"], rows["j_ablation"], rows["mask_prior"], rows["longer"]
+    )
     lines = ["### Verdicts", "", *claims, ""]
     lines += [
         f"Finished cells so far: {done} (the J ablation also reads the grid's J = 256 cells).",
