@@ -1,4 +1,5 @@
-"""A transformer prior that models MVQ's mask bits as extra tokens (``model_mask=True``)."""
+"""Priors that model MVQ's mask bits as extra tokens (``model_mask=True``): the transformer
+prior and MaskGIT."""
 
 import json
 
@@ -7,8 +8,15 @@ import torch
 from test_pipeline import make_tokens, prior_config
 
 from mvq.cli import main
-from mvq.priors import PixelCNNPriorConfig, TransformerPrior, TransformerPriorConfig, create_prior
-from mvq.sampling import sample_autoregressive, sample_autoregressive_naive
+from mvq.priors import (
+    MaskGITPrior,
+    MaskGITPriorConfig,
+    PixelCNNPriorConfig,
+    TransformerPrior,
+    TransformerPriorConfig,
+    create_prior,
+)
+from mvq.sampling import sample_autoregressive, sample_autoregressive_naive, sample_maskgit
 from mvq.tokens import mask_to_tokens, pack_masks, tokens_to_mask, unpack_masks
 
 SIZES = dict(primary_layers=1, primary_heads=2, primary_dim=16,
@@ -21,7 +29,15 @@ def mask_prior(mask_bits: int = 16, token_bits: int = 4, **kw) -> TransformerPri
     return TransformerPrior(TransformerPriorConfig(**{**layout, **SIZES, **kw}))
 
 
-def random_batch(prior: TransformerPrior, n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+def maskgit_mask_prior(mask_bits: int = 16, token_bits: int = 4) -> MaskGITPrior:
+    layout = dict(primary_vocab=8, primary_grid=(2, 2), secondary_vocab=8, mask_bits=mask_bits,
+                  model_mask=True, mask_token_bits=token_bits)  # fmt: skip
+    return MaskGITPrior(MaskGITPriorConfig(**layout, layers=2, heads=2, dim=32))
+
+
+def random_batch(
+    prior: TransformerPrior | MaskGITPrior, n: int = 6, seed: int = 0
+) -> dict[str, torch.Tensor]:
     c, g = prior.config, torch.Generator().manual_seed(seed)
     bits = torch.rand(n, c.mask_bits, generator=g) < 0.5
     return {
@@ -111,8 +127,6 @@ def test_bad_configs_and_batches() -> None:
         TransformerPriorConfig(model_mask=True, mask_bits=0)
     with pytest.raises(ValueError, match="does not model the MVQ mask"):
         create_prior("pixelcnn_small", mask_bits=16, model_mask=True)
-    with pytest.raises(ValueError, match="does not model the MVQ mask"):
-        create_prior("maskgit_small", mask_bits=16, model_mask=True)
     assert not PixelCNNPriorConfig(mask_bits=16).model_mask  # the mask is ignored by default
     prior = mask_prior()
     batch = random_batch(prior)
@@ -122,24 +136,78 @@ def test_bad_configs_and_batches() -> None:
         prior.loss({**batch, "mask": batch["mask"][:, :1]})
 
 
-def train_mask_prior(tmp_path, steps: int):
+def test_maskgit_mask_stream_shapes_and_loss_logs() -> None:
+    torch.manual_seed(0)
+    prior = maskgit_mask_prior(mask_bits=10).eval()  # 10 bits: 3 tokens of 4 bits
+    batch = random_batch(prior)
+    assert prior.config.num_tokens == 4 + 1 + 3 and prior.mask_stream_mask_id == 16
+    tokens = mask_to_tokens(batch["mask"], 10, 4)
+    logits_p, logits_s, logits_m = prior(
+        batch["primary"].view(6, -1), batch["secondary"].view(6, -1), None, tokens
+    )
+    assert (
+        logits_p.shape == (6, 4, 8) and logits_s.shape == (6, 1, 8) and logits_m.shape == (6, 3, 16)
+    )
+    torch.manual_seed(1)
+    loss, logs = prior.loss(batch)
+    assert {"nll_primary", "nll_secondary", "nll_mask"} <= set(logs)
+    masked = torch.manual_seed(1) and prior.random_mask(6, torch.device("cpu"))  # the loss's masks
+    parts = masked.float().split([4, 1, 3], 1)
+    per_stream = sum(
+        logs[f"nll_{n}"] * p.sum()
+        for n, p in zip(("primary", "secondary", "mask"), parts, strict=True)
+    )
+    assert torch.isclose(loss, per_stream / masked.sum(), rtol=1e-5)
+    other = prior(
+        batch["primary"].view(6, -1), batch["secondary"].view(6, -1), None, (tokens + 1) % 16
+    )
+    assert not torch.allclose(other[0], logits_p)  # the codes see the mask tokens (bidirectional)
+
+
+def test_maskgit_learns_the_mask_of_each_secondary_code_and_samples_it() -> None:
+    """Each secondary code comes with one fixed mask: MaskGIT must learn the pairing, in
+    whichever order its decoding fixes the positions."""
+    torch.manual_seed(0)
+    prior = maskgit_mask_prior()
+    table = torch.rand(8, 16, generator=torch.Generator().manual_seed(3)) < 0.5  # (K2, D')
+    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for step in range(300):
+        batch = random_batch(prior, 64, seed=step)
+        batch["mask"] = pack_masks(table[batch["secondary"].view(-1)])
+        loss, logs = prior.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # one token per step: tokens drawn in the same step are independent given the rest (MaskGIT's
+    # parallel decoding), so only a fully sequential decode must reproduce the pairing exactly
+    steps = prior.config.num_tokens
+    drawn = sample_maskgit(
+        prior.eval(), 32, steps=steps, temperature=1e-3, generator=torch.Generator()
+    )
+    assert sorted(drawn) == ["mask", "primary", "secondary"]
+    assert drawn["mask"].dtype == torch.uint8 and drawn["mask"].shape == (32, 2)
+    assert torch.equal(drawn["mask"], pack_masks(table[drawn["secondary"].view(-1)]))
+
+
+def train_mask_prior(tmp_path, steps: int, name: str = "transformer_1p1"):
     """An MVQVAE's tokenizer folder, its tokens and a mask-aware prior trained ``steps`` steps
     with ``mvq train-prior`` (returns the tokenizer folder and the prior's run folder)."""
     tok, tokens = make_tokens(tmp_path, "mvqvae")
     run = tmp_path / "prior"
-    cfg = prior_config(tmp_path, "transformer_1p1", model_mask=True)
+    cfg = prior_config(tmp_path, name, model_mask=True)
     argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
             "--max-steps", str(steps)]  # fmt: skip
     assert main(argv) == 0
     return tok, run, cfg
 
 
-def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("name", ["transformer_1p1", "maskgit_small"])
+def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys, name) -> None:
     from mvq.priors import load_prior
     from mvq.sample import sample_images
     from mvq.tokenizers import load_tokenizer
 
-    tok, run, cfg = train_mask_prior(tmp_path, steps=4)
+    tok, run, cfg = train_mask_prior(tmp_path, steps=4, name=name)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and "bits_per_image" in summary
     prior = load_prior(run / "model")

@@ -83,7 +83,7 @@ def refuse_mask_model(layout: PriorLayout, prior: str) -> None:
     if layout.model_mask:
         raise ValueError(
             f"{prior} does not model the MVQ mask: set model_config.model_mask=false (the mask is "
-            "then drawn at random) or use a transformer prior"
+            "then drawn at random) or use a transformer or MaskGIT prior"
         )
 
 

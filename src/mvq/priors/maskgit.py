@@ -1,9 +1,11 @@
 """MaskGIT prior: a bidirectional transformer that predicts masked tokens (Chang et al. 2022).
 
-The sequence is ``[class token] + primary grid (raster order) + secondary tokens``. Each
-stream has its own vocabulary embedding with one extra ``[MASK]`` id (``K1`` for primary,
-``K2`` for secondary) and its own output head over its real vocabulary only, so a sampler can
-never draw ``[MASK]``. Training masks ``ceil(gamma(r) * N)`` random positions per instance,
+The sequence is ``[class token] + primary grid (raster order) + secondary tokens`` and, with
+``model_mask=True`` (MVQ tokens; not in the paper, which draws the mask at random), ``M``
+mask tokens of ``b`` bits after them. Each stream has its own vocabulary embedding with one
+extra ``[MASK]`` id (``K1`` for primary, ``K2`` for secondary, ``2**b`` for the mask tokens)
+and its own output head over its real vocabulary only, so a sampler can never draw
+``[MASK]``. Training masks ``ceil(gamma(r) * N)`` random positions per instance,
 ``r ~ U(0, 1)``, ``gamma(r) = cos(pi r / 2)`` by default, and takes the cross-entropy on the
 masked positions only. ``sample_maskgit`` in ``mvq.sampling`` decodes iteratively.
 
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from mvq.mask_schedules import SCHEDULES, mask_schedule
 from mvq.pretrained import PretrainedMixin
-from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch, refuse_mask_model
+from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch
 from mvq.priors.transformer import Block, init_gpt_weights
 
 
@@ -44,16 +46,16 @@ class MaskGITPriorConfig(PriorLayout):
 
 
 class MaskGITPrior(nn.Module, PretrainedMixin):
-    """Bidirectional transformer over primary + secondary tokens with a ``[MASK]`` token."""
+    """Bidirectional transformer over primary + secondary (+ mask) tokens with ``[MASK]`` ids."""
 
     config_class = MaskGITPriorConfig
 
     def __init__(self, config: MaskGITPriorConfig) -> None:
         super().__init__()
         self.config = c = config
-        refuse_mask_model(c, "MaskGITPrior")
         self.primary_emb = nn.Embedding(c.primary_vocab + 1, c.dim)
         self.secondary_emb = nn.Embedding(c.secondary_vocab + 1, c.dim) if c.has_secondary else None
+        self.mask_emb = nn.Embedding(c.mask_vocab + 1, c.dim) if c.model_mask else None
         self.class_emb = nn.Embedding(c.num_classes, c.dim) if c.num_classes else None
         self.pos_emb = nn.Parameter(torch.zeros(c.num_tokens + (c.num_classes > 0), c.dim))
         self.drop = nn.Dropout(c.dropout)
@@ -63,6 +65,7 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
         self.ln_f = nn.LayerNorm(c.dim)
         self.primary_head = nn.Linear(c.dim, c.primary_vocab)
         self.secondary_head = nn.Linear(c.dim, c.secondary_vocab) if c.has_secondary else None
+        self.mask_head = nn.Linear(c.dim, c.mask_vocab) if c.model_mask else None
         init_gpt_weights(self, c.layers)
 
     @property
@@ -75,32 +78,46 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
         """The ``[MASK]`` id of the secondary stream (``K2``)."""
         return self.config.secondary_vocab
 
+    @property
+    def mask_stream_mask_id(self) -> int:
+        """The ``[MASK]`` id of the mask-token stream (``2**b``; only with ``model_mask``)."""
+        return self.config.mask_vocab
+
     def forward(
-        self, primary: Tensor, secondary: Tensor | None = None, labels: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+        self,
+        primary: Tensor,
+        secondary: Tensor | None = None,
+        labels: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Logits for every position of partly masked sequences.
 
         Args:
             primary: ``(B, S)`` ids in ``[0, K1]`` (``K1`` = ``[MASK]``).
             secondary: ``(B, S')`` ids in ``[0, K2]`` when the prior has a secondary stream.
             labels: ``(B,)`` class labels for a class-conditional prior.
+            mask: ``(B, M)`` mask-token ids in ``[0, 2**b]`` when the prior models the mask.
 
         Returns:
-            primary logits ``(B, S, K1)`` and secondary logits ``(B, S', K2)`` or None.
+            primary logits ``(B, S, K1)``, secondary logits ``(B, S', K2)`` or None, and mask
+            logits ``(B, M, 2**b)`` or None (None unless ``model_mask``).
         """
         parts = [self.primary_emb(primary)]  # (B, S, C)
         if self.secondary_emb is not None and secondary is not None:
             parts.append(self.secondary_emb(secondary))  # (B, S', C)
+        if self.mask_emb is not None and mask is not None:
+            parts.append(self.mask_emb(mask))  # (B, M, C)
         if self.class_emb is not None and labels is not None:
             parts.insert(0, self.class_emb(labels)[:, None])  # (B, 1, C)
         x = self.drop(torch.cat(parts, 1) + self.pos_emb)  # (B, N (+1), C)
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x[:, -self.config.num_tokens :])  # drop the class position
-        S = self.config.primary_len
+        S, S2 = self.config.primary_len, self.config.secondary_len
         logits_p = self.primary_head(x[:, :S])
-        logits_s = self.secondary_head(x[:, S:]) if self.secondary_head is not None else None
-        return logits_p, logits_s
+        logits_s = None if self.secondary_head is None else self.secondary_head(x[:, S : S + S2])
+        logits_m = None if self.mask_head is None else self.mask_head(x[:, S + S2 :])
+        return logits_p, logits_s, logits_m
 
     def random_mask(self, batch_size: int, device: torch.device) -> Tensor:
         """``(B, N)`` bool, True at ``ceil(gamma(r) N)`` random positions, ``r ~ U(0, 1)``."""
@@ -112,27 +129,31 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy on the masked positions (nats per masked token) and its logs."""
-        primary, secondary, labels, _ = check_batch(batch, self.config)
-        B, S = primary.shape[0], self.config.primary_len
-        masked = self.random_mask(B, primary.device)  # (B, N)
-        x = primary.reshape(B, S)
-        x_in = x.masked_fill(masked[:, :S], self.primary_mask_id)
-        s = s_in = None
+        primary, secondary, labels, mask_tokens = check_batch(batch, self.config)
+        B = primary.shape[0]
+        # the streams in sequence order: name, (B, L) targets, [MASK] id
+        streams = [("primary", primary.reshape(B, -1), self.primary_mask_id)]
         if secondary is not None:
-            s = secondary.reshape(B, -1)
-            s_in = s.masked_fill(masked[:, S:], self.secondary_mask_id)
-        logits_p, logits_s = self(x_in, s_in, labels)
-        ce = F.cross_entropy(logits_p.transpose(1, 2), x, reduction="none")  # (B, S)
-        if logits_s is not None:
-            ce_s = F.cross_entropy(logits_s.transpose(1, 2), s, reduction="none")  # (B, S')
-            ce = torch.cat([ce, ce_s], 1)  # (B, N)
+            streams.append(("secondary", secondary.reshape(B, -1), self.secondary_mask_id))
+        if mask_tokens is not None:
+            streams.append(("mask", mask_tokens, self.mask_stream_mask_id))
+        masked = self.random_mask(B, primary.device)  # (B, N)
+        sizes = [target.shape[1] for _, target, _ in streams]
+        parts = masked.split(sizes, 1)
+        inputs = {name: t.masked_fill(m, i) for (name, t, i), m in zip(streams, parts, strict=True)}
+        logits = self(inputs["primary"], inputs.get("secondary"), labels, inputs.get("mask"))
+        logits = [lg for lg in logits if lg is not None]  # (B, L, vocab) per stream
+        ce = torch.cat(
+            [F.cross_entropy(lg.transpose(1, 2), target, reduction="none")
+             for lg, (_, target, _) in zip(logits, streams, strict=True)], 1
+        )  # (B, N)  # fmt: skip
         m = masked.to(ce.dtype)
         loss = (ce * m).sum() / m.sum()
         logs = {"nll": loss.detach(), "mask_ratio": m.mean()}
         # per stream; 0 when a batch happened to mask no token of that stream
-        logs["nll_primary"] = (ce * m)[:, :S].sum().detach() / m[:, :S].sum().clamp_min(1)
-        if logits_s is not None:
-            logs["nll_secondary"] = (ce * m)[:, S:].sum().detach() / m[:, S:].sum().clamp_min(1)
+        masked_ce = (ce * m).split(sizes, 1)
+        for (name, _, _), ce_i, m_i in zip(streams, masked_ce, m.split(sizes, 1), strict=True):
+            logs[f"nll_{name}"] = ce_i.sum().detach() / m_i.sum().clamp_min(1)
         logs["bits_per_image"] = loss.detach() * self.config.num_tokens / LN2
         return loss, logs
 

@@ -21,6 +21,7 @@ from mvq.sampling.common import (
     sample_in_batches,
     sampling_logits,
 )
+from mvq.tokens import tokens_to_mask
 
 
 def _draw(
@@ -40,20 +41,21 @@ def _gumbel(shape: tuple[int, ...], device: torch.device, generator) -> Tensor:
 
 
 def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -> dict[str, Tensor]:
-    """One batch of MaskGIT decoding -> ``{"primary": (B, h, w), "secondary": ...}``."""
+    """One batch of MaskGIT decoding -> ``{"primary": (B, h, w), "secondary", "mask"}``."""
     c, device = prior.config, model_device(prior)
-    S, N, steps = c.primary_len, c.num_tokens, opts["steps"]
-    tokens = torch.zeros(B, N, dtype=torch.long, device=device)
+    S, S2, N, steps = c.primary_len, c.secondary_len, c.num_tokens, opts["steps"]
+    tokens = torch.zeros(B, N, dtype=torch.long, device=device)  # primary, secondary, mask
     unknown = torch.ones(B, N, dtype=torch.bool, device=device)
+    ids = (prior.primary_mask_id, prior.secondary_mask_id, prior.mask_stream_mask_id)
     for step in range(steps):
-        x = tokens[:, :S].masked_fill(unknown[:, :S], prior.primary_mask_id)
-        s = tokens[:, S:].masked_fill(unknown[:, S:], prior.secondary_mask_id)
-        logits_p, logits_s = prior(x, s if c.has_secondary else None, labels)
+        inputs = [
+            tokens[:, part].masked_fill(unknown[:, part], i) if part.stop > part.start else None
+            for part, i in zip((slice(0, S), slice(S, S + S2), slice(S + S2, N)), ids, strict=True)
+        ]  # (B, L) per stream, None for an absent one
+        logits = prior(inputs[0], inputs[1], labels, inputs[2])  # (B, L, vocab) or None each
         draw = (opts["temperature"], opts["top_k"], opts["top_p"], generator)
-        cand, logp = _draw(logits_p, *draw)  # (B, S)
-        if logits_s is not None:
-            cand_s, logp_s = _draw(logits_s, *draw)  # (B, S')
-            cand, logp = torch.cat([cand, cand_s], 1), torch.cat([logp, logp_s], 1)  # (B, N)
+        drawn = [_draw(lg, *draw) for lg in logits if lg is not None]
+        cand, logp = (torch.cat(t, 1) for t in zip(*drawn, strict=True))  # (B, N) each
         tokens = torch.where(unknown, cand, tokens)
         remask = num_masked(step + 1, steps, N, opts["schedule"])
         if remask == 0:
@@ -65,7 +67,9 @@ def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -
         unknown = torch.zeros_like(unknown).scatter_(1, least, True)
     out = {"primary": tokens[:, :S].reshape(B, *c.primary_grid)}
     if c.has_secondary:
-        out["secondary"] = tokens[:, S:].reshape(B, *c.secondary_grid)
+        out["secondary"] = tokens[:, S : S + S2].reshape(B, *c.secondary_grid)
+    if c.model_mask:
+        out["mask"] = tokens_to_mask(tokens[:, S + S2 :], c.mask_bits, c.mask_token_bits)
     return out
 
 
@@ -100,7 +104,8 @@ def sample_maskgit(
 
     Returns:
         ``{"primary": (n, h, w) int64, "secondary": (n, h2, w2) int64}`` (no secondary key
-        without a secondary stream).
+        without a secondary stream), and ``"mask"`` ``(n, ceil(D'/8))`` uint8 packed MVQ masks
+        when the prior models the mask.
     """
     require_prior(prior, "MaskGITPrior", "sample_maskgit")
     check_sampling_args(n, temperature, top_k, top_p, batch_size)
