@@ -11,7 +11,9 @@ round times one step of every variant), so drifting load hits all of them alike.
 the median over ``--repeats`` rounds of the per-round ratio; step times are medians too. At
 J = 2048 the benchmark also times the search alone and the bf16-first-pass search, counts the
 FLOPs of the search and of whole steps (torch's FlopCounterMode: matrix products), and divides
-their rates by the GEMM peak measured here for the dtype (fp32 and bf16).
+their rates by the GEMM peak measured here for the dtype (fp32 and bf16), and gives the
+search's share of our step and the speedup a search costing nothing would reach (the
+reference's step over ours without the search: the ceiling of any faster search).
 
     python benchmarks/mh_dropout.py [--device cuda] [--repeats 5] [--js 256,2048]
 
@@ -170,6 +172,10 @@ def report_j2048(x: torch.Tensor, repeats: int, res: dict, peaks: dict[str, floa
         rate = flops / (res[f"{kind}_step_ms_j2048"] / 1e3) / 1e9
         res[f"{kind}_step_gflop_j2048"] = flops / 1e9
         res[f"{kind}_step_fraction_of_gemm_peak_j2048"] = rate / peaks["fp32"]
+    # What the search leaves: the step without it, and the speedup a free search would give.
+    rest = res["chunked_step_ms_j2048"] - res["search_ms_j2048"]
+    res["search_share_of_step_j2048"] = res["search_ms_j2048"] / res["chunked_step_ms_j2048"]
+    res["speedup_ceiling_free_search_j2048"] = res["all_in_graph_step_ms_j2048"] / rest
     print(
         f"J=2048 search alone: {res['search_ms_j2048']:.1f} ms, {res['search_gflop_j2048']:.2f}"
         f" GFLOP, {100 * res['search_fraction_of_gemm_peak_j2048']:.0f}% of the fp32 GEMM peak"
@@ -177,7 +183,9 @@ def report_j2048(x: torch.Tensor, repeats: int, res: dict, peaks: dict[str, floa
         f" {100 * res['search_bf16_fraction_of_gemm_peak_j2048']:.0f}% of the bf16 peak"
         f" ({peaks['bf16']:.0f} GFLOP/s). Whole steps: ours"
         f" {100 * res['chunked_step_fraction_of_gemm_peak_j2048']:.0f}%, all-in-graph"
-        f" {100 * res['all_in_graph_step_fraction_of_gemm_peak_j2048']:.0f}% of the fp32 peak"
+        f" {100 * res['all_in_graph_step_fraction_of_gemm_peak_j2048']:.0f}% of the fp32 peak."
+        f" The search is {100 * res['search_share_of_step_j2048']:.0f}% of our step; with a free"
+        f" search the step would be {res['speedup_ceiling_free_search_j2048']:.1f}x the reference"
     )
 
 
