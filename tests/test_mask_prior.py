@@ -103,19 +103,26 @@ def test_cached_sampler_equals_naive_and_returns_packed_masks() -> None:
     assert all(torch.equal(fast[k], naive[k]) for k in fast)
 
 
-def test_prior_learns_a_mask_that_depends_on_the_secondary_code() -> None:
-    """Each secondary code comes with one fixed mask: the prior must learn the pairing."""
-    torch.manual_seed(0)
-    prior = mask_prior()
+def train_pairing(prior, steps: int) -> tuple[torch.Tensor, dict]:
+    """Train ``prior`` on tokens where each secondary code comes with one fixed mask; returns
+    the code-to-mask table ``(K2, D')`` and the last step's logs."""
     table = torch.rand(8, 16, generator=torch.Generator().manual_seed(3)) < 0.5  # (K2, D')
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
-    for step in range(150):
+    for step in range(steps):
         batch = random_batch(prior, 64, seed=step)
         batch["mask"] = pack_masks(table[batch["secondary"].view(-1)])
         loss, logs = prior.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return table, logs
+
+
+def test_prior_learns_a_mask_that_depends_on_the_secondary_code() -> None:
+    """Each secondary code comes with one fixed mask: the prior must learn the pairing."""
+    torch.manual_seed(0)
+    prior = mask_prior()
+    table, logs = train_pairing(prior, 150)
     assert logs["nll_mask"] < 0.1  # uniform would be log(16) = 2.77 nats
     drawn = sample_autoregressive(prior, 32, temperature=1e-3, generator=torch.Generator())
     expected = pack_masks(table[drawn["secondary"].view(-1)])
@@ -169,15 +176,7 @@ def test_maskgit_learns_the_mask_of_each_secondary_code_and_samples_it() -> None
     whichever order its decoding fixes the positions."""
     torch.manual_seed(0)
     prior = maskgit_mask_prior()
-    table = torch.rand(8, 16, generator=torch.Generator().manual_seed(3)) < 0.5  # (K2, D')
-    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
-    for step in range(300):
-        batch = random_batch(prior, 64, seed=step)
-        batch["mask"] = pack_masks(table[batch["secondary"].view(-1)])
-        loss, logs = prior.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    table, _ = train_pairing(prior, 300)
     # one token per step: tokens drawn in the same step are independent given the rest (MaskGIT's
     # parallel decoding), so only a fully sequential decode must reproduce the pairing exactly
     steps = prior.config.num_tokens
