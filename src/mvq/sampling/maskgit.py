@@ -46,11 +46,12 @@ def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -
     S, S2, N, steps = c.primary_len, c.secondary_len, c.num_tokens, opts["steps"]
     tokens = torch.zeros(B, N, dtype=torch.long, device=device)  # primary, secondary, mask
     unknown = torch.ones(B, N, dtype=torch.bool, device=device)
-    ids = (prior.primary_mask_id, prior.secondary_mask_id, prior.mask_stream_mask_id)
+    streams = ((slice(0, S), prior.primary_mask_id), (slice(S, S + S2), prior.secondary_mask_id),
+               (slice(S + S2, N), prior.mask_stream_mask_id))  # positions, [MASK] id  # fmt: skip
     for step in range(steps):
         inputs = [
             tokens[:, part].masked_fill(unknown[:, part], i) if part.stop > part.start else None
-            for part, i in zip((slice(0, S), slice(S, S + S2), slice(S + S2, N)), ids, strict=True)
+            for part, i in streams
         ]  # (B, L) per stream, None for an absent one
         logits = prior(inputs[0], inputs[1], labels, inputs[2])  # (B, L, vocab) or None each
         draw = (opts["temperature"], opts["top_k"], opts["top_p"], generator)
