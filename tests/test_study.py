@@ -103,3 +103,29 @@ def test_verdicts_read_the_longer_pair_and_the_healthy_baselines():
     assert "50.0 ± 2.0 vs K = 256 10.0 ± 2.0: **held**" in c4
     assert "both healthy -10.0 ± 2.0 vs -20.0 ± 2.0: **held**" in c4
     assert "not measured yet" in lines["C1 after 10 epochs4+1, K = 16"]
+
+
+def _bits_rows(method, tokens, k, bits, fd):
+    return [{**r, "bits_per_image": str(bits)} for r in _rows(method, tokens, k, fd)]
+
+
+@pytest.mark.parametrize(
+    ("baseline", "verdict"),
+    [
+        ([(15, 50.0), (35, 130.0)], "not monotone"),  # fewer bits better, more bits worse
+        ([(15, 120.0), (35, 130.0)], "**held**"),  # MVQ beats the 35-bit cell
+        ([(15, 50.0)], "**not held**"),  # a cell with fewer bits already beats MVQ
+        ([(15, 101.0), (35, 99.0)], "**unclear at this budget**"),  # inside the spread
+        ([(15, 101.0)], "**not measured yet**"),  # nothing at >= 22 bits yet
+    ],
+)
+def test_c5_brackets_mvq_by_the_baselines_bits(baseline, verdict):
+    analyze = _analyze()
+    grid = _bits_rows("mvqvae", "1+1", "16", 22, 100.0)
+    for i, (bits, fd) in enumerate(baseline):
+        grid += _bits_rows("vqvae2", f"{4 ** i}+1", "16", bits, fd)
+    (line,) = analyze.c5_lines(grid, [])
+    vq = line.split("; healthy")[0]
+    assert "MVQVAE 1+1, K = 16 (22 bits, mask bits counted) 100.0 ± 1.4" in vq
+    assert verdict in vq
+    assert "healthy VQ-VAE-2: best at ≤ its bits —, nearest at ≥ —: **not measured yet**" in line
