@@ -323,6 +323,7 @@ def timing() -> list[str]:
     lines = ["### Time per cell (wall clock, from the stage markers)", "",
              "| sweep | finished cells | median h/cell | total h | train | prior | evals |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    hours = []
     for sweep in SWEEPS:
         cells = []
         for cell in sorted((HERE / sweep / "cells").glob("*")):
@@ -331,6 +332,7 @@ def timing() -> list[str]:
                 cells.append({k: v.get("wall_s", 0.0) / 3600 for k, v in marks.items()})
         if cells:
             total = [sum(c.values()) for c in cells]
+            hours += total
             part = {k: statistics.median(c.get(k, 0.0) for c in cells) for k in
                     ("train", "prior", "eval", "sample_eval")}  # fmt: skip
             lines.append(
@@ -340,6 +342,8 @@ def timing() -> list[str]:
             )
     lines += [
         "",
+        f"All {len(hours)} finished cells took {sum(hours):.1f} cell-hours (one thread each, "
+        "two cells at a time on the 2 cores, so about half that in wall-clock time). "
         "Stage times are medians over cells, in hours, with 1 thread per cell and two "
         "cells (or other work) sharing the 2 cores; a resumed stage counts only its last "
         "attempt.",
