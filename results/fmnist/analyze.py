@@ -259,9 +259,10 @@ def c5_lines(grid, healthy) -> list[str]:
     return out
 
 
-def plots(grid, j_ablation) -> list[str]:
+def plots(grid, healthy, j_ablation) -> list[str]:
     """Figure 5's layout, fd_fmnist vs J and rate-distortion; returns the markdown images."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -286,18 +287,32 @@ def plots(grid, j_ablation) -> list[str]:
         fig.tight_layout()
         fig.savefig(HERE / "fd_vs_tokens.png", dpi=120)
         images.append("![sample fd_fmnist vs tokens](fd_vs_tokens.png)")
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method in ("vqvae2", "mvqvae", "fsqvae"):
-            rows = select(grid, method=method)
-            keys = sorted({(r["tokens"], r["K"]) for r in rows})
-            pts = [(stat(select(rows, tokens=t, K=k), "bits_per_image"),
-                    stat(select(rows, tokens=t, K=k), "mse")) for t, k in keys]  # fmt: skip
-            pts = sorted((b.mean, e.mean, e.std) for b, e in pts if b and e)
-            if pts:
-                ax.errorbar(*zip(*pts, strict=True), marker="o", capsize=3, label=method)
-        ax.set(xlabel="bits per image (mask bits counted)", ylabel="reconstruction MSE",
-               xscale="log")  # fmt: skip
-        ax.legend()
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        series = [(m, select(grid, method=m)) for m in ("vqvae2", "mvqvae", "fsqvae")]
+        series += [(f"healthy {m}", select(healthy, method=m)) for m in ("vqvae2", "mvqvae")]
+        for ax, metric, label in zip(axes, ("mse", "fd_fmnist"),
+                                     ("reconstruction MSE", "reconstruction fd_fmnist"),
+                                     strict=True):  # fmt: skip
+            for name, rows in series:  # points, not lines: cells of one method differ in S and K
+                keys = sorted({(r["tokens"], r["K"]) for r in rows})
+                pts = [(t, k, stat(select(rows, tokens=t, K=k), "bits_per_image"),
+                        stat(select(rows, tokens=t, K=k), metric)) for t, k in keys]  # fmt: skip
+                pts = [(t, k, b.mean, e.mean, e.std) for t, k, b, e in pts if b and e]
+                if not pts:
+                    continue
+                bar = ax.errorbar([p[2] for p in pts], [p[3] for p in pts], [p[4] for p in pts],
+                                  marker="o" if name.startswith("healthy") else "s", capsize=3,
+                                  ls="none", mfc="none" if name.startswith("healthy") else None,
+                                  label=name)  # fmt: skip
+                for t, k, b, e, _ in pts:
+                    ax.annotate(f"{t}/{k}", (b, e), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points", color=bar[0].get_color())  # fmt: skip
+            ax.set(xlabel="bits per image (mask bits counted; labels: tokens/K)", ylabel=label,
+                   xscale="log")  # fmt: skip
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes[0].legend()
         fig.tight_layout()
         fig.savefig(HERE / "rate_distortion.png", dpi=120)
         images.append("![rate-distortion](rate_distortion.png)")
@@ -378,7 +393,7 @@ def main() -> None:
         if rows[name]:
             lines += [f"### {name} (mean ± std over seeds)", "", *group_table(rows[name], axes), ""]
     lines += timing()
-    lines += plots(rows["grid"], rows["j_ablation"])
+    lines += plots(rows["grid"], rows["healthy"], rows["j_ablation"])
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(START, 1)
