@@ -123,7 +123,7 @@ def test_c5_brackets_mvq_by_the_baselines_bits(baseline, verdict):
     analyze = _analyze()
     grid = _bits_rows("mvqvae", "1+1", "16", 22, 100.0)
     for i, (bits, fd) in enumerate(baseline):
-        grid += _bits_rows("vqvae2", f"{4 ** i}+1", "16", bits, fd)
+        grid += _bits_rows("vqvae2", f"{4**i}+1", "16", bits, fd)
     (line,) = analyze.c5_lines(grid, [])
     vq = line.split("; healthy")[0]
     assert "MVQVAE 1+1, K = 16 (22 bits, mask bits counted) 100.0 ± 1.4" in vq

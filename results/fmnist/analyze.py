@@ -253,8 +253,7 @@ def c5_lines(grid, healthy) -> list[str]:
                          f"**{v}**")  # fmt: skip
         out.append(
             f"- **C5** (reconstruction fd_fmnist at equal bits) MVQVAE {tokens}, K = {k} "
-            f"({bits.mean:.0f} bits, mask bits counted) {fmt(mvq)} vs "
-            + "; ".join(parts) + "."
+            f"({bits.mean:.0f} bits, mask bits counted) {fmt(mvq)} vs " + "; ".join(parts) + "."
         )
     return out
 
