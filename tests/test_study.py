@@ -129,3 +129,12 @@ def test_c5_brackets_mvq_by_the_baselines_bits(baseline, verdict):
     assert "MVQVAE 1+1, K = 16 (22 bits, mask bits counted) 100.0 ± 1.4" in vq
     assert verdict in vq
     assert "healthy VQ-VAE-2: best at ≤ its bits —, nearest at ≥ —: **not measured yet**" in line
+
+
+def test_c3_reports_the_rank_trend_beside_the_verdict():
+    analyze = _analyze()
+    falling = [
+        {"J": j, "sample_fd_fmnist": str(200 - 10 * i)} for i, j in enumerate(("1", "4", "16"))
+    ]
+    assert "over the 3 cells: -1.00" in analyze._rank_trend(falling)
+    assert analyze._rank_trend(falling[:2]) == ""  # two values of J: no trend to rank

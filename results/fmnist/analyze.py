@@ -160,7 +160,7 @@ def verdicts(grid, healthy, j_ablation, mask_prior, longer) -> list[str]:
             best_low = worst_high = None
         out.append(
             f"- **C3** ({tokens}, K = 16): {trend}. J >= 16 all better than J <= 4: "
-            f"**{compare(worst_high, best_low)}**."
+            f"**{compare(worst_high, best_low)}**{_rank_trend(select(j_ablation, tokens=tokens))}."
         )
 
     def gain(rows, tokens, k):
@@ -202,6 +202,20 @@ def verdicts(grid, healthy, j_ablation, mask_prior, longer) -> list[str]:
             f"image on codes and mask vs {fmt(bits[1])} on the codes alone)."
         )
     return out
+
+
+def _rank_trend(rows) -> str:
+    """Supporting figure for C3 (not the verdict): Spearman's rank correlation between J and
+    sample fd_fmnist over every finished cell, with its two-sided p-value."""
+    pts = [(float(r["J"]), float(r["sample_fd_fmnist"])) for r in rows
+           if r.get("sample_fd_fmnist") not in (None, "", "nan")]  # fmt: skip
+    if len({j for j, _ in pts}) < 3:
+        return ""
+    from scipy.stats import spearmanr
+
+    rho, p = spearmanr(*zip(*pts, strict=True))
+    n = len(pts)
+    return f" (Spearman's rank correlation of J and fd over the {n} cells: {rho:+.2f}, p = {p:.2g})"
 
 
 def _groups(rows, method: str) -> list[tuple[str, str, Stat, Stat]]:
