@@ -294,7 +294,10 @@ def plots(grid, healthy, j_ablation) -> list[str]:
                         es.append(st.std)
                 if xs:
                     ax.errorbar(xs, ys, es, marker="o", capsize=3, label=method)
-            ax.set(title=f"K = {k}", xlabel="tokens per image", xscale="log")
+            ax.set(title=f"K = {k}", xlabel="tokens per image (primary + secondary)",
+                   xscale="log", xlim=(1.7, 20))  # fmt: skip
+            ax.set_xticks([2, 5, 17], ["1+1", "4+1", "16+1"])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.legend()
         axes[0].set_ylabel("sample fd_fmnist (lower is better)")
         fig.tight_layout()
@@ -406,7 +409,10 @@ def main() -> None:
         if rows[name]:
             lines += [f"### {name} (mean ± std over seeds)", "", *group_table(rows[name], axes), ""]
     lines += timing()
-    lines += plots(rows["grid"], rows["healthy"], rows["j_ablation"])
+    images = plots(rows["grid"], rows["healthy"], rows["j_ablation"])
+    if images:
+        lines += ["Error bars: std over seeds; a point without one has a single seed so far.", ""]
+    lines += images
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(START, 1)
