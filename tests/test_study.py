@@ -116,7 +116,7 @@ def _bits_rows(method, tokens, k, bits, fd):
         ([(15, 120.0), (35, 130.0)], "**held**"),  # MVQ beats the 35-bit cell
         ([(15, 50.0)], "**not held**"),  # a cell with fewer bits already beats MVQ
         ([(15, 101.0), (35, 99.0)], "**unclear at this budget**"),  # inside the spread
-        ([(15, 101.0)], "**not measured yet**"),  # nothing at >= 22 bits yet
+        ([(15, 101.0)], "**unclear: no finished baseline cell reads as many bits**"),
     ],
 )
 def test_c5_brackets_mvq_by_the_baselines_bits(baseline, verdict):

@@ -240,7 +240,8 @@ def c5_lines(grid, healthy) -> list[str]:
     cells: **held** if MVQ beats the baseline cell with the fewest bits at or above its own (a
     baseline that reads at least as many bits), **not held** if the best baseline cell at or
     below its bits beats MVQ (a baseline that reads no more bits), unclear otherwise (and when
-    both happen: the baseline is then not monotone in bits at this budget).
+    both happen: the baseline is then not monotone in bits at this budget, or when no finished
+    baseline cell reads as many bits as MVQ: winning against fewer bits decides nothing).
     """
     out = []
     for tokens, k, bits, mvq in _groups(grid, "mvqvae"):
@@ -259,8 +260,10 @@ def c5_lines(grid, healthy) -> list[str]:
                 v = "unclear at this budget (the baseline is not monotone in bits)"
             elif wins or loses:
                 v = "held" if wins else "not held"
-            elif hi is None:
+            elif lo is None and hi is None:
                 v = "not measured yet"
+            elif hi is None:  # MVQ beats every baseline cell that reads fewer bits
+                v = "unclear: no finished baseline cell reads as many bits"
             else:
                 v = "unclear at this budget"
             parts.append(f"{name}: best at ≤ its bits {_cell(lo)}, nearest at ≥ {_cell(hi)}: "
