@@ -105,6 +105,19 @@ def test_verdicts_read_the_longer_pair_and_the_healthy_baselines():
     assert "not measured yet" in lines["C1 after 10 epochs4+1, K = 16"]
 
 
+def test_c1_also_compares_fsq_and_goes_beyond_the_paper_to_16_plus_1():
+    analyze = _analyze()
+    grid = _rows("mvqvae", "16+1", "16", 40) + _rows("vqvae2", "16+1", "16", 50)
+    grid += _rows("fsqvae", "16+1", "16", 30) + _rows("fsqvae", "1+1", "16", 120)
+    lines = analyze.verdicts(grid, [], [], [], [])
+    (c1,) = [ln for ln in lines if ln.startswith("- **C1** (16+1")]
+    assert "beyond the paper's 1+1 and 4+1" in c1
+    assert "MVQVAE 40.0 ± 1.4 vs VQ-VAE-2 50.0 ± 1.4: **held**" in c1
+    assert "vs FSQ-VAE 30.0 ± 1.4: **not held**" in c1
+    (c1_small,) = [ln for ln in lines if ln.startswith("- **C1** (1+1")]
+    assert "MVQVAE — vs VQ-VAE-2 —: **not measured yet**; vs FSQ-VAE 120.0 ± 1.4" in c1_small
+
+
 def _bits_rows(method, tokens, k, bits, fd):
     return [{**r, "bits_per_image": str(bits)} for r in _rows(method, tokens, k, fd)]
 
