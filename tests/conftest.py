@@ -92,7 +92,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"  {nodeid}")
 
 
-
 @pytest.fixture(scope="session")
 def tiny_mvq_run(tmp_path_factory) -> Path:
     """``mvq train`` of a narrow MVQVAE (J = 8) for 6 steps on Fashion-MNIST: a real run dir."""

@@ -1,5 +1,8 @@
 """Numerical contracts of MaskedVectorQuantizer and MH-Dropout."""
 
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -236,13 +239,24 @@ def test_table3_search_matches_all_in_graph(name: str, mode: str, search: str) -
         torch.testing.assert_close(x, z, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("search", ["chunked", "chunked_bf16"])
-def test_search_picks_the_exact_winner_over_many_seeds(search: str) -> None:
+NEEDS_COMPILER = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None,
+    reason="torch.compile on the CPU needs a C++ compiler (install g++)",
+)
+
+
+@pytest.mark.parametrize(
+    ("search", "compiled"),
+    [("chunked", False), ("chunked_bf16", False),
+     pytest.param("chunked_bf16", True, marks=NEEDS_COMPILER)],
+)  # fmt: skip
+def test_search_picks_the_exact_winner_over_many_seeds(search: str, compiled: bool) -> None:
     """At J = 2048 (the largest J of the paper) with D' = 16: the winner equals the argmin of
-    the reference's errors, over random weights and many draws."""
+    the reference's errors, over random weights and many draws; also with the first pass in
+    bf16 products and through ``torch.compile``."""
     for seed in range(3):
         mvq = table3_mvq("mvqvae_fmnist_s4_k16", seed, secondary_dim=16, num_hypotheses=2048)
-        mvq.search = search
+        mvq.search, mvq.compile_search = search, compiled
         e, y = torch.randn(2, 8, 16, 2, 2, generator=torch.Generator().manual_seed(seed))
         code = torch.randn(8, 16, 1, 1)
         masks = mvq.sample_masks(8, 2048, y.device)  # (B, J, D')
@@ -275,6 +289,50 @@ def test_an_unreliable_first_pass_still_gives_the_exact_winner() -> None:
     mvq._trunk_scores = lambda *args: (noisy, noisy.mean())  # stands in for a coarse pass
     winner, _ = mvq.search_winner(e, code, y, masks)
     assert torch.equal(winner, exact.argmin(1))
+
+
+def test_unsure_instances_escalate_to_more_candidates_before_all_j() -> None:
+    """A first pass off by a little more than the gaps between the best masks: instances whose
+    best 8 are not clear are scored on their best 32 (then 128, ...), not on all J at once;
+    the winners stay exact."""
+    mvq = table3_mvq("mvqvae_fmnist_s4_k16", num_hypotheses=512, secondary_dim=16)
+    e, y = torch.randn(2, 16, 16, 2, 2, generator=torch.Generator().manual_seed(4))
+    code, masks = torch.randn(16, 16, 1, 1), mvq.sample_masks(16, 512, y.device)
+    exact = mvq._exact_scores(e, code, y, masks)  # (B, J)
+    gap = exact.sort(1).values[:, 1:12].diff(dim=1).abs().mean()
+    noisy = exact + 3 * gap * torch.rand(exact.shape, generator=torch.Generator().manual_seed(5))
+    mvq._trunk_scores = lambda *args: (noisy, noisy.mean())
+    rows, score = [], mvq._exact_scores
+
+    def counted(e_, c_, y_, m_, *rest):  # (instances, masks) scored exactly, per call
+        rows.append(m_.shape[:2])
+        return score(e_, c_, y_, m_, *rest)
+
+    mvq._exact_scores = counted
+    winner, _ = mvq.search_winner(e, code, y, masks)
+    assert torch.equal(winner, exact.argmin(1))
+    assert [k for _, k in rows][:2] == [8, 32] and rows[1][0] < 16  # only the unsure go on
+    assert all(k < 512 for _, k in rows)  # nobody needed all J
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=NEEDS_COMPILER)])
+def test_search_trunk_in_bf16_products_and_compiled_tracks_f(dtype, compiled) -> None:
+    """The first pass's f (Table 3), eager or compiled, with fp32 or bf16 products: fp32 out,
+    close to f (bf16: to about 1% of its range), and it sees weights changed after it ran."""
+    f = table3_mvq("mvqvae_fmnist_s4_k16", secondary_dim=16).f
+    c = torch.randn(64, 16, 1, 1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        for _ in range(2):
+            ends = f.affine_ends(dtype, compiled=compiled)
+            u = ends.trunk(c.flatten(1) @ ends.in_weight.t() + ends.in_bias)  # (N, P)
+            out = u @ ends.out_weight.t() + ends.out_bias
+            assert u.dtype == ends.dtype == torch.float32
+            ref = f(c).flatten(1)
+            torch.testing.assert_close(out, ref, atol=tol * ref.abs().max(), rtol=0)
+            for p in f.parameters():
+                p.mul_(1.1)  # the next trunk must see these weights, compiled or not
 
 
 @pytest.mark.parametrize("grid", [1, 2, 4])

@@ -288,6 +288,7 @@ def test_sync_batchnorm_converts_the_model_under_ddp(tmp_path, monkeypatch):
     from mvq.training.distributed import DistContext
 
     monkeypatch.setattr(trainer_module, "DistributedDataParallel", lambda module, **kw: module)
+
     def start(ctx: DistContext, sync: bool) -> Tiny:
         model = fresh()
         params = list(model.parameters())

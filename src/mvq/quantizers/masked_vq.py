@@ -18,11 +18,12 @@ The default search (``"chunked"``) is exact: it returns the reference's winners.
 building any hypothesis: f's first layer is linear in the mask, and its last layer is linear,
 so the error is a norm in f's last hidden space (16-dim for D = 16, whatever the grid). The k
 best masks per instance (``MaskedVectorQuantizer.rescore``) are then scored again with the
-reference's arithmetic (``e + f(e' * m)`` against y), and the winner is the best of those. An
-instance is scored exactly on all J when its first-pass runner-up is not clear of that best by
-4x the first pass's observed error plus 1e-5 relative, so a first pass in lower precision
-(``"chunked_bf16"``, worth it on CPUs with native bf16 and on GPUs) still returns the
-reference's winner; ties go to the lowest mask index, as in the reference.
+reference's arithmetic (``e + f(e' * m)`` against y), and the winner is the best of those. When
+an instance's first-pass runner-up is not clear of that best by 4x the first pass's observed
+error plus 1e-5 relative, its 4k best masks are scored exactly, then 16k, up to all J, so a
+first pass in lower precision (``"chunked_bf16"``: f's matrix products in bf16, worth it on
+CPUs with AMX and on GPUs) still returns the reference's winner; ties go to the lowest mask
+index, as in the reference.
 
 At generation time the mask is not modelled: ``decode`` draws it from Bernoulli(mask_prob).
 """
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.nets.table3 import AffineEnds
+from mvq.nets.table3 import AffineEnds, trunk_math
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -75,8 +76,9 @@ class MLPMHNetwork(nn.Module):
             return to_channel_first(x)  # (B, D, h, w)
         return x.view(b, self.out_dim, *self.grid)  # (B, D, gh, gw)
 
-    def affine_ends(self, dtype: torch.dtype | None = None) -> AffineEnds:
-        """f on 1x1 codes as ``AffineEnds`` (first and last layers are linear); fp32 only."""
+    def affine_ends(self, dtype: torch.dtype | None = None, compiled: bool = False) -> AffineEnds:
+        """f on 1x1 codes as ``AffineEnds`` (first and last layers are linear); fp32 and eager
+        only (``dtype`` and ``compiled`` are accepted and ignored)."""
         first, last = self.first, self.last
         return AffineEnds(
             first.weight, first.bias, self.body, last.weight, last.bias, torch.float32
@@ -113,7 +115,10 @@ class MaskedVectorQuantizer(nn.Module):
             ``"shared"`` (one set of J for the whole batch).
         search: ``"chunked"`` (no-grad search, winner recomputed), ``"chunked_bf16"`` (the
             same with a bfloat16 first pass, same winners) or ``"all_in_graph"`` (reference).
-        search_chunk: rows of f evaluated at once by the chunked search.
+        search_chunk: rows of f evaluated at once by the chunked search (default 4096, and
+            8192 for a compiled first pass, whose fused kernels keep fewer rows alive).
+        compile_search: run the first pass's f through ``torch.compile`` (Table 3's f; needs a
+            C++ compiler on CPUs; the first search compiles for seconds). Same winners.
         normalize_secondary: GroupNorm(1) on e' before masking (authors' later code).
         in_channels, secondary_in_channels: input channels, projected to D / D' when different.
         vq_kwargs: options for both ``VectorQuantizer`` s (beta, ema, init, dead codes, ...).
@@ -124,6 +129,7 @@ class MaskedVectorQuantizer(nn.Module):
     """
 
     rescore: int = 8  # masks per instance the chunked search re-scores exactly (k)
+    rescore_bf16: int = 32  # k after a bf16 first pass: its error band holds ~10-40 masks at J 2048
 
     def __init__(
         self,
@@ -137,7 +143,8 @@ class MaskedVectorQuantizer(nn.Module):
         mask_prob: float = 0.5,
         mask_mode: str = "per_instance",
         search: str = "chunked",
-        search_chunk: int = 4096,
+        search_chunk: int | None = None,
+        compile_search: bool = False,
         normalize_secondary: bool = False,
         in_channels: int | None = None,
         secondary_in_channels: int | None = None,
@@ -149,6 +156,7 @@ class MaskedVectorQuantizer(nn.Module):
         self.dim, self.secondary_dim = dim, d2
         self.num_hypotheses, self.mask_prob = num_hypotheses, mask_prob
         self.mask_mode, self.search, self.search_chunk = mask_mode, search, search_chunk
+        self.compile_search = compile_search
         self.in_channels = in_channels or dim
         self.secondary_in_channels = secondary_in_channels or d2
         self.project_in = ChannelProjection(self.in_channels, dim)
@@ -263,8 +271,10 @@ class MaskedVectorQuantizer(nn.Module):
         When f has ``affine_ends`` (Table 3's f, the default MLP) and codes are 1x1, a first
         pass scores all J masks in f's last hidden space (``_trunk_scores``), the ``rescore``
         best are scored again exactly as the reference does, and an instance whose runner-up
-        score is not clear of the exact best by a margin (``_uncertain``) is scored exactly on
-        all J. Otherwise every mask is scored exactly. Runs in fp32 under any autocast.
+        score is not clear of the exact best by a margin (``_uncertain``) is scored again on
+        4x as many of its best masks, and so on up to all J (a bf16 first pass starts from
+        ``rescore_bf16``). Otherwise every mask is scored exactly. Runs in fp32 under any
+        autocast.
         """
         with torch.autocast(e.device.type, enabled=False):
             return self._search(e.float(), code.float(), y.float(), masks, inverse)
@@ -279,16 +289,22 @@ class MaskedVectorQuantizer(nn.Module):
             err = self._exact_scores(e, code, y, masks, inverse)  # (B, J)
             return err.argmin(1), err.mean()
         approx, mean_err = self._trunk_scores(e, code, y, masks, inverse)  # (B, J)
-        top = approx.topk(self.rescore + 1, dim=1, largest=False, sorted=True)
-        cand = top.indices[:, :-1].sort(1).values  # (B, k); ties go to the first j, as argmin
-        exact = self._exact_scores(e, code, y, masks[group[:, None], cand])  # (B, k)
-        best, arg = exact.min(1)
-        winner = cand.gather(1, arg[:, None]).squeeze(1)
-        redo = self._uncertain(approx.gather(1, cand), exact, top.values[:, -1], best)
-        if redo.any():  # rare: score those instances exactly on all J masks
-            idx = redo.nonzero().squeeze(1)
-            err = self._exact_scores(e[idx], code[idx], y[idx], masks[group[idx]])  # (R, J)
-            winner[idx] = err.argmin(1)
+        winner = torch.empty(b, dtype=torch.long, device=e.device)
+        k = self.rescore_bf16 if self.search == "chunked_bf16" else self.rescore
+        todo = torch.arange(b, device=e.device)  # instances still unsure of their winner
+        while todo.numel():
+            if k >= j:  # the first pass did not separate these: score all J exactly
+                err = self._exact_scores(e[todo], code[todo], y[todo], masks[group[todo]])
+                winner[todo] = err.argmin(1)  # (R, J) -> (R,)
+                break
+            a = approx[todo]  # (R, J)
+            top = a.topk(k + 1, dim=1, largest=False, sorted=True)
+            cand = top.indices[:, :-1].sort(1).values  # (R, k); ties go to the first j
+            exact = self._exact_scores(e[todo], code[todo], y[todo], masks[group[todo, None], cand])
+            best, arg = exact.min(1)
+            winner[todo] = cand.gather(1, arg[:, None]).squeeze(1)
+            unsure = self._uncertain(a.gather(1, cand), exact, top.values[:, -1], best)
+            todo, k = todo[unsure], 4 * k  # the unsure ones again, with 4x the candidates
         return winner, mean_err
 
     def _exact_scores(
@@ -298,7 +314,7 @@ class MaskedVectorQuantizer(nn.Module):
         rows: the reference's arithmetic. Arguments as in ``search_winner``."""
         b, (g, j) = e.shape[0], masks.shape[:2]
         code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', h', w')
-        step = max(1, self.search_chunk // g)
+        step = max(1, (self.search_chunk or 4096) // g)
         err = torch.empty(b, j, device=y.device)
         for j0 in range(0, j, step):
             c = code.unsqueeze(1) * _bcast(masks[:, j0 : j0 + step])  # (G, Jc, D', h', w')
@@ -320,7 +336,8 @@ class MaskedVectorQuantizer(nn.Module):
         so no (B, J, D, h, w) hypothesis is ever built. Same maths as ``_exact_scores``,
         different rounding: the winner is re-checked exactly.
         """
-        ends = self.f.affine_ends(torch.bfloat16 if self.search == "chunked_bf16" else None)
+        dtype = torch.bfloat16 if self.search == "chunked_bf16" else None
+        ends = self.f.affine_ends(dtype, compiled=self.compile_search)
         b, (g, j), (h, w) = e.shape[0], masks.shape[:2], y.shape[-2:]
         code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', 1, 1)
         first = code.flatten(1)[:, :, None] * ends.in_weight.t()  # (G, D', C): W diag(e')
@@ -340,8 +357,17 @@ class MaskedVectorQuantizer(nn.Module):
             rest = (s - t @ q.t()).pow(2).sum(1)  # (B,) ||s_perp||^2, the same for every mask
         else:
             r, t, rest = out_w, s, s.new_zeros(b)
-        step = max(1, self.search_chunk // g)
+        rows = self.search_chunk or (8192 if self.compile_search else 4096)
+        step = max(1, rows // g)
         err = torch.empty(b, j, device=y.device)
+        if self.compile_search and ends.trunk_args is not None and inverse is None:
+            score = _compiled_chunk_errors()  # one fused graph per chunk: masks -> errors
+            for j0 in range(0, j, step):
+                err[:, j0 : j0 + step] = score(
+                    masks[:, j0 : j0 + step], first, r, t, *ends.trunk_args
+                )
+            err = (err + rest[:, None]) / e[0].numel()
+            return err, err.mean()
         # masks next to a column of ones (the bias rides in the bmm); buffers reused by chunks
         m = torch.ones(g, step, masks.shape[2] + 1, device=y.device, dtype=ends.dtype)
         hid = torch.empty(g, step, first.shape[2], device=y.device, dtype=ends.dtype)
@@ -377,6 +403,29 @@ class MaskedVectorQuantizer(nn.Module):
         return out
 
 
+def chunk_errors(masks: Tensor, first: Tensor, r: Tensor, t: Tensor, *trunk_args) -> Tensor:
+    """First-pass errors ``(B, Jc)`` of a chunk of per-instance masks ``(B, Jc, D')``, as one
+    function for ``torch.compile``: ``first`` ``(B, D' + 1, C)`` (bias last), f's trunk as
+    ``trunk_math(h, *trunk_args)``, then ``||u R^T + t||^2`` with ``r`` ``(P, P)`` and ``t``
+    ``(B, P)`` (see ``_trunk_scores``)."""
+    h = torch.baddbmm(first[:, -1:], masks.to(first.dtype), first[:, :-1])  # (B, Jc, C)
+    u = trunk_math(h.flatten(0, 1), *trunk_args)  # (B * Jc, P)
+    z = (u @ r.t()).unflatten(0, (masks.shape[0], -1)) + t[:, None]  # (B, Jc, P)
+    return z.pow(2).sum(-1)
+
+
+_compiled_chunk_errors_fn = None
+
+
+def _compiled_chunk_errors():
+    """``chunk_errors`` through ``torch.compile``, built on first use and shared (every tensor
+    is an argument, so new weights never recompile it)."""
+    global _compiled_chunk_errors_fn
+    if _compiled_chunk_errors_fn is None:
+        _compiled_chunk_errors_fn = torch.compile(chunk_errors, fullgraph=True)
+    return _compiled_chunk_errors_fn
+
+
 def wta_all_in_graph(
     f: nn.Module, e: Tensor, code: Tensor, y: Tensor, masks: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -409,7 +458,7 @@ def _bcast(m: Tensor) -> Tensor:
     return m[..., None, None].float()
 
 
-def _check_options(d2: int, j: int, p: float, search: str, chunk: int, mode: str) -> None:
+def _check_options(d2: int, j: int, p: float, search: str, chunk: int | None, mode: str) -> None:
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask_mode '{mode}'; choose one of {', '.join(MASK_MODES)}")
     if not isinstance(j, int) or j <= 0:
@@ -423,5 +472,5 @@ def _check_options(d2: int, j: int, p: float, search: str, chunk: int, mode: str
         raise ValueError(f"mask_prob must be in (0, 1), got {p}")
     if search not in SEARCHES:
         raise ValueError(f"unknown search '{search}'; choose one of {', '.join(SEARCHES)}")
-    if chunk < 1:
-        raise ValueError(f"search_chunk must be >= 1, got {chunk}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"search_chunk must be >= 1 (or None for the default), got {chunk}")

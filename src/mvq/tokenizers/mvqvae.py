@@ -27,9 +27,13 @@ class MVQVAEConfig(TokenizerConfig):
         mask_mode: "per_instance" (authors' code), "per_code" or "shared" (see
             ``MaskedVectorQuantizer``).
         normalize_secondary: GroupNorm on e' before masking (off: SPEC's stable setting).
-        search: "chunked" (no-grad search, winner recomputed) or "all_in_graph" (the
-            authors' formulation; same gradients, memory grows with J).
-        search_chunk: rows of f per chunk of the no-grad search.
+        search: "chunked" (no-grad search, winner recomputed), "chunked_bf16" (its first
+            pass's matrix products in bf16: faster on CPUs with AMX and on GPUs, same winners)
+            or "all_in_graph" (the authors' formulation; same gradients, memory grows with J).
+        search_chunk: rows of f per chunk of the no-grad search (None: 4096, or 8192 with
+            ``compile_search``).
+        compile_search: ``torch.compile`` the search's first pass (same winners; the first
+            step compiles for seconds and needs a C++ compiler on CPUs).
     """
 
     num_hypotheses: int = 256
@@ -37,7 +41,8 @@ class MVQVAEConfig(TokenizerConfig):
     mask_mode: str = "per_instance"
     normalize_secondary: bool = False
     search: str = "chunked"
-    search_chunk: int = 4096
+    search_chunk: int | None = None
+    compile_search: bool = False
 
 
 class MVQVAE(Tokenizer):
@@ -62,6 +67,7 @@ class MVQVAE(Tokenizer):
             mask_mode=c.mask_mode,
             search=c.search,
             search_chunk=c.search_chunk,
+            compile_search=c.compile_search,
             normalize_secondary=c.normalize_secondary,
             vq_kwargs=c.vq_kwargs(),
         )
