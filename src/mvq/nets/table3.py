@@ -64,6 +64,7 @@ size  F   D    E          E'         D          f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -383,7 +384,7 @@ class AffineEnds(NamedTuple):
     out_weight: Tensor  # (Q, P), Q = D * gh * gw
     out_bias: Tensor  # (Q,)
     dtype: torch.dtype
-    trunk_args: tuple | None = None  # trunk(h) == trunk_math(h, *trunk_args) when set
+    trunk_args: tuple | None = None  # compiled trunks: trunk(h) == trunk_math(h, *trunk_args)
 
 
 class MHNetwork(nn.Module):
@@ -501,8 +502,9 @@ class MHNetwork(nn.Module):
             out_b = self.expand.bias.repeat_interleave(g2)  # (D * g * g,)
         trunk = _SearchTrunk(self, dtype or self.proj.weight.dtype, compiled)
         return AffineEnds(
-            center_tap(self.first), self.first.bias, trunk, out_w, out_b, trunk.dtype, trunk.args()
-        )
+            center_tap(self.first), self.first.bias, trunk, out_w, out_b, trunk.dtype,
+            trunk.args() if compiled else None,
+        )  # fmt: skip
 
     def forward(self, c: Tensor) -> Tensor:
         """``forward_fast`` on 1x1 inputs, ``forward_conv`` otherwise."""
@@ -549,16 +551,12 @@ def trunk_math(
     return linear(num_convs + 2 * num_blocks, norm(1 + num_convs + num_blocks, h))  # (N, D)
 
 
-_compiled_trunk_math: Callable[..., Tensor] | None = None
-
-
-def _compiled_trunk() -> Callable[..., Tensor]:
-    """``trunk_math`` through ``torch.compile``, built on first use and shared: its tensors
-    are arguments, so new weights (every search copies them) never trigger a recompile."""
-    global _compiled_trunk_math
-    if _compiled_trunk_math is None:
-        _compiled_trunk_math = torch.compile(trunk_math, fullgraph=True)
-    return _compiled_trunk_math
+@functools.cache
+def compile_once(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``fn`` through ``torch.compile``, built on first use and shared. The search functions
+    take every tensor as an argument, so new weights (each search copies them) never
+    recompile them."""
+    return torch.compile(fn, fullgraph=True)
 
 
 class _SearchTrunk:
@@ -628,7 +626,7 @@ class _SearchTrunk:
     def __call__(self, h: Tensor) -> Tensor:
         """``(N, C)`` first-layer outputs -> ``(N, D)`` inputs of ``expand``, both fp32."""
         if self.compiled:
-            return _compiled_trunk()(h, *self.args())
+            return compile_once(trunk_math)(h, *self.args())
         f, w, norm, mm = self.f, self.w, self._norm, self._mm
         h = norm(f.norms[0], h)
         for conv, n in zip(f.convs, f.norms[1:], strict=True):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.nets.table3 import AffineEnds, trunk_math
+from mvq.nets.table3 import AffineEnds, compile_once, trunk_math
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -45,6 +45,7 @@ from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
 from mvq.tokens import Tokens, pack_masks, unpack_masks
 
 SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")
+CHUNK_ROWS, COMPILED_CHUNK_ROWS = 4096, 8192  # search_chunk's defaults: eager, compiled
 MASK_MODES = ("per_instance", "per_code", "shared")
 
 
@@ -314,7 +315,7 @@ class MaskedVectorQuantizer(nn.Module):
         rows: the reference's arithmetic. Arguments as in ``search_winner``."""
         b, (g, j) = e.shape[0], masks.shape[:2]
         code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', h', w')
-        step = max(1, (self.search_chunk or 4096) // g)
+        step = max(1, (self.search_chunk or CHUNK_ROWS) // g)
         err = torch.empty(b, j, device=y.device)
         for j0 in range(0, j, step):
             c = code.unsqueeze(1) * _bcast(masks[:, j0 : j0 + step])  # (G, Jc, D', h', w')
@@ -357,11 +358,11 @@ class MaskedVectorQuantizer(nn.Module):
             rest = (s - t @ q.t()).pow(2).sum(1)  # (B,) ||s_perp||^2, the same for every mask
         else:
             r, t, rest = out_w, s, s.new_zeros(b)
-        rows = self.search_chunk or (8192 if self.compile_search else 4096)
+        rows = self.search_chunk or (COMPILED_CHUNK_ROWS if self.compile_search else CHUNK_ROWS)
         step = max(1, rows // g)
         err = torch.empty(b, j, device=y.device)
-        if self.compile_search and ends.trunk_args is not None and inverse is None:
-            score = _compiled_chunk_errors()  # one fused graph per chunk: masks -> errors
+        if ends.trunk_args is not None and inverse is None:  # a compiled Table 3 trunk
+            score = compile_once(chunk_errors)  # one fused graph per chunk: masks -> errors
             for j0 in range(0, j, step):
                 err[:, j0 : j0 + step] = score(
                     masks[:, j0 : j0 + step], first, r, t, *ends.trunk_args
@@ -412,18 +413,6 @@ def chunk_errors(masks: Tensor, first: Tensor, r: Tensor, t: Tensor, *trunk_args
     u = trunk_math(h.flatten(0, 1), *trunk_args)  # (B * Jc, P)
     z = (u @ r.t()).unflatten(0, (masks.shape[0], -1)) + t[:, None]  # (B, Jc, P)
     return z.pow(2).sum(-1)
-
-
-_compiled_chunk_errors_fn = None
-
-
-def _compiled_chunk_errors():
-    """``chunk_errors`` through ``torch.compile``, built on first use and shared (every tensor
-    is an argument, so new weights never recompile it)."""
-    global _compiled_chunk_errors_fn
-    if _compiled_chunk_errors_fn is None:
-        _compiled_chunk_errors_fn = torch.compile(chunk_errors, fullgraph=True)
-    return _compiled_chunk_errors_fn
 
 
 def wta_all_in_graph(
