@@ -33,12 +33,18 @@ mkdir -p "$OUT"
   > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
+failed=()  # a check that fails is named at the end; the others still run (one device call)
 "$PY" benchmarks/mh_dropout.py --device "$DEVICE" --js "$JS" --repeats "$REPEATS" \
-  2>&1 | tee "$OUT/mh_dropout.log"
+  2>&1 | tee "$OUT/mh_dropout.log" || failed+=(mh_dropout)
 
 for b in ${BATCHES//,/ }; do
   for model in mvqvae_fmnist_s4_k16 vqvae2_fmnist_s4_k16; do
     "$PY" benchmarks/train_step.py --device "$DEVICE" --model "$model" --batch-size "$b" \
-      --steps "$STEPS" --precisions fp32,bf16 --compile 2>&1 | tee "$OUT/train_step_${model}_b$b.log"
+      --steps "$STEPS" --precisions fp32,bf16 --compile 2>&1 | tee "$OUT/train_step_${model}_b$b.log" \
+      || failed+=("train_step_${model}_b$b")
   done
 done
+if ((${#failed[@]})); then
+  echo "failed: ${failed[*]} (logs in $OUT)"
+  exit 1
+fi
