@@ -56,6 +56,9 @@ else:
         seed = int(str(out).split("seed=")[1].split("/")[0])
         metrics = {"mse": 0.1 + 0.01 * seed, "psnr": 20.0 - seed, "usage_primary": 1.0,
                    "unavailable": {"fid": "offline: no Inception weights"}, "meta": {"n": 1}}
+        if "--prior" in argv:  # the sample form: depends on the sampling seed too
+            sampling = int(opt("--seed")) if "--seed" in argv else 0
+            metrics["sample_fd_fmnist"] = 100.0 + seed + 10.0 * sampling
         (out / "eval.json").write_text(json.dumps(metrics))
     print(json.dumps({"out": str(out)}))
 """
@@ -93,7 +96,7 @@ def fake_mvq(tmp_path, monkeypatch) -> Path:
     script.write_text(FAKE_MVQ)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
-    for stage in ("train", "encode", "prior", "eval", "sample_eval"):
+    for stage in ("train", "encode", "prior", "eval", "sample_eval", "sample_eval_seed1"):
         monkeypatch.setitem(sweep_mod.STAGE_PROGRAM, stage, [sys.executable, str(script)])
     return calls
 
@@ -211,7 +214,7 @@ def test_killed_cell_resumes_and_finished_cells_are_not_rerun(
     assert {c["threads"] for c in calls_of(fake_mvq)} == {"2"}  # 4 threads over 2 jobs
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 5  # the others finished
     record = json.loads((cells / victim / "cell.json").read_text())
-    assert record["status"] == "failed" and record["stages"]["train"]["log"] == str(log)
+    assert record["status"] == "failed" and record["stages"]["train"]["log"] == "logs/train.log"
     finished = sorted(p for p in cells.glob("*/markers/*.json") if victim not in str(p))
     mtimes = [p.stat().st_mtime_ns for p in finished]
 
@@ -351,3 +354,68 @@ def test_device_errors_are_one_line(tmp_path, capsys) -> None:
         argv = ["sample", "--tokenizer", tok, "--prior", prior, "--out", str(tmp_path / "s")]
         expect_error(capsys, [*argv, "--device", "cuda"], "CUDA is not available")
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_entry_seeds_and_sampling_seeds(tmp_path, capsys, fake_mvq) -> None:
+    """An entry's own seeds replace the sweep's; each sampling seed is one more sample eval,
+    the row's sample metrics are their mean; the record names configs relative to the repo."""
+    path = prior_per_entry(
+        tmp_path,
+        exclude=[{"variant": "ema"}],
+        eval={"split": "val", "n": 100, "metrics": ["mse"], "sample_seeds": [0, 1]},
+    )
+    spec = yaml.safe_load(path.read_text())
+    spec["configs"][1]["seeds"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    cells = expand(load_sweep(path))
+    assert [(c.axes["method"], c.seed) for c in cells] == [
+        ("vqvae2", 0), ("vqvae2", 1), ("mvqvae", 0), ("mvqvae", 1), ("mvqvae", 2),
+    ]  # fmt: skip
+    stages = cell_stages(load_sweep(path), cells[0], tmp_path / "c")
+    assert [s.name for s in stages][-2:] == ["sample_eval", "sample_eval_seed1"]
+    assert stages[-2].spec == {"data": "fashion_mnist", "split": "val", "n": 100,
+                               "metrics": None, "prior": True}  # fmt: skip
+    assert stages[-1].argv()[-2:] == ["--seed", "1"] and stages[-1].spec["seed"] == 1
+    assert main(["sweep", str(path), "--jobs", "1"]) == 0
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 5
+    for row in rows:
+        seed = int(row["seed"])
+        assert float(row["sample_fd_fmnist_sampling_seed0"]) == 100.0 + seed
+        assert float(row["sample_fd_fmnist_sampling_seed1"]) == 110.0 + seed
+        assert float(row["sample_fd_fmnist"]) == 105.0 + seed and row["sampling_seeds"] == "2"
+    record = json.loads(next((tmp_path / "out" / "cells").glob("*/cell.json")).read_text())
+    assert record["config"] in ("configs/vqvae2_fmnist_s1_k16.yaml",
+                                "configs/mvqvae_fmnist_s1_k16.yaml")  # fmt: skip
+    assert record["commit"] is None or len(record["commit"].split("+")[0]) == 40
+
+
+def test_a_later_sampling_seed_never_retrains_a_cell_without_weights(
+    tmp_path, capsys, fake_mvq
+) -> None:
+    """A cell finished with one sampling seed and committed without weights stays finished
+    when the sweep asks for a second: its row has one sampling seed, nothing reruns."""
+    path = prior_per_entry(tmp_path, exclude=[{"variant": "ema"}], seeds=[0])
+    assert main(["sweep", str(path)]) == 0
+    for weights in (tmp_path / "out").rglob("model.safetensors"):
+        weights.unlink()
+    ran = len(calls_of(fake_mvq))
+    spec = yaml.safe_load(path.read_text())
+    spec["eval"]["sample_seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "sample_eval_seed1 skip" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    assert len(calls_of(fake_mvq)) == ran, "nothing retrained"
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 2 and {r["sampling_seeds"] for r in rows} == {"1"}
+    # with its weights back, the same cell runs only the new stage
+    spec["eval"]["sample_seeds"] = [0, 1]
+    cell = expand(load_sweep(path))[0]
+    for stage in cell_stages(load_sweep(path), cell, tmp_path / "out" / "cells" / cell.name):
+        if stage.product is not None and stage.product.name == "model.safetensors":
+            stage.product.write_text("weights")
+    assert main(["sweep", str(path), "--cell", "0"]) == 0
+    new = calls_of(fake_mvq)[ran:]
+    assert [c["argv"][0] for c in new] == ["eval"] and "--seed" in new[0]["argv"]

@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -82,10 +83,11 @@ SWEEP_KEYS = (
     "prior",
     "eval",
 )
-ENTRY_KEYS = ("config", "set", "prior")  # the other keys of a configs entry are axis labels
+ENTRY_KEYS = ("config", "set", "prior", "seeds")  # other keys of a configs entry: axis labels
 PRIOR_KEYS = ("config", "max_steps", "set")
-EVAL_KEYS = ("data", "split", "n", "metrics", "sample_metrics")
+EVAL_KEYS = ("data", "split", "n", "metrics", "sample_metrics", "sample_seeds")
 EVAL_STAGES = ("eval", "sample_eval")  # a changed eval section reruns only these
+SAMPLE_SEED_STAGE = "sample_eval_seed"  # + the seed: the sample form again, another sampling seed
 RESERVED_AXES = ("cell", "status", "unavailable")  # column names the tables use themselves
 
 
@@ -101,6 +103,7 @@ class BaseConfig:
     axes: dict[str, str]
     set: list[str] = field(default_factory=list)
     prior: str | None = None  # prior run config for this entry (wins over prior.config)
+    seeds: list[int] | None = None  # this entry's seeds (default: the sweep's)
 
 
 @dataclass
@@ -116,13 +119,16 @@ class PriorSpec:
 class EvalSpec:
     """The optional eval stages: ``mvq eval`` of the reconstructions on a split and, when a
     prior exists, of ``n`` samples against it; ``metrics`` / ``sample_metrics`` ask each form
-    for named metrics (default: all that can run)."""
+    for named metrics (default: all that can run). ``sample_seeds`` evaluates the prior once
+    per sampling seed (the row's sample metrics are their mean); the stages of the seeds after
+    the first never retrain a cell whose weights are gone (see ``first_stage_to_run``)."""
 
     data: str | None = None  # default: the tokenizer config's data.name
     split: str = "val"
     n: int = 10000
     metrics: list[str] | None = None
     sample_metrics: list[str] | None = None
+    sample_seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -236,6 +242,7 @@ def _base_configs(raw: Any, sweep_file: Path) -> list[BaseConfig]:
                 axes or {"config": path.stem},
                 assignments(item.get("set"), f"{where}.set"),
                 None if prior is None else str(prior),
+                None if item.get("seeds") is None else _seeds(item["seeds"], f"{where}.seeds"),
             )
         )
     names = list(entries[0].axes)
@@ -261,12 +268,12 @@ def _override_axes(raw: Any, sweep_file: Path) -> dict[str, dict[str, list[str]]
     return axes
 
 
-def _seeds(raw: Any, sweep_file: Path) -> list[int]:
+def _seeds(raw: Any, where: Path | str) -> list[int]:
     seeds = [0] if raw is None else raw if isinstance(raw, list) else [raw]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SweepError(f"{sweep_file}: 'seeds' must be a list of integers, got {raw!r}")
+        raise SweepError(f"{where}: 'seeds' must be a list of integers, got {raw!r}")
     if len(set(seeds)) != len(seeds):
-        raise SweepError(f"{sweep_file}: 'seeds' repeats a seed: {seeds}")
+        raise SweepError(f"{where}: 'seeds' repeats a seed: {seeds}")
     return seeds
 
 
@@ -281,6 +288,8 @@ def _stage_spec(cls: type, keys: tuple[str, ...], raw: Any, where: str) -> Any:
     for key in ("max_steps", "n"):
         if key in values and not (isinstance(values[key], int) and values[key] >= 1):
             raise SweepError(f"{where}.{key} must be a positive integer, got {values[key]!r}")
+    if "sample_seeds" in values:
+        values = values | {"sample_seeds": _seeds(values["sample_seeds"], f"{where}.sample_seeds")}
     return cls(**values)
 
 
@@ -406,7 +415,7 @@ def expand(sweep: SweepConfig) -> list[Cell]:
     combos = list(itertools.product(*(labels.items() for labels in sweep.overrides.values())))
     cells: list[Cell] = []
     for base in sweep.configs:
-        for combo, seed in itertools.product(combos, sweep.seeds):
+        for combo, seed in itertools.product(combos, base.seeds or sweep.seeds):
             labels = dict(zip(sweep.overrides, (label for label, _ in combo), strict=True))
             axes = base.axes | labels | {"seed": str(seed)}
             if any(all(axes[k] == v for k, v in rule.items()) for rule in sweep.exclude):
@@ -462,6 +471,7 @@ class Stage:
     spec: dict[str, Any]
     resumable: bool = False
     product: Path | None = None  # the file later stages read; missing -> the stage reruns
+    backfill: bool = False  # added after cells finished: skipped, never retrains, if inputs gone
 
     def argv(self, resume: bool = False) -> list[str]:
         """The full command line (``--resume`` added when asked)."""
@@ -493,7 +503,8 @@ def cell_stages(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> list[Stage]:
     if sweep.eval is not None:  # reconstruction, then samples when there is a prior
         stages.append(_eval_stage(sweep, cell, cell_dir, None))
         if prior_model is not None:
-            stages.append(_eval_stage(sweep, cell, cell_dir, prior_model))
+            for seed in sweep.eval.sample_seeds:
+                stages.append(_eval_stage(sweep, cell, cell_dir, prior_model, seed))
     return stages
 
 
@@ -528,15 +539,25 @@ def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     return Stage("prior", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
 
 
-def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | None) -> Stage:
+def _eval_stage(
+    sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | None, seed: int = 0
+) -> Stage:
     """``mvq eval --tokenizer DIR [--prior DIR -n N] --data NAME --split SPLIT --out DIR``.
 
     Without ``prior``: the reconstruction form into ``CELL/eval`` (stage ``eval``); with it:
-    the sample form into ``CELL/eval_samples`` (stage ``sample_eval``).
+    the sample form of the first sampling seed into ``CELL/eval_samples`` (stage
+    ``sample_eval``) and of each later seed S into ``CELL/eval_samples_seedS`` (stage
+    ``sample_eval_seedS``, a backfill stage, ``--seed S``).
     """
     spec = sweep.eval or EvalSpec()
     data = spec.data or cell.run_config.data["name"]
-    name, out = ("eval", "eval") if prior is None else ("sample_eval", "eval_samples")
+    first = prior is None or seed == spec.sample_seeds[0]
+    if prior is None:
+        name, out = "eval", "eval"
+    elif first:
+        name, out = "sample_eval", "eval_samples"
+    else:
+        name, out = f"{SAMPLE_SEED_STAGE}{seed}", f"eval_samples_seed{seed}"
     out = cell_dir / out
     args = ["eval", "--tokenizer", str(cell_dir / "tokenizer" / "model")]
     if prior is not None:
@@ -545,6 +566,9 @@ def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | No
     metrics = spec.metrics if prior is None else spec.sample_metrics
     if metrics:
         args += ["--metrics", ",".join(metrics)]
+    seeded = prior is not None and seed != 0  # 0 is eval's default: that spec stays as it was
+    if seeded:
+        args += ["--seed", str(seed)]
     args += _device_args(sweep)
     record = _spec(
         sweep,
@@ -553,8 +577,9 @@ def _eval_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path, prior: Path | No
         n=spec.n if prior else None,
         metrics=metrics,
         prior=prior is not None,
+        **({"seed": seed} if seeded else {}),
     )
-    return Stage(name, args, out, record)
+    return Stage(name, args, out, record, backfill=not first)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -585,13 +610,36 @@ def stage_done(cell_dir: Path, stage: Stage) -> bool:
     return marker is not None and marker.get("spec") == stage.spec
 
 
+def skipped_backfill(cell_dir: Path, stages: list[Stage]) -> set[str]:
+    """Names of the backfill stages that cannot run: not done, in a cell whose other stages
+    are all done and one of whose products is gone.
+
+    A cell that finished before its sweep asked for another sampling seed, and was committed
+    without its weights, stays finished: it is not retrained only to sample once more.
+    """
+    finished = all(stage_done(cell_dir, s) for s in stages if not s.backfill)
+    gone = any(s.product is not None and not s.product.exists() for s in stages)
+    if not (finished and gone):
+        return set()
+    return {s.name for s in stages if s.backfill and not stage_done(cell_dir, s)}
+
+
+def pending(cell_dir: Path, stages: list[Stage]) -> list[int]:
+    """Indices of the stages not done, skipped backfill stages left out."""
+    skipped = skipped_backfill(cell_dir, stages)
+    return [
+        i for i, s in enumerate(stages) if s.name not in skipped and not stage_done(cell_dir, s)
+    ]
+
+
 def first_stage_to_run(cell_dir: Path, stages: list[Stage]) -> int | None:
     """Index of the first stage to run, None when the cell is finished.
 
     A stage runs when it is not done, and so does a done stage whose product a stage that
     must run needs but which is gone (e.g. a results folder committed without its weights).
+    Backfill stages whose inputs are gone are skipped (``skipped_backfill``).
     """
-    first = next((i for i, s in enumerate(stages) if not stage_done(cell_dir, s)), None)
+    first = next(iter(pending(cell_dir, stages)), None)
     while first:
         product = stages[first - 1].product
         if product is None or product.exists():
@@ -706,7 +754,7 @@ def run_stage(stage: Stage, cell_dir: Path, env: dict[str, str]) -> tuple[int, d
         "wall_s": round(wall, 3),
         "resumed": resume,
         "exit_code": code,
-        "log": str(log),
+        "log": log.relative_to(cell_dir).as_posix(),
         "command": shlex.join(argv),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -718,27 +766,65 @@ def run_stage(stage: Stage, cell_dir: Path, env: dict[str, str]) -> tuple[int, d
     return code, marker
 
 
+@functools.lru_cache(maxsize=64)
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the root of the git repository holding it (else as given)."""
+    root = _git(path.parent, "rev-parse", "--show-toplevel")
+    with contextlib.suppress(ValueError, TypeError):
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()  # type: ignore[arg-type]
+    return str(path)
+
+
+def repo_commit(path: Path) -> str | None:
+    """The commit checked out where ``path`` lives, ``+dirty`` when tracked files other than
+    results (``results/``, ``runs/``) differ from it."""
+    commit = _git(path.parent, "rev-parse", "HEAD")
+    root = _git(path.parent, "rev-parse", "--show-toplevel")
+    if commit is None or root is None:
+        return None
+    dirty = _git(
+        Path(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+        ":(exclude)results", ":(exclude)runs",
+    )  # fmt: skip
+    return commit + ("+dirty" if dirty else "")
+
+
 def write_cell_record(cell: Cell, cell_dir: Path, stages: list[Stage], extra: dict) -> None:
     """``cell.json``: the cell's labels, configs, and each stage's status and wall time."""
     record: dict[str, Any] = {
         "index": cell.index,
         "name": cell.name,
         "axes": cell.axes,
-        "config": str(cell.config),
+        "config": repo_relative(cell.config),
         "set": cell.sets,
-        "prior_config": None if cell.prior_config is None else str(cell.prior_config),
+        "prior_config": None if cell.prior_config is None else repo_relative(cell.prior_config),
+        "commit": repo_commit(cell.config),
         "stages": {},
     }
+    skipped = skipped_backfill(cell_dir, stages)
     for stage in stages:
         marker = read_marker(cell_dir, stage.name)
         done = marker is not None and stage_done(cell_dir, stage)
-        record["stages"][stage.name] = {"status": "done" if done else "pending"} | (
+        status = "done" if done else "skipped" if stage.name in skipped else "pending"
+        record["stages"][stage.name] = {"status": status} | (
             {k: marker[k] for k in ("wall_s", "resumed", "finished_at", "log")} if done else {}
         )
     record["stages"] |= extra
-    statuses = [s["status"] for s in record["stages"].values()]
+    statuses = {s["status"] for s in record["stages"].values()}
     record["status"] = (
-        "done" if set(statuses) == {"done"} else ("failed" if "failed" in statuses else "pending")
+        "done"
+        if statuses <= {"done", "skipped"}
+        else ("failed" if "failed" in statuses else "pending")
     )
     write_atomic(cell_dir / "cell.json", json.dumps(record, indent=2) + "\n")
 
@@ -774,8 +860,9 @@ def run_cell(
                     "wall_s": marker["wall_s"],
                 }
                 write_cell_record(cell, cell_dir, stages, {stage.name: failed})
-                progress(cell, f"{stage.name} FAILED (exit {code}); log: {marker['log']}")
-                return CellOutcome(cell, "failed", outcome.ran, Path(marker["log"]))
+                log = cell_dir / marker["log"]
+                progress(cell, f"{stage.name} FAILED (exit {code}); log: {log}")
+                return CellOutcome(cell, "failed", outcome.ran, log)
             write_cell_record(cell, cell_dir, stages, {})
             progress(cell, f"{stage.name} done in {marker['wall_s']:.1f} s")
         return outcome
@@ -803,16 +890,34 @@ def cell_row(sweep: SweepConfig, cell: Cell) -> dict[str, Any] | None:
     """The table row of a finished cell (None while any stage is unfinished)."""
     cell_dir = sweep.out / "cells" / cell.name
     stages = cell_stages(sweep, cell, cell_dir)
-    if not all(stage_done(cell_dir, s) for s in stages):
+    if pending(cell_dir, stages):
         return None
+    skipped = skipped_backfill(cell_dir, stages)
+    stages = [s for s in stages if s.name not in skipped]
     row: dict[str, Any] = {"cell": cell.index, **cell.axes}
+    sampled: list[dict[str, Any]] = []  # one per sampling seed
     for stage in stages:  # reconstruction metrics, then the sample form's
-        if stage.name in EVAL_STAGES:
+        if stage.name in EVAL_STAGES or stage.backfill:
             values = _eval_values(stage.out / "eval.json")
             gone = [row.get("unavailable"), values.pop("unavailable", None)]
-            row |= values
+            if stage.name == "eval":
+                row |= values
+            else:
+                sampled.append(values)
+                row |= {
+                    f"{k}_sampling_seed{stage.spec.get('seed', 0)}": v
+                    for k, v in values.items()
+                    if k.startswith("sample_")
+                }
             if any(gone):
                 row["unavailable"] = ";".join(sorted({n for g in gone if g for n in g.split(";")}))
+    if sampled:  # the sample metrics of the cell: their mean over the sampling seeds
+        row |= {
+            k: sum(v[k] for v in sampled) / len(sampled)
+            for k in sampled[0]
+            if is_number(sampled[0][k]) and all(k in v for v in sampled)
+        }
+        row["sampling_seeds"] = len(sampled)
     for stage in stages:
         marker = read_marker(cell_dir, stage.name) or {}
         summary = marker.get("summary") or {}
@@ -910,11 +1015,14 @@ def dry_run(sweep: SweepConfig, cells: list[Cell]) -> None:
     for cell in cells:
         cell_dir = sweep.out / "cells" / cell.name
         stages = cell_stages(sweep, cell, cell_dir)
-        first = next((i for i, s in enumerate(stages) if not stage_done(cell_dir, s)), len(stages))
+        first = first_stage_to_run(cell_dir, stages)
+        first = len(stages) if first is None else first
+        skipped = skipped_backfill(cell_dir, stages)
         print(f"cell {cell.index}: {cell.name}")
         for i, stage in enumerate(stages):
             resume = stage.resumable and (stage.out / CHECKPOINT).is_file()
             state = "done" if i < first else "resume" if resume else "run"
+            state = "skip" if stage.name in skipped else state
             print(f"  {stage.name:6s} {state:6s} {shlex.join(stage.argv(resume and i >= first))}")
 
 
