@@ -131,7 +131,7 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
 
     tiny = load_classifier(ClassifierConfig(width=4, feature_dim=16, epochs=1, train_subset=1024),
                            cache=tmp_path / "classifier")  # fmt: skip
-    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda root, device: tiny)
+    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda *a: tiny)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--steps", "4", "--prior-steps", "3", "--subset", "256",
             "--num-hypotheses", "8"]  # fmt: skip
@@ -150,6 +150,7 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert (out / "eval_mvqvae_samples" / "eval.json").is_file()
     assert (out / "report.html").is_file()  # the demo ends with its page
     assert "| mvqvae |" in capsys.readouterr().out
+    assert f"{tiny.meta['key']} (accuracy" in (out / "metrics.md").read_text()  # not the shipped
     assert main(argv) == 0  # a re-run reuses the finished runs
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from torchvision.utils import save_image
 
 from mvq.cli import main
+from mvq.evaluate import load_fd_classifier
 from mvq.metrics import ClassifierConfig, load_classifier
 from mvq.metrics import weights as weights_module
 
@@ -39,7 +40,7 @@ def offline(tiny_classifier, tmp_path, monkeypatch):
     monkeypatch.delenv("MVQ_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("MVQ_OFFLINE", "1")
     monkeypatch.setattr(weights_module, "_download", lambda *a: pytest.fail("network"))
-    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda root, device: tiny_classifier)
+    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda *a: tiny_classifier)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,42 @@ def test_image_folder_real_images_beat_noise(tmp_path, capsys) -> None:
         results[name] = json.loads((tmp_path / f"e_{name}" / "eval.json").read_text())
     assert results["real"]["sample_fd_fmnist"] < 0.2 * results["noise"]["sample_fd_fmnist"]
     assert results["real"]["sample_f8"] > results["noise"]["sample_f8"]
+
+
+def test_the_shipped_classifier_by_default_another_one_named(
+    tiny_classifier, tmp_path, capsys, monkeypatch
+) -> None:
+    """Default: mvq's shipped classifier, named in eval.json and the table; the study's copy of
+    it gives the same numbers; another classifier is named as not the shipped one."""
+    from mvq.data import build_dataset
+    from mvq.metrics.fd_fmnist import SHIPPED_KEY
+
+    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", load_fd_classifier)  # the real one
+    folder = write_pngs(build_dataset("fashion_mnist", None, "val").images[:100] / 255,
+                        tmp_path / "images")  # fmt: skip
+    study = Path(__file__).resolve().parents[1] / "results/fmnist/cache/fd_fmnist"
+    results, printed = {}, {}
+    for name, spec in (("default", None), ("study", study / "ea6ed89205813a6a.json"),
+                       ("tiny", tiny_classifier.meta["source"])):  # fmt: skip
+        argv = ["eval", "--images", folder, "--metrics", "fd_fmnist", "--out", tmp_path / name]
+        code, printed[name], _ = run(argv + (["--fd-classifier", spec] if spec else []), capsys)
+        assert code == 0
+        results[name] = json.loads((tmp_path / name / "eval.json").read_text())
+    used = results["default"]["meta"]["fd_fmnist_classifier"]
+    assert used["id"] == SHIPPED_KEY and used["shipped"] and used["accuracy"] == 0.9177
+    line = f"fd_fmnist classifier: mvq's shipped {SHIPPED_KEY} (test accuracy 91.77%)"
+    assert line in printed["default"]
+    assert results["study"]["sample_fd_fmnist"] == results["default"]["sample_fd_fmnist"]
+    assert results["study"]["meta"]["fd_fmnist_classifier"]["id"] == SHIPPED_KEY
+    other = results["tiny"]["meta"]["fd_fmnist_classifier"]
+    assert not other["shipped"] and other["id"] == tiny_classifier.meta["key"] != SHIPPED_KEY
+    assert f"NOT mvq's shipped {SHIPPED_KEY}" in printed["tiny"]
+    out = tmp_path / "e"
+    expect_error(["eval", "--images", folder, "--fd-classifier", tmp_path / "none.json",
+                  "--out", out], capsys, "no such classifier record", out)  # fmt: skip
+    (tmp_path / "broken.json").write_text("{}")  # a record without weights beside it
+    expect_error(["eval", "--images", folder, "--fd-classifier", tmp_path / "broken.json",
+                  "--out", out], capsys, "broken.safetensors not found", out)  # fmt: skip
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(models, tmp_path, capsys) -> None:

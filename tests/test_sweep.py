@@ -315,6 +315,26 @@ def test_collect_summarizes_over_seeds(tmp_path, capsys, fake_mvq) -> None:
     assert results_md.count("\n| ") == 7  # header + 6 rows
 
 
+def test_tables_name_a_classifier_other_than_the_shipped_one(tmp_path, capsys, fake_mvq) -> None:
+    path = str(prior_per_entry(tmp_path))
+    assert main(["sweep", path]) == 0
+    evals = sorted((tmp_path / "out" / "cells").glob("*/eval/eval.json"))
+    study = {"key": "ea6ed89205813a6a", "accuracy": 0.9177}  # what the study's eval.json hold
+    other = {"id": "0123456789abcdef", "shipped": False, "accuracy": 0.9158,
+             "weights_sha256": "0" * 64}  # fmt: skip
+    for file, classifier in zip(evals, (study, other), strict=False):
+        data = json.loads(file.read_text())
+        file.write_text(json.dumps(data | {"meta": {"fd_fmnist_classifier": classifier}}))
+    assert main(["sweep", path, "--collect"]) == 0
+    named = [r["fd_classifier"] for r in read_csv(tmp_path / "out" / "results.csv")]
+    assert sorted(named) == [""] * (len(named) - 1) + ["0123456789abcdef (accuracy 0.9158)"]
+    note = "fd_fmnist of classifier 0123456789abcdef (accuracy 0.9158), not mvq's shipped one."
+    for name in ("results.md", "summary.md"):
+        assert note in (tmp_path / "out" / name).read_text(), name
+    committed = sorted(ROOT.glob("results/fmnist/*/cells/*/eval*/eval.json"))
+    assert committed and not any("fd_classifier" in sweep_mod._eval_values(f) for f in committed)
+
+
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_training_cell_resumes_from_its_checkpoint(tmp_path, capsys, monkeypatch) -> None:
     """The real `mvq train` in a subprocess; eval is a fake that writes an eval.json."""

@@ -169,7 +169,7 @@ def _eval(args: argparse.Namespace) -> None:
     request = EvalRequest(Path(args.out), **paths, data=args.data, split=args.split,
                           root=args.root, n=args.n, metrics=args.metrics, device=args.device,
                           weights_dir=args.weights_dir, batch_size=args.batch_size,
-                          seed=args.seed)  # fmt: skip
+                          seed=args.seed, fd_classifier=args.fd_classifier)  # fmt: skip
     print(format_table(run_eval(request)))
     print(f"wrote {Path(args.out) / 'eval.json'} and a row of {Path(args.out) / 'eval.csv'}")
 
@@ -304,6 +304,14 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", required=True, help="folder for eval.json and eval.csv")
     _device_argument(ev)
     ev.add_argument("--weights-dir", help="folder searched first for Inception/VGG16 weights")
+    ev.add_argument(
+        "--fd-classifier",
+        default="shipped",
+        metavar="shipped|local|PATH",
+        help="classifier of fd_fmnist and the F-scores: shipped (mvq's, the default), local (the "
+        "same recipe on the data at --root: trained once unless these are the shipped "
+        "classifier's images) or a <key>.json that mvq saved",
+    )
     ev.add_argument("--batch-size", type=int, default=250, help="images per batch (default: 250)")
     ev.add_argument("--seed", type=int, default=0, help="seed of samples, masks and subsets")
 

@@ -12,7 +12,11 @@ Three forms, each printing a table and writing ``eval.json`` and one row of ``ev
 reference being the split (``min(n, N)`` of its images, a seeded random subset when smaller).
 
 ``eval.json`` is a flat object ``{name: number}`` plus ``"unavailable": {name: reason}`` and
-``"meta": {tokenizer, prior, images, data, split, n, reference_images, device, time, ...}``.
+``"meta": {tokenizer, prior, images, data, split, n, reference_images, device, time, ...}``;
+``meta.fd_fmnist_classifier`` names the classifier behind the fd_fmnist numbers and F-scores
+(``id``, ``shipped``, test ``accuracy``, ``weights_sha256``, ``source``): mvq's shipped one
+unless ``--fd-classifier local`` (the default recipe trained on the data at ``--root``, once) or
+``--fd-classifier PATH`` (a ``<key>.json`` that mvq wrote) picks another.
 The names are stable (a sweep reads them):
 
 - reconstruction form: ``mse`` (images in [-1, 1]), ``psnr`` (dB, per image on [0, 1], mean),
@@ -91,6 +95,7 @@ class EvalRequest:
     weights_dir: str | None = None
     batch_size: int = 250
     seed: int = 0
+    fd_classifier: str = "shipped"  # or "local", or a classifier record's path
 
     @property
     def form(self) -> str:
@@ -202,11 +207,12 @@ def resolve_eval_device(name: str) -> torch.device:
     return resolve_device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def load_fd_classifier(data_root: str | None, device: torch.device) -> object:
-    """mvq's cached Fashion-MNIST classifier on ``device`` (trained once when missing)."""
-    from mvq.metrics import load_classifier
+def load_fd_classifier(spec: str, data_root: str | None, device: torch.device) -> object:
+    """The fd_fmnist classifier ``spec`` names (``shipped``, ``local`` or a record's path) on
+    ``device``."""
+    from mvq.metrics import resolve_classifier
 
-    classifier = load_classifier(root=data_root)
+    classifier = resolve_classifier(spec, data_root)
     classifier.model.to(device)
     return classifier
 
@@ -222,7 +228,10 @@ def load_networks(
     needed = {
         "lpips": ("lpips", lambda: load_lpips(request.weights_dir, device)),
         "fid": ("inception", lambda: load_inception(request.weights_dir, device)),
-        "fd_fmnist": ("classifier", lambda: load_fd_classifier(fmnist_root, device)),
+        "fd_fmnist": (
+            "classifier",
+            lambda: load_fd_classifier(request.fd_classifier, fmnist_root, device),
+        ),
     }
     for group, (attribute, load) in needed.items():
         if group not in groups and not (group == "fd_fmnist" and "f_scores" in groups):
@@ -234,7 +243,10 @@ def load_networks(
         try:
             setattr(nets, attribute, load())
         except (OSError, ValueError) as err:  # WeightsUnavailable, DataError, broken files
-            nets.missing[group] = " ".join(str(err).split())
+            reason = " ".join(str(err).split())
+            if group == "fd_fmnist" and request.fd_classifier != "shipped":
+                raise EvalError(f"--fd-classifier {request.fd_classifier}: {reason}") from err
+            nets.missing[group] = reason
     return nets
 
 
@@ -521,6 +533,10 @@ def format_table(result: dict) -> str:
              + f" vs {meta['data']} {meta['split']} ({meta['reference_images']} images), "
                f"n={meta['n']}, {meta['device']}, {meta['seconds']:.1f} s",
              "", "| metric | value |", "|---|---|"]  # fmt: skip
+    if meta.get("fd_fmnist_classifier"):
+        from mvq.metrics.fd_fmnist import describe_classifier
+
+        lines.insert(1, describe_classifier(meta["fd_fmnist_classifier"]))
     for name, value in result.items():
         if name not in ("meta", "unavailable"):
             lines.append(f"| {name} | {value:.6g} |")
@@ -575,6 +591,13 @@ def load_models(request: EvalRequest, device: torch.device) -> tuple:
     return tokenizer, prior
 
 
+def classifier_record(spec: str) -> Path:
+    """The ``<key>.json`` a ``--fd-classifier`` path names (given with or without a suffix)."""
+    path = Path(spec).expanduser()
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return Path(f"{stem}.json")
+
+
 def check_request(request: EvalRequest) -> None:
     """Combinations of options that make no sense."""
     if request.images is not None and (request.tokenizer or request.prior):
@@ -585,6 +608,11 @@ def check_request(request: EvalRequest) -> None:
         raise EvalError(f"-n must be at least 2, got {request.n}")
     if request.batch_size < 1:
         raise EvalError(f"--batch-size must be positive, got {request.batch_size}")
+    spec = request.fd_classifier
+    if spec not in ("shipped", "local") and not classifier_record(spec).is_file():
+        raise EvalError(f"--fd-classifier {spec}: no such classifier record; give 'shipped' "
+                        "(mvq's, the default), 'local' (trained on the data at --root once) or "
+                        "the <key>.json of a classifier mvq saved")  # fmt: skip
 
 
 def static_unavailable(form: str, groups: tuple[str, ...], tokenizer, prior) -> dict[str, str]:
@@ -680,6 +708,7 @@ def describe(request: EvalRequest, device, reference, images, nets, seconds: flo
         "seconds": round(seconds, 2),
     }
     if nets.classifier is not None:
-        m = nets.classifier.meta
-        meta["fd_fmnist_classifier"] = {k: m.get(k) for k in ("key", "accuracy", "feature_layer")}
+        from mvq.metrics.fd_fmnist import classifier_identity
+
+        meta["fd_fmnist_classifier"] = classifier_identity(nets.classifier.meta)
     return meta

@@ -879,7 +879,12 @@ def _eval_values(path: Path) -> dict[str, Any]:
         return {"unavailable": f"eval.json unreadable ({type(err).__name__})"}
     if not isinstance(data, dict):
         return {"unavailable": "eval.json is not an object"}
+    from mvq.metrics.fd_fmnist import classifier_label
+
     row: dict[str, Any] = {k: v for k, v in data.items() if is_number(v)}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    if other := classifier_label(meta.get("fd_fmnist_classifier")):
+        row["fd_classifier"] = other  # not mvq's shipped classifier: named in the tables
     unavailable = data.get("unavailable")
     if isinstance(unavailable, dict) and unavailable:
         row["unavailable"] = ";".join(sorted(unavailable))
@@ -900,6 +905,8 @@ def cell_row(sweep: SweepConfig, cell: Cell) -> dict[str, Any] | None:
         if stage.name in EVAL_STAGES or stage.backfill:
             values = _eval_values(stage.out / "eval.json")
             gone = [row.get("unavailable"), values.pop("unavailable", None)]
+            if other := values.pop("fd_classifier", None):
+                row["fd_classifier"] = other
             if stage.name == "eval":
                 row |= values
             else:
@@ -945,6 +952,8 @@ def collect(sweep: SweepConfig, cells: list[Cell]) -> list[dict[str, Any]]:
         axes = sweep.axis_names
         columns = order_columns(axes, rows)
         title = f"Sweep {sweep.name}: {len(rows)} of {len(cells)} cells finished."
+        if others := sorted({str(r["fd_classifier"]) for r in rows if r.get("fd_classifier")}):
+            title += f" fd_fmnist of classifier {', '.join(others)}, not mvq's shipped one."
         write_atomic(sweep.out / "results.csv", to_csv(columns, rows))
         write_atomic(sweep.out / "results.md", to_markdown(columns, rows, title))
         summary_csv, summary_md = summary_tables(axes, rows, f"{title} Mean ± std over seeds.")

@@ -2,17 +2,22 @@
 F-scores, LPIPS and Inception features, with their weights found offline first.
 
 Pure functions on arrays and images; the networks they need are loaded by ``load_*``.
-Imports ``mvq.data`` (the Fashion-MNIST reference set of ``fd_fmnist``) only.
+Imports ``mvq.data`` (the Fashion-MNIST reference set of ``fd_fmnist``) and ``mvq.errors``
+only. The classifier of ``fd_fmnist`` ships as package data (``fd_fmnist_classifier/``).
 """
 
 from mvq.metrics.fd_fmnist import (
     CachedClassifier,
     ClassifierConfig,
+    ClassifierError,
     FMNISTClassifier,
     classifier_features,
     fd_floor,
     fd_fmnist,
     load_classifier,
+    load_classifier_file,
+    resolve_classifier,
+    shipped_classifier,
     train_classifier,
 )
 from mvq.metrics.frechet import feature_statistics, frechet_distance
@@ -25,6 +30,7 @@ __all__ = [
     "WEIGHTS",
     "CachedClassifier",
     "ClassifierConfig",
+    "ClassifierError",
     "FMNISTClassifier",
     "WeightsFile",
     "WeightsUnavailable",
@@ -35,11 +41,14 @@ __all__ = [
     "frechet_distance",
     "inception_features",
     "load_classifier",
+    "load_classifier_file",
     "load_inception",
     "load_lpips",
     "lpips_distance",
     "prd_curve",
     "prd_f_scores",
+    "resolve_classifier",
     "resolve_weights",
+    "shipped_classifier",
     "train_classifier",
 ]
