@@ -13,15 +13,31 @@ measured in the same run:
        - EMA vs EMA: ours ``ema=True`` against theirs with its EMA (its default), both decay 0.99.
      Their defaults (EMA with decay 0.8, the rotation trick: another gradient and extra work,
      commitment 1.0) are a separate row, not like for like. A plain ``torch.cdist`` + ``argmin``
-     VQ is a third baseline. The arithmetic limit: the distance GEMM costs 2·B·N·K·D flops (the
-     backward has none: argmin has no gradient), and the same GEMM alone, timed in the run,
-     gives this machine's rate; every VQ row reports the GEMM's time over its own.
+     VQ is a third baseline. The VQ options, each EMA vs EMA (decay 0.99, commitment 0.25) with
+     one option on in both: ``rotation_trick=True`` (theirs: its ``rotate_to``; ours: the same
+     gradient in one autograd node) and cosine codes (``cosine=True`` / ``use_cosine_sim=True``).
+     SimVQ: ``VectorQuantizer(simvq=True)`` against ``vector_quantize_pytorch.SimVQ`` with
+     straight-through gradients (``rotation_trick=False``) and the same loss (0.25 on the
+     commitment term, 1 on the codebook term); ours also passes the decoder's gradient to the
+     codes (mvq's straight-through ``q + (y - sg[y])``), theirs detaches them. The arithmetic
+     limit: the distance GEMM costs 2·B·N·K·D flops (the backward has none: argmin has no
+     gradient; SimVQ adds K·D·D products for its codes C·W and their gradient, 1/128 of it
+     here), and the same GEMM alone, timed in the run, gives this machine's rate; every VQ row
+     reports the GEMM's time over its own.
   2. FSQ, levels (8, 5, 5, 5), input (32, 256, 4): ``FSQ`` (ours, channel-first view again) and
      ``vector_quantize_pytorch.FSQ``; like for like, our ``bound="vqpytorch"`` computes their
      formula. Ours also checks its input for NaN/Inf and computes usage and perplexity (timed
      apart as ``fsq_input_check`` and ``fsq_codebook_stats``); theirs does neither.
      ``quantize()`` alone compares the two quantisers without the module around. FSQ has no
      GEMM: a few elementwise passes over 128 KiB, bound by overheads, so no arithmetic limit.
+  3. LFQ and BSQ, d = 9 bits (512 codes, the VQ case's K), input (32, 256, 9): ``LFQ`` and
+     ``BSQ`` (ours, channel-first view, their defaults) against ``vector_quantize_pytorch.LFQ``
+     and ``LFQ(spherical=True)`` with the same options: entropy weight 0.1, diversity gamma 1,
+     commitment 0.25 (LFQ) / 0 (BSQ), ``inv_temperature`` 100 (LFQ) / 1 (BSQ), both with the
+     exact codebook entropy over all 2^d codes (theirs from an (N, 2^d) softmax, ours from two
+     half-codebooks and one GEMM). The arithmetic limit: that GEMM, P = a·bᵀ with a (2^5, B·N)
+     and b (2^4, B·N), 2·B·N·2^d flops forward and twice that backward, at this run's GEMM
+     rate (optimistic: so thin a GEMM runs below the VQ GEMM's rate).
 Each figure is the median over ``rounds`` of per-round medians; the cases are interleaved in
 every round so that load from other processes hits all of them alike. Prints a table, then, as
 the last line, one JSON object with every figure, the baseline of each ratio and the versions.
@@ -40,7 +56,9 @@ import torch
 import torch.nn.functional as F
 
 from mvq.quantizers.base import check_feature_map, codebook_stats
+from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
+from mvq.quantizers.lfq import LFQ
 from mvq.quantizers.vq import VectorQuantizer
 
 try:
@@ -50,6 +68,7 @@ except ImportError as err:  # no fake numbers: the comparison needs the referenc
 
 B, N, D, K = 32, 256, 64, 512
 LEVELS = (8, 5, 5, 5)
+LFQ_DIM = 9  # 2^9 = 512 codes, the VQ case's K
 
 
 def time_fn(fn: Callable[[], object], warmup: int = 5, repeats: int = 30) -> float:
@@ -96,6 +115,17 @@ def settings(vq: torch.nn.Module) -> dict[str, object]:
         "learnable_codebook": bool(vq.learnable_codebook),
         "decay": float(vq._codebook.decay),
         "commitment_weight": float(vq.commitment_weight),
+        "use_cosine_sim": bool(vq.use_cosine_sim),
+    }
+
+
+def simvq_settings(vq: torch.nn.Module) -> dict[str, object]:
+    """The options of a ``vqp.SimVQ`` that decide what it computes."""
+    return {
+        "rotation_trick": bool(vq.rotation_trick),
+        "input_to_quantize_commit_loss_weight": float(vq.input_to_quantize_commit_loss_weight),
+        "commitment_weight": float(vq.commitment_weight),
+        "frozen_codebook_dim": int(vq.frozen_codebook.shape[1]),
     }
 
 
@@ -109,8 +139,15 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
         "vq_vqpytorch_noema": vqp.VectorQuantize(**like, learnable_codebook=True, ema_update=False),
         "vq_vqpytorch_ema": vqp.VectorQuantize(**like, decay=0.99),
         "vq_vqpytorch_defaults": vqp.VectorQuantize(dim=D, codebook_size=K),
+        "vq_vqpytorch_rotation": vqp.VectorQuantize(**dict(like, rotation_trick=True), decay=0.99),
+        "vq_vqpytorch_cosine": vqp.VectorQuantize(**like, decay=0.99, use_cosine_sim=True),
     }
+    simvq_theirs = vqp.SimVQ(dim=D, codebook_size=K, rotation_trick=False,
+                             input_to_quantize_commit_loss_weight=0.25)  # fmt: skip
     ours, ours_ema = VectorQuantizer(K, D), VectorQuantizer(K, D, ema=True, decay=0.99)
+    ours_rotation = VectorQuantizer(K, D, ema=True, decay=0.99, rotation_trick=True)
+    ours_cosine = VectorQuantizer(K, D, ema=True, decay=0.99, cosine=True)
+    ours_simvq = VectorQuantizer(K, D, simvq=True)
     ours_eval, cdist = VectorQuantizer(K, D).eval(), CdistVQ()
     flat, codebook_t = torch.randn(B * N, D), torch.randn(D, K)
 
@@ -125,13 +162,18 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
     cases: dict[str, Callable[[], object]] = {
         "vq_ours": fwd_bwd(lambda: ours_out(ours)),
         "vq_ours_ema": fwd_bwd(lambda: ours_out(ours_ema)),
+        "vq_ours_rotation": fwd_bwd(lambda: ours_out(ours_rotation)),
+        "vq_ours_cosine": fwd_bwd(lambda: ours_out(ours_cosine)),
+        "simvq_ours": fwd_bwd(lambda: ours_out(ours_simvq)),
+        "simvq_vqpytorch": fwd_bwd(lambda: simvq_theirs(x)[::2]),
         "vq_cdist": fwd_bwd(lambda: cdist(x)),
         "vq_forward_ours": forward_only,
         "vq_distance_matmul": lambda: torch.mm(flat, codebook_t),
     }
     for name, vq in theirs.items():  # (quantized, indices, loss) -> (quantized, loss)
         cases[name] = fwd_bwd(lambda vq=vq: vq(x)[::2])
-    return cases, {name: settings(vq) for name, vq in theirs.items()}
+    used = {name: settings(vq) for name, vq in theirs.items()}
+    return cases, used | {"simvq_vqpytorch": simvq_settings(simvq_theirs)}
 
 
 def fsq_cases() -> dict[str, Callable[[], object]]:
@@ -158,6 +200,53 @@ def fsq_cases() -> dict[str, Callable[[], object]]:
     }
 
 
+def lfq_bsq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, object]]]:
+    """Forward+backward steps of our LFQ and BSQ and vector-quantize-pytorch's, like for like;
+    with the settings of theirs."""
+    x = torch.randn(B, N, LFQ_DIM, requires_grad=True)  # (B, N, d) channel-last
+    z = x.detach().transpose(1, 2).requires_grad_()  # (B, d, N) view, what ours takes
+    ours = {"lfq_ours": LFQ(LFQ_DIM), "bsq_ours": BSQ(LFQ_DIM)}  # their defaults
+    theirs = {}
+    for name, q in ours.items():
+        options = dict(entropy_loss_weight=q.entropy_weight, diversity_gamma=q.diversity_gamma,
+                       commitment_loss_weight=q.commitment_weight)  # fmt: skip
+        ref = vqp.LFQ(dim=LFQ_DIM, spherical=isinstance(q, BSQ), **options)
+        theirs[name.replace("ours", "vqpytorch")] = ref, 1 / q.temperature
+
+    def ours_out(q: LFQ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = q(z)
+        return out.quantized, out.loss
+
+    cases: dict[str, Callable[[], object]] = {
+        name: fwd_bwd(lambda q=q: ours_out(q)) for name, q in ours.items()
+    }
+    for name, (ref, inv_t) in theirs.items():  # (quantized, indices, loss) -> (quantized, loss)
+        cases[name] = fwd_bwd(lambda ref=ref, inv_t=inv_t: ref(x, inv_temperature=inv_t)[::2])
+    used = {
+        name: {key: getattr(ref, key) for key in ("spherical", "entropy_loss_weight",
+               "commitment_loss_weight", "diversity_gamma", "codebook_scale",
+               "frac_per_sample_entropy")} | {"dim": LFQ_DIM, "inv_temperature": inv_t}
+        for name, (ref, inv_t) in theirs.items()
+    }  # fmt: skip
+    return cases, used
+
+
+def lfq_bsq_figures(ms: dict[str, float], gemm_gflops: float) -> dict[str, object]:
+    """Print and return the LFQ/BSQ steps' fraction of the arithmetic limit (their one GEMM)."""
+    flops = 3 * 2 * B * N * 2**LFQ_DIM  # P = a·bᵀ forward, its two gradients backward
+    limit_ms = flops / gemm_gflops / 1e6
+    steps = ["lfq_ours", "lfq_vqpytorch", "bsq_ours", "bsq_vqpytorch"]
+    print(
+        f"LFQ/BSQ entropy GEMM, fwd+bwd: {flops / 1e6:.0f} MFLOP, {limit_ms:.3f} ms at that rate:"
+    )
+    for name in steps:
+        print(f"  {name:24s} {ms[name]:8.3f} ms  {100 * limit_ms / ms[name]:5.1f}%")
+    return {
+        "lfq_bsq_entropy_gemm_flops": flops,
+        "lfq_bsq_fraction_of_gemm_limit": {name: limit_ms / ms[name] for name in steps},
+    }
+
+
 def measure(cases: dict[str, Callable[[], object]], rounds: int, repeats: int) -> dict[str, float]:
     """Median over rounds of each case's median time in ms, the cases interleaved per round."""
     per_round: dict[str, list[float]] = {name: [] for name in cases}
@@ -175,6 +264,12 @@ ROWS = [
      "vq_ema_time_over_vqpytorch_ema"),
     ("VQ EMA vs vqpytorch DEFAULTS (rotation trick)", "vq_ours_ema", "vq_vqpytorch_defaults",
      "vq_ema_time_over_vqpytorch_defaults"),
+    ("VQ EMA rotation trick vs vqpytorch EMA rotation", "vq_ours_rotation",
+     "vq_vqpytorch_rotation", "vq_rotation_time_over_vqpytorch"),
+    ("VQ EMA cosine vs vqpytorch EMA cosine", "vq_ours_cosine", "vq_vqpytorch_cosine",
+     "vq_cosine_time_over_vqpytorch"),
+    ("SimVQ vs vqpytorch SimVQ, no rotation", "simvq_ours", "simvq_vqpytorch",
+     "simvq_time_over_vqpytorch"),
     ("VQ no EMA vs cdist+argmin", "vq_ours", "vq_cdist", "vq_time_over_cdist"),
     ("VQ forward (eval, no grad) vs distance GEMM", "vq_forward_ours", "vq_distance_matmul",
      "vq_forward_time_over_matmul"),
@@ -183,9 +278,14 @@ ROWS = [
      "fsq_vqpytorch_bound_time_over_vqpytorch"),
     ("FSQ quantize() only", "fsq_quantize_ours", "fsq_quantize_vqpytorch",
      "fsq_quantize_time_over_vqpytorch"),
+    ("LFQ d=9 vs vqpytorch LFQ", "lfq_ours", "lfq_vqpytorch", "lfq_time_over_vqpytorch"),
+    ("BSQ d=9 vs vqpytorch LFQ(spherical)", "bsq_ours", "bsq_vqpytorch",
+     "bsq_time_over_vqpytorch"),
 ]  # fmt: skip
 VQ_STEPS = ["vq_ours", "vq_ours_ema", "vq_vqpytorch_noema", "vq_vqpytorch_ema",
-            "vq_vqpytorch_defaults", "vq_cdist", "vq_forward_ours"]  # fmt: skip
+            "vq_vqpytorch_defaults", "vq_ours_rotation", "vq_vqpytorch_rotation",
+            "vq_ours_cosine", "vq_vqpytorch_cosine", "simvq_ours", "simvq_vqpytorch",
+            "vq_cdist", "vq_forward_ours"]  # fmt: skip
 
 
 def report(ms: dict[str, float], vqpytorch_settings: dict[str, object]) -> dict[str, object]:
@@ -236,8 +336,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases, vqpytorch_settings = vq_cases()
-    ms = measure(cases | fsq_cases(), args.rounds, args.repeats)
-    print(json.dumps(report(ms, vqpytorch_settings)))
+    lfq_bsq, lfq_bsq_settings = lfq_bsq_cases()
+    ms = measure(cases | fsq_cases() | lfq_bsq, args.rounds, args.repeats)
+    figures = report(ms, vqpytorch_settings | lfq_bsq_settings)
+    figures |= lfq_bsq_figures(ms, figures["matmul_gflops"])
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
