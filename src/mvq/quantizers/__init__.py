@@ -5,9 +5,19 @@ Imports ``mvq.tokens`` (``Tokens``, re-exported here), ``mvq.nets`` (MVQ's f) an
 """
 
 from mvq.quantizers.base import QuantizerOutput
+from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
+from mvq.quantizers.lfq import LFQ
 from mvq.quantizers.masked_vq import MaskedVectorQuantizer
 from mvq.quantizers.vq import VectorQuantizer
 from mvq.tokens import Tokens
 
-__all__ = ["FSQ", "MaskedVectorQuantizer", "QuantizerOutput", "Tokens", "VectorQuantizer"]
+__all__ = [
+    "BSQ",
+    "FSQ",
+    "LFQ",
+    "MaskedVectorQuantizer",
+    "QuantizerOutput",
+    "Tokens",
+    "VectorQuantizer",
+]
