@@ -27,8 +27,10 @@ def test_every_registered_variant_runs_forward(name: str) -> None:
     x = torch.rand(2, c.in_channels, c.image_size, c.image_size) * 2 - 1
     out = model(x)
     assert out.recon.shape == x.shape
-    assert out.tokens.indices.shape == (2, c.grid, c.grid)
-    assert out.tokens.secondary.shape == (2, 1, 1)
+    layout = model.token_layout  # (grid, grid) and (1, 1); residual VQ stacks its levels
+    depth = getattr(model, "depth", 1)
+    assert out.tokens.indices.shape == (2, *layout.primary_grid) == (2, depth * c.grid, c.grid)
+    assert out.tokens.secondary.shape == (2, *layout.secondary_grid) == (2, depth, 1)
     assert torch.isfinite(out.loss)
 
 

@@ -267,7 +267,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 import mvq.quantizers.vq as vq_module
-from mvq.quantizers import VectorQuantizer
+from mvq.quantizers import ResidualVQ, VectorQuantizer
 
 out, rank = Path(sys.argv[1]), int(os.environ["RANK"])
 world = int(os.environ["WORLD_SIZE"])
@@ -280,6 +280,8 @@ CONFIGS = {{
     "grad_cosine_lowdim_kmeans_restart": dict(cosine=True, codebook_dim=2, init="kmeans",
                                               dead_code_threshold=2.0),
     "simvq_cosine_rotation": dict(simvq=True, cosine=True, rotation_trick=True),
+    "rvq_ema_kmeans_restart_dropout": dict(levels=3, quantizer_dropout=0.5, ema=True,
+                                           init="kmeans", dead_code_threshold=2.0),
     "control_ema_cosine_kmeans_restart_unsynced": dict(ema=True, cosine=True, init="kmeans",
                                                        dead_code_threshold=2.0),
 }}
@@ -290,12 +292,14 @@ results = {{}}
 for name, options in CONFIGS.items():
     vq_module._distributed = lambda: not name.startswith("control")  # the control: no syncing
     torch.manual_seed(100 + rank)  # each rank its own init and data: only syncing aligns them
-    vq = VectorQuantizer(16, 4, in_channels=6, **options)
-    restarts, restart = [], vq._restart_dead_codes
-    def counting(x, restart=restart, vq=vq, restarts=restarts):
-        restarts.append(int((vq.code_usage < vq.dead_code_threshold).sum()))
-        restart(x)
-    vq._restart_dead_codes = counting
+    cls = ResidualVQ if name.startswith("rvq") else VectorQuantizer
+    vq = cls(16, 4, in_channels=6, **options)
+    restarts = []
+    for level in [m for m in vq.modules() if isinstance(m, VectorQuantizer)]:
+        def counting(x, restart=level._restart_dead_codes, level=level, restarts=restarts):
+            restarts.append(int((level.code_usage < level.dead_code_threshold).sum()))
+            restart(x)
+        level._restart_dead_codes = counting
     # buffers synced at the start only (rank 0's, as DDP does by default), never in forward:
     # the EMA statistics must stay equal by the quantizer's own syncing
     for buffer in vq.buffers():
@@ -309,7 +313,7 @@ for name, options in CONFIGS.items():
         opt.step()
         opt.zero_grad()
     results[name] = {{"state": vq.state_dict(), "restarts": sum(restarts),
-                     "commitment": o.logs["commitment"]}}
+                     "commitment": o.logs.get("commitment", o.logs.get("level0_commitment"))}}
 dist.destroy_process_group()
 torch.save(results, out / f"rank{{rank}}.pt")
 """

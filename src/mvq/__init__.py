@@ -6,8 +6,25 @@ Imports run one way, down the data flow: ``mvq.tokens`` (the token contract, tor
 package re-exports the quantizers and ``Tokens``.
 """
 
-from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput, VectorQuantizer
+from mvq.quantizers import (
+    BSQ,
+    FSQ,
+    LFQ,
+    MaskedVectorQuantizer,
+    QuantizerOutput,
+    ResidualVQ,
+    VectorQuantizer,
+)
 from mvq.tokens import Tokens
 
-__all__ = ["FSQ", "MaskedVectorQuantizer", "QuantizerOutput", "Tokens", "VectorQuantizer"]
+__all__ = [
+    "BSQ",
+    "FSQ",
+    "LFQ",
+    "MaskedVectorQuantizer",
+    "QuantizerOutput",
+    "ResidualVQ",
+    "Tokens",
+    "VectorQuantizer",
+]
 __version__ = "0.1.0"

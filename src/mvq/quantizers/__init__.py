@@ -9,6 +9,7 @@ from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
 from mvq.quantizers.lfq import LFQ
 from mvq.quantizers.masked_vq import MaskedVectorQuantizer
+from mvq.quantizers.residual import ResidualVQ
 from mvq.quantizers.vq import VectorQuantizer
 from mvq.tokens import Tokens
 
@@ -18,6 +19,7 @@ __all__ = [
     "LFQ",
     "MaskedVectorQuantizer",
     "QuantizerOutput",
+    "ResidualVQ",
     "Tokens",
     "VectorQuantizer",
 ]

@@ -1,4 +1,5 @@
-"""Tokenizers (VQVAE2, MVQVAE, FSQVAE and their GAN-trained VQGAN, MVQGAN, FSQGAN) and their
+"""Tokenizers (VQVAE2, MVQVAE, FSQVAE and their GAN-trained VQGAN, MVQGAN, FSQGAN; QVAE with
+the field's other quantizer families: LFQVAE, BSQVAE, RVQVAE, SimVQVAE) and their
 registry of the paper's settings (``mvq.tokenizers.variants``, one literal row per name).
 
 Variant names read ``<arch>_<dataset>_s<S>_k<K>``: e.g. ``mvqvae_fmnist_s4_k16`` is MVQVAE on
@@ -14,6 +15,18 @@ from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN, FSQGANConfig, MVQGANConfig, VQGANConfig
 from mvq.tokenizers.mvqvae import MVQVAE, MVQVAEConfig
+from mvq.tokenizers.qvae import (
+    BSQVAE,
+    LFQVAE,
+    QVAE,
+    RVQVAE,
+    BSQVAEConfig,
+    LFQVAEConfig,
+    QVAEConfig,
+    RVQVAEConfig,
+    SimVQVAE,
+    SimVQVAEConfig,
+)
 from mvq.tokenizers.variants import (
     ARCHITECTURES,
     DATASET_SHAPES,
@@ -28,6 +41,16 @@ from mvq.tokens import TokenLayout
 
 __all__ = [
     "ARCHITECTURES",
+    "BSQVAE",
+    "BSQVAEConfig",
+    "LFQVAE",
+    "LFQVAEConfig",
+    "QVAE",
+    "QVAEConfig",
+    "RVQVAE",
+    "RVQVAEConfig",
+    "SimVQVAE",
+    "SimVQVAEConfig",
     "DATASET_SHAPES",
     "FSQGAN",
     "FSQVAE",

@@ -8,7 +8,7 @@ primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,8 @@ from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
 from mvq.pretrained import PretrainedMixin
 from mvq.quantizers import QuantizerOutput
 from mvq.tokens import TokenLayout, Tokens
+
+VQ_OPTIONS = ("cosine", "codebook_dim", "rotation_trick", "simvq", "decay", "kmeans_iters")
 
 
 @dataclass
@@ -34,6 +36,9 @@ class TokenizerConfig:
         channels, res_channels, num_res_blocks: Table 3 widths (128, 64, 2).
         beta: commitment weight.
         ema, init, dead_code_threshold: codebook options of ``VectorQuantizer``.
+        vq_options: more ``VectorQuantizer`` options for every codebook (``VQ_OPTIONS``:
+            cosine codes, a low-dimensional lookup, the rotation trick, SimVQ, the EMA decay,
+            k-means iterations), e.g. ``{"cosine": True, "codebook_dim": 8}``.
     """
 
     in_channels: int = 1
@@ -49,9 +54,16 @@ class TokenizerConfig:
     ema: bool = False
     init: str = "random"
     dead_code_threshold: float = 0.0
+    vq_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         primary_grid(self.image_size, self.factor)  # unsupported (size, F) -> clear error
+        unknown = sorted(set(self.vq_options) - set(VQ_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"vq_options has no {', '.join(unknown)}; it takes {', '.join(VQ_OPTIONS)} "
+                "(beta, ema, init and dead_code_threshold are fields of their own)"
+            )
         if self.codebook_size < 2 or self.codebook_size % 2:
             raise ValueError(
                 f"codebook_size K={self.codebook_size} must be even and >= 2: "
@@ -75,6 +87,7 @@ class TokenizerConfig:
             "ema": self.ema,
             "init": self.init,
             "dead_code_threshold": self.dead_code_threshold,
+            **self.vq_options,
         }
 
 
