@@ -7,7 +7,11 @@ stage writes) so they take seconds; one runs the real trainer on Fashion-MNIST.
 
 import csv
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["model_config.channels=8", "model_config.res_channels=4", "train.val_batches=1"]
 
 FAKE_MVQ = r"""
-import json, os, signal, sys
+import json, os, signal, sys, time
 from pathlib import Path
 
 argv = sys.argv[1:]
@@ -40,6 +44,15 @@ if command in ("train", "train-prior"):
     assert "--resume" in argv or not out.exists(), "a fresh start gets an empty folder"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     ckpt.write_text("step 1")
+    hold = os.environ.get("FAKE_HOLD", "")  # "<command>:<path fragment>": train until a signal
+    if hold and hold.split(":")[0] == command and hold.split(":")[1] in str(out) and (
+            "--resume" not in argv):
+        # as `mvq train`: checkpoint the step, exit 143 (SIGTERM) or 75 (SIGUSR1)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGUSR1, lambda *_: sys.exit(75))
+        (out / "held").write_text("")
+        time.sleep(120)
+        sys.exit(1)
     if failing:
         os.kill(os.getpid(), signal.SIGKILL) if fail.endswith("kill") else sys.exit(1)
     (out / "model").mkdir()
@@ -233,6 +246,66 @@ def test_killed_cell_resumes_and_finished_cells_are_not_rerun(
     assert [r["cell"] for r in rows] == [str(i) for i in range(6)]
     assert rows[3]["mse"] == "0.11" and rows[3]["train_steps"] == "3"
     assert rows[3]["unavailable"] == "fid" and float(rows[3]["eval_wall_s"]) > 0
+
+
+@pytest.mark.parametrize(("signum", "status", "jobs"), [(signal.SIGTERM, 143, 2),
+                                                      (signal.SIGUSR1, 75, 1)])  # fmt: skip
+def test_a_signalled_sweep_passes_it_on_records_interrupted_and_resumes(
+    tmp_path, capsys, monkeypatch, fake_mvq, signum, status, jobs
+) -> None:
+    """SIGTERM / SIGUSR1 to the sweep reach its running training stages (the fake exits as
+    `mvq train` does: 143 / 75 after its checkpoint), which are recorded as interrupted; the
+    sweep exits with the same status, and the next run resumes them with --resume."""
+    path = str(prior_per_entry(tmp_path, seeds=[0], exclude=[{"method": "mvqvae"}]))
+    cells = tmp_path / "out" / "cells"
+    held = ["method=vqvae2__tokens=1+1__K=16__variant=ema__seed=0"]  # cell 1: after cell 0
+    if jobs == 2:  # both cells at once: the signal reaches both stages
+        held.insert(0, "method=vqvae2__tokens=1+1__K=16__variant=paper__seed=0")
+    monkeypatch.setenv("FAKE_HOLD", "train:variant=" if jobs == 2 else f"train:{held[0]}")
+    thread = threading.Thread(target=signal_when_held, args=(held, cells, signum))
+    thread.start()
+    try:
+        code = main(["sweep", path, "--jobs", str(jobs), "--threads", "2"])
+    finally:
+        thread.join()
+    out = capsys.readouterr().out
+    assert code == status, out
+    name = signal.Signals(signum).name
+    assert f"train interrupted by {name} (exit {status})" in out
+    assert f"interrupted by {name}: the same command resumes the {len(held)} interrupted" in out
+    for cell in held:
+        record = json.loads((cells / cell / "cell.json").read_text())
+        assert record["status"] == "interrupted", record
+        assert record["stages"]["train"] | {"wall_s": 0} == {
+            "status": "interrupted", "signal": name, "exit_code": status,
+            "log": "logs/train.log", "wall_s": 0}  # fmt: skip
+        assert not (cells / cell / "markers" / "train.json").exists()
+    assert len(read_csv(tmp_path / "out" / "results.csv")) == 2 - len(held)
+
+    monkeypatch.delenv("FAKE_HOLD")
+    fake_mvq.unlink()
+    assert main(["sweep", path]) == 0
+    trains = [c["argv"] for c in calls_of(fake_mvq) if c["argv"][0] == "train"]
+    assert len(trains) == len(held) and all("--resume" in argv for argv in trains)
+    assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
+    # the resumed cells end as an uninterrupted sweep's
+    assert main(["sweep", path, "--out", str(tmp_path / "plain")]) == 0
+    for cell in held:
+        eval_json = Path("eval", "eval.json")
+        assert (cells / cell / eval_json).read_text() == (
+            tmp_path / "plain" / "cells" / cell / eval_json
+        ).read_text()
+        assert json.loads((cells / cell / "cell.json").read_text())["status"] == "done"
+
+
+def signal_when_held(held: list[str], cells: Path, signum: int) -> None:
+    """Send this process ``signum`` once every held cell's training stage is waiting."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all((cells / cell / "tokenizer" / "held").exists() for cell in held):
+            os.kill(os.getpid(), signum)
+            return
+        time.sleep(0.05)
 
 
 def test_partial_stage_restarts_clean_and_reruns_what_follows(

@@ -4,7 +4,9 @@ logs, callbacks, and a 2-process gloo DDP run. Tiny models, runs take a fraction
 from __future__ import annotations
 
 import csv
+import errno
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -20,11 +22,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mvq.training.trainer as trainer_module
+from mvq.errors import DiskFullError
 from mvq.pretrained import PretrainedMixin
 from mvq.training import (
     CheckpointError,
     EpochBatchSampler,
     RunDirError,
+    RunStopped,
     TrainConfig,
     TrainingDiverged,
     checkpoint_path,
@@ -221,6 +225,135 @@ def test_failed_checkpoint_write_keeps_previous_one(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
 
 
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 75)])
+def test_sigterm_and_sigusr1_finish_the_step_checkpoint_and_resume_exactly(
+    tmp_path, reference, signum, status
+):
+    model = fresh()
+    model.on_step = {7: lambda: os.kill(os.getpid(), signum)}  # 3 steps after step 4's checkpoint
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    with pytest.raises(RunStopped) as stopped:
+        train(model, TRAIN, VAL, config(max_steps=12), tmp_path)
+    assert (stopped.value.step, stopped.value.status) == (7, status)
+    message = str(stopped.value)
+    assert message.startswith(signal.Signals(signum).name) and "step 7" in message
+    assert str(checkpoint_path(tmp_path)) in message and f"(exit status {status})" in message
+    assert "--resume" in message and "\n" not in message
+    assert model.train_calls == 7  # no step after the signal's
+    assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 7
+    assert {s: signal.getsignal(s) for s in before} == before  # the caller's handlers are back
+    resumed = fresh()
+    train(resumed, TRAIN, VAL, config(max_steps=12), tmp_path, resume=True)
+    assert_same_state(resumed.state_dict(), reference[0])
+
+
+def test_dataloader_workers_leave_sigterm_to_the_training_process(tmp_path, reference):
+    """A scheduler that signals every process of the job also signals the DataLoader workers:
+    they must not die mid-batch (the run would end without its checkpoint)."""
+
+    def sigterm_workers() -> None:
+        workers = multiprocessing.active_children()
+        assert workers  # the loader's worker processes
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+
+    model = fresh()  # the signal reaches the workers a step before the training process
+    model.on_step = {6: sigterm_workers, 7: lambda: os.kill(os.getpid(), signal.SIGTERM)}
+    with pytest.raises(RunStopped):
+        train(model, TRAIN, VAL, config(max_steps=12, num_workers=1), tmp_path)
+    assert load_checkpoint(checkpoint_path(tmp_path))["step"] == 7
+    resumed = fresh()
+    train(resumed, TRAIN, VAL, config(max_steps=12, num_workers=1), tmp_path, resume=True)
+    assert_same_state(resumed.state_dict(), reference[0])
+
+
+def test_a_stop_signal_while_finishing_lets_the_run_complete(tmp_path):
+    def callback(model, step, run_dir, writer):
+        if step == 4:  # the end of the run: a signal now changes nothing
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train(fresh(), TRAIN, None, config(max_steps=4, sample_every=100), tmp_path,
+                   callbacks=[callback])  # fmt: skip
+    assert result.steps == 4 and load_checkpoint(checkpoint_path(tmp_path))["step"] == 4
+
+
+class FullDisk:
+    """A file that takes ``room`` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.f.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_one(
+    tmp_path, monkeypatch
+):
+    train(fresh(width=64), TRAIN, None, config(max_steps=4), tmp_path)
+    path = checkpoint_path(tmp_path)
+    before = path.read_bytes()
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: save(obj, FullDisk(f, 4096)))
+    with pytest.raises(DiskFullError) as full:
+        train(fresh(width=64), TRAIN, None, config(max_steps=8), tmp_path, resume=True)
+    monkeypatch.undo()
+    message = str(full.value)
+    assert isinstance(full.value.__cause__, RuntimeError)  # torch hid the ENOSPC: it is found
+    assert "unexpected pos" in str(full.value.__cause__)
+    assert message.startswith(f"no space left on the device of {path} while writing it (")
+    assert "(at least " in message and "\n" not in message
+    assert "kB to write, 4.1 kB written when it filled up)" in message
+    assert message.endswith(f"the previous {path} is unchanged")
+    assert path.read_bytes() == before and load_checkpoint(path)["step"] == 4
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_unreadable_last_checkpoint_resumes_from_the_newest_intact_step_file(
+    tmp_path, capsys, reference
+):
+    train(fresh(), TRAIN, VAL, config(max_steps=8, keep_last=2), tmp_path)
+    ckpt_dir = checkpoint_path(tmp_path).parent
+    assert sorted(p.name for p in ckpt_dir.glob("step_*")) == ["step_00000004.pt",
+                                                               "step_00000008.pt"]  # fmt: skip
+    with open(ckpt_dir / "last.pt", "r+b") as f:  # a node died mid-copy: in place, so the
+        f.truncate(1000)  # hard-linked step_00000008.pt is cut too
+    capsys.readouterr()
+    resumed = fresh()
+    result = train(resumed, TRAIN, VAL, config(max_steps=12, keep_last=2), tmp_path, resume=True)
+    err = capsys.readouterr().err
+    assert f"resuming from {ckpt_dir / 'step_00000004.pt'} (step 4)" in err
+    assert f"{ckpt_dir / 'last.pt'} is unreadable" in err
+    assert result.steps == 12
+    assert_same_state(resumed.state_dict(), reference[0])
+    assert load_checkpoint(ckpt_dir / "last.pt")["step"] == 12  # written again, whole
+
+
+def test_only_an_intact_best_checkpoint_is_named_with_how_to_resume_from_it(tmp_path):
+    train(fresh(), TRAIN, VAL, config(max_steps=5), tmp_path)  # best.pt: step 5's val
+    train(fresh(), TRAIN, None, config(max_steps=8), tmp_path, resume=True)  # no val: no best
+    last, best = checkpoint_path(tmp_path), checkpoint_path(tmp_path).with_name("best.pt")
+    assert load_checkpoint(best)["step"] == 5 and load_checkpoint(last)["step"] == 8
+    last.write_bytes(b"half a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        train(fresh(), TRAIN, VAL, config(max_steps=12), tmp_path, resume=True)
+    message = str(err.value)
+    assert "corrupted or unreadable" in message and "\n" not in message
+    assert f"only {best} (step 5) is intact" in message and f"cp {best} {last}" in message
+    best.write_bytes(b"also broken")
+    with pytest.raises(CheckpointError, match="corrupted or unreadable") as err:
+        train(fresh(), TRAIN, VAL, config(max_steps=12), tmp_path, resume=True)
+    assert "best.pt" not in str(err.value)  # nothing intact: the plain error
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, reference):
     model = fresh()
     model.nan_at = 7
@@ -408,9 +541,11 @@ torch.save({{**states, "val": result.last_val_loss}}, out / f"rank{{rank}}.pt")
 """
 
 
-def test_ddp_two_processes_on_gloo(tmp_path):
+def torchrun(source: str, tmp_path: Path) -> list[dict]:
+    """Run ``source`` (a template of ``{tests}``) on 2 gloo processes with ``tmp_path`` as its
+    argument; returns what each rank saved to ``rank<r>.pt``."""
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(source.format(tests=str(Path(__file__).parent)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # own process group: on a timeout the workers die with torchrun instead of lingering
@@ -424,7 +559,11 @@ def test_ddp_two_processes_on_gloo(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, stderr[-4000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
+def test_ddp_two_processes_on_gloo(tmp_path):
+    r0, r1 = torchrun(DDP_SCRIPT, tmp_path)
     for name in ("plain", "full", "resumed"):
         assert_same_state(r0[name], r1[name])  # the ranks agree
     assert_same_state(r0["resumed"], r0["full"])  # exact resume under DDP, per-rank RNG
@@ -441,6 +580,64 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     for key, value in single.state_dict().items():
         torch.testing.assert_close(r0["plain"][key], value, rtol=1e-5, atol=1e-6)
     assert r0["val"] == pytest.approx(result.last_val_loss, rel=1e-5)
+
+
+DDP_STOP_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_training import Lin, make_data
+from mvq.training import RunStopped, TrainConfig, checkpoint_path, load_checkpoint, train
+
+out, rank, world = Path(sys.argv[1]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+dist.init_process_group("gloo", init_method=f"file://{{out}}/store", rank=rank, world_size=world)
+
+
+def signalled_at(loss, step):
+    \"\"\"``loss`` that sends this process SIGTERM inside training step ``step``'s forward.\"\"\"
+    calls = []
+
+    def wrapped(batch):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return loss(batch)
+
+    return wrapped
+
+
+def run(name, signal_at=None, resume=False):
+    torch.manual_seed(100 + rank)
+    model = Lin(noisy=True)
+    if signal_at is not None:
+        model.loss = signalled_at(model.loss, signal_at)
+    cfg = TrainConfig(max_steps=6, batch_size=8, log_every=4, ckpt_every=2, device="cpu")
+    train(model, make_data(32, 0), make_data(10, 1), cfg, out / name, resume=resume)
+    return model.state_dict()
+
+
+full = run("full")
+stopped = None
+try:
+    run("cut", signal_at=3 if rank == 1 else None)  # rank 1 alone is signalled
+except RunStopped as stop:
+    stopped = [stop.step, stop.status, load_checkpoint(checkpoint_path(out / "cut"))["step"]]
+resumed = run("cut", resume=True)
+dist.destroy_process_group()
+torch.save({{"full": full, "resumed": resumed, "stopped": stopped}}, out / f"rank{{rank}}.pt")
+"""
+
+
+def test_sigterm_to_one_ddp_rank_stops_both_after_the_same_step_and_resumes_exactly(tmp_path):
+    r0, r1 = torchrun(DDP_STOP_SCRIPT, tmp_path)
+    # step 3 on both ranks, though only rank 1 was signalled; rank 0 wrote that step
+    assert r0["stopped"] == r1["stopped"] == [3, 143, 3]
+    for r in (r0, r1):
+        assert_same_state(r["resumed"], r["full"])
+    assert_same_state(r0["resumed"], r1["resumed"])
 
 
 def test_bf16_autocast_trains_and_moves_dict_batches(tmp_path):

@@ -1,9 +1,11 @@
 """The ``mvq`` command line: one subcommand per job (``mvq --help`` lists them).
 
-An ``MVQError`` (bad config, missing data, broken checkpoint, unwritable run directory, a device
-this machine lacks) prints one line ``mvq: error: ...`` and exits with status 2; ``--debug`` (or
-``MVQ_DEBUG=1``) shows its traceback instead. Any other exception is a bug: it keeps its
-traceback (exit status 1).
+An ``MVQError`` (bad config, missing data, broken checkpoint, unwritable run directory, a full
+disk, a device this machine lacks) prints one line ``mvq: error: ...`` and exits with status 2;
+``--debug`` (or ``MVQ_DEBUG=1``) shows its traceback instead. Any other exception is a bug: it
+keeps its traceback (exit status 1). A training run or sweep stopped by SIGTERM or SIGUSR1
+after its checkpoint prints one line ``mvq: SIGTERM: ...`` and exits with status 143 (SIGTERM)
+or 75 (SIGUSR1: "checkpointed on request, requeue me"); see ``mvq.training.interrupt``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mvq import __version__
-from mvq.errors import DeviceError, MVQError
+from mvq.errors import DeviceError, MVQError, disk_full_cause
 from mvq.runconfig import RunConfig, apply_override, load_run_config
 from mvq.training.config import DEVICE_HELP
+from mvq.training.interrupt import RunStopped
 
 if TYPE_CHECKING:
     import torch
@@ -379,8 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     An ``MVQError`` prints ``mvq: error: <one line>`` to stderr and returns 2 (re-raised with
     ``--debug`` or ``MVQ_DEBUG=1``), and so does an OS refusal on a path the user gave (no
-    permission, read-only or full disk, a file where a folder must go); any other exception
-    propagates with its traceback.
+    permission, read-only or full disk, a file where a folder must go) and a full disk
+    anywhere; any other exception propagates with its traceback. A run stopped by SIGTERM or
+    SIGUSR1 prints one line (rank 0) and returns ``RunStopped.status`` (143 or 75).
     """
     args = build_parser().parse_args(argv)
     try:
@@ -390,8 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MVQError, OSError) as err:
         if debug_requested(args) or not _user_error(err):
             raise
-        print(f"mvq: error: {_one_line(err)}", file=sys.stderr)
+        print(f"mvq: error: {_one_line(err, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
+    except RunStopped as stop:
+        if _is_rank0():
+            print(f"mvq: {stop}", file=sys.stderr)
+        return stop.status
     return code or 0
 
 
@@ -400,16 +408,23 @@ PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIS
 
 
 def _user_error(err: BaseException) -> bool:
-    """An ``MVQError``, or an ``OSError`` about a named path that the user can fix."""
-    if isinstance(err, MVQError):
+    """An ``MVQError``, an ``OSError`` about a named path that the user can fix, or a full
+    disk (a write that does not name its file: a PNG, a log line)."""
+    if isinstance(err, MVQError) or disk_full_cause(err) is not None:
         return True
     return isinstance(err, OSError) and err.filename is not None and err.errno in PATH_ERRNOS
 
 
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, OSError) and not isinstance(err, MVQError) and err.filename is not None:
+def _one_line(err: BaseException, out: str | None = None) -> str:
+    if isinstance(err, MVQError):
+        return " ".join(str(err).split())
+    if isinstance(err, OSError) and err.filename is not None:
         return f"cannot use {err.filename}: {err.strerror}; choose another path or fix it"
-    return " ".join(str(err).split())
+    where = f" under {out}" if out else ""
+    return (
+        f"no space left on the device while writing{where} ({err.strerror}): free some space "
+        "there or write elsewhere (another --out)"
+    )
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from mvq.data import build_dataset
 from mvq.data.folder import list_images
 from mvq.errors import MVQError
+from mvq.pretrained import atomic_write_file
 from mvq.registry import closest_hint
 
 RECON_GROUPS = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist", "usage", "perplexity",
@@ -500,10 +501,7 @@ def check_asked(asked: tuple[str, ...] | None, missing: dict[str, str], nets: Ne
 
 def write_outputs(out: Path, result: dict) -> None:
     """``eval.json`` (atomically) and one more row of ``eval.csv`` (columns grow as needed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".eval.json.{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "eval.json")
+    atomic_write_file(out / "eval.json", json.dumps(result, indent=2) + "\n")
     meta = result["meta"]
     row = {k: meta.get(k) for k in META_COLUMNS} | {
         k: v for k, v in result.items() if k not in ("meta", "unavailable")
@@ -519,9 +517,7 @@ def write_outputs(out: Path, result: dict) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows([*rows, {k: "" if v is None else v for k, v in row.items()}])
-    tmp = out / f".eval.csv.{os.getpid()}"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_file(path, buffer.getvalue())
 
 
 def format_table(result: dict) -> str:

@@ -19,14 +19,16 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from mvq.errors import MVQError
+from mvq.errors import DiskFullError, MVQError, disk_full_cause
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -59,17 +61,20 @@ def config_from_dict(config_cls: type, values: dict[str, Any], where: str = "con
     return config_cls(**kwargs)
 
 
-def atomic_write_dir(target: Path, write: Any) -> None:
-    """Call ``write(tmpdir)`` then move ``tmpdir`` onto ``target`` (replacing it)."""
+def atomic_write_dir(target: Path, write: Any, size: int | None = None) -> None:
+    """Call ``write(tmpdir)`` then move ``tmpdir`` onto ``target`` (replacing it).
+
+    A failure leaves the previous ``target`` intact and removes ``tmpdir``; running out of space
+    is a one-line ``DiskFullError`` (``size``: the bytes ``write`` writes, when known).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary directory
+    existed = target.exists()
     try:
         write(tmp)
-        if target.exists():
+        if existed:
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
@@ -77,27 +82,46 @@ def atomic_write_dir(target: Path, write: Any) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full_cause(err) is not None:
+            raise DiskFullError.writing(target, size, written, existed) from err
         raise
 
 
-def atomic_write_file(path: Path, write: Any) -> None:
+def atomic_write_file(
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], object] | bytes | str,
+    size: int | None = None,
+) -> None:
     """Call ``write(f)`` on a binary temporary file beside ``path``, fsync, rename over ``path``.
 
-    A failure or crash at any point leaves the previous ``path`` intact.
+    The one atomic file writer of mvq: a failure or crash at any point leaves the previous
+    ``path`` intact and no temporary file. Running out of space (ENOSPC or EDQUOT, also when
+    torch's writer hides it behind a ``RuntimeError``) is a one-line ``DiskFullError`` naming
+    ``path`` and ``size``: the bytes to write when ``write`` is bytes or str (its length), else
+    the caller's lower bound (None: unknown).
     """
-    path = Path(path)
+    path, at_least = Path(path), callable(write)
+    if not callable(write):
+        data = write.encode() if isinstance(write, str) else write
+        size, write = len(data), lambda f: f.write(data)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = _size_or_none(tmp)
         Path(tmp).unlink(missing_ok=True)
+        if disk_full_cause(err) is not None:
+            raise DiskFullError.writing(path, size, written, existed, at_least) from err
         raise
     if os.name == "posix":  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -105,6 +129,21 @@ def atomic_write_file(path: Path, write: Any) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it, then setting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _size_or_none(path: str | os.PathLike) -> int | None:
+    """The size of file ``path`` on disk, None when it cannot be read."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 class PretrainedMixin:
@@ -155,15 +194,15 @@ class PretrainedMixin:
         }
         state = {k: v.detach().contiguous().cpu() for k, v in self.pretrained_state_dict().items()}
         card = render_model_card(self, repo_id, data, metrics)
+        files = {CONFIG_NAME: (json.dumps(meta, indent=2) + "\n").encode(),
+                 WEIGHTS_NAME: safetensors_bytes(state), CARD_NAME: card.encode()}  # fmt: skip
+        files |= {name: text.encode() for name, text in (extra_files or {}).items()}
 
         def write(tmp: Path) -> None:
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            (tmp / CARD_NAME).write_text(card)
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
 
-        atomic_write_dir(Path(directory), write)
+        atomic_write_dir(Path(directory), write, size=sum(map(len, files.values())))
         return Path(directory)
 
     def push_to_hub(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mvq.pretrained import atomic_write_file
 from mvq.viz import (
     VizOptions,
     available_kinds,
@@ -473,6 +474,5 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
         f"{what} in {root.resolve()}; written by mvq report, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     target = Path(out) if out is not None else root / "report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page(f"mvq report: {root.resolve().name}", subtitle, nav, body))
+    atomic_write_file(target, page(f"mvq report: {root.resolve().name}", subtitle, nav, body))
     return target

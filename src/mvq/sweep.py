@@ -37,6 +37,11 @@ the stage succeeded, with its wall time and summary). A rerun skips finished sta
 interrupted training stage from its checkpoint (``--resume``) or restarts it in an empty
 folder, and refuses a cell folder whose finished stages were made by another spec. Relative
 config paths resolve against the current directory, then against the sweep file's folder.
+
+SIGTERM and SIGUSR1 to the sweep are passed on to its running stages (a training stage
+checkpoints the step it is at), no stage starts after them, the stopped cells are recorded as
+interrupted (not failed), and the sweep exits with the signal's status (143, 75; see
+``mvq.training.interrupt``); the same command resumes them.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ import yaml
 from mvq.pretrained import atomic_write_file
 from mvq.runconfig import ConfigError, RunConfig, apply_override, check_keys, load_run_config
 from mvq.sweep_results import is_number, order_columns, summary_tables, to_csv, to_markdown
+from mvq.training.interrupt import STOP_STATUS
 
 SWEEP_KEYS = (
     "name",
@@ -587,7 +593,7 @@ def _eval_stage(
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` all or nothing (``mvq.pretrained.atomic_write_file``)."""
-    atomic_write_file(path, lambda f: f.write(text.encode()))
+    atomic_write_file(path, text)
 
 
 def marker_path(cell_dir: Path, stage: str) -> Path:
@@ -670,10 +676,74 @@ class CellOutcome:
     """What happened to one cell in this invocation."""
 
     cell: Cell
-    status: str  # "done", "failed" or "busy" (locked by another process)
+    status: str  # "done", "failed", "interrupted" (by a signal) or "busy" (another process)
     ran: list[str] = field(default_factory=list)  # stages run now
-    log: Path | None = None  # the failed stage's log
+    log: Path | None = None  # the failed or interrupted stage's log
     message: str = ""
+    signum: int = 0  # the signal that interrupted it
+
+
+class StopSignals:
+    """Context manager: SIGTERM and SIGUSR1 to the sweep are passed on to every running stage
+    (a training stage finishes its step, checkpoints and exits 143 / 75), and no stage starts
+    after them; ``signum`` is the first one received (0: none).
+
+    A stage stopped by one of them on its own (a scheduler signalling every process) stops the
+    sweep the same way (``request``). Only the main thread can install the handlers.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._procs: set[subprocess.Popen] = set()
+        self._forwarded: set[int] = set()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_STATUS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.signum:
+            os.write(2, f"{signal.Signals(signum).name}: passing it on to the running stages; "
+                        "no new stage starts\n".encode())  # fmt: skip
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Stop the sweep on ``signum``: pass it on to the running stages, once (a repeat
+        could reach a stage after it restored its default handlers, on its way out)."""
+        self.signum = self.signum or signum  # first, then the copy below: see ``started``
+        if signum in self._forwarded:
+            return
+        self._forwarded.add(signum)
+        for proc in list(self._procs):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    def started(self, proc: subprocess.Popen) -> None:
+        """Track a stage's process; stop it at once when a stop came while it was starting."""
+        self._procs.add(proc)  # first, then the check: ``request`` sees it or it sees signum
+        if self.signum:
+            proc.send_signal(self.signum)
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        """Forget a stage's process once it has exited."""
+        self._procs.discard(proc)
+
+
+def stopped_by(code: int, stop: StopSignals) -> int:
+    """The signal a stage that exited with ``code`` was stopped by, 0 when it was not: a
+    documented stop status (143, 75), death by SIGTERM / SIGUSR1, or any failure after the
+    sweep passed a signal on."""
+    for signum, status in STOP_STATUS.items():
+        if code in (status, -signum):
+            return signum
+    return stop.signum if code != 0 else 0
 
 
 class Progress:
@@ -730,8 +800,12 @@ def _wait(proc: subprocess.Popen) -> int:
         raise
 
 
-def run_stage(stage: Stage, cell_dir: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """Run one stage as a subprocess; on success write its marker. Returns (exit code, marker)."""
+def run_stage(
+    stage: Stage, cell_dir: Path, env: dict[str, str], stop: StopSignals | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Run one stage as a subprocess (``stop`` passes signals on to it); on success write its
+    marker. Returns (exit code, marker)."""
+    stop = stop or StopSignals()
     resume = stage.resumable and (stage.out / CHECKPOINT).is_file()
     if not resume:
         shutil.rmtree(stage.out, ignore_errors=True)  # restart cleanly: no half-written output
@@ -746,7 +820,11 @@ def run_stage(stage: Stage, cell_dir: Path, env: dict[str, str]) -> tuple[int, d
         proc = subprocess.Popen(
             argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-        code = _wait(proc)
+        stop.started(proc)
+        try:
+            code = _wait(proc)
+        finally:
+            stop.ended(proc)
         wall = time.perf_counter() - t0
     marker = {
         "stage": stage.name,
@@ -821,18 +899,26 @@ def write_cell_record(cell: Cell, cell_dir: Path, stages: list[Stage], extra: di
         )
     record["stages"] |= extra
     statuses = {s["status"] for s in record["stages"].values()}
-    record["status"] = (
-        "done"
-        if statuses <= {"done", "skipped"}
-        else ("failed" if "failed" in statuses else "pending")
+    record["status"] = next(
+        (s for s in ("failed", "interrupted") if s in statuses),
+        "done" if statuses <= {"done", "skipped"} else "pending",
     )
     write_atomic(cell_dir / "cell.json", json.dumps(record, indent=2) + "\n")
 
 
 def run_cell(
-    sweep: SweepConfig, cell: Cell, env: dict[str, str], progress: Progress
+    sweep: SweepConfig,
+    cell: Cell,
+    env: dict[str, str],
+    progress: Progress,
+    stop: StopSignals | None = None,
 ) -> CellOutcome:
-    """Run the cell's unfinished stages in order; once one runs, every later one runs too."""
+    """Run the cell's unfinished stages in order; once one runs, every later one runs too.
+
+    A stage stopped by SIGTERM / SIGUSR1 (``stop``) is recorded as interrupted, not failed:
+    the next run resumes it from its checkpoint.
+    """
+    stop = stop or StopSignals()
     cell_dir = sweep.out / "cells" / cell.name
     stages = cell_stages(sweep, cell, cell_dir)
     with file_lock(cell_dir / ".lock", wait=False) as mine:
@@ -848,24 +934,44 @@ def run_cell(
         write_cell_record(cell, cell_dir, stages, {})
         outcome = CellOutcome(cell, "done")
         for stage in stages[first:]:
+            if stop.signum:  # stopped between two stages
+                return CellOutcome(cell, "interrupted", outcome.ran, signum=stop.signum)
             outcome.ran.append(stage.name)
             resume = stage.resumable and (stage.out / CHECKPOINT).is_file()
             progress(cell, f"{stage.name} started{' (resuming)' if resume else ''}")
-            code, marker = run_stage(stage, cell_dir, env)
+            code, marker = run_stage(stage, cell_dir, env, stop)
             if code != 0:
-                failed = {
-                    "status": "failed",
-                    "exit_code": code,
-                    "log": marker["log"],
-                    "wall_s": marker["wall_s"],
-                }
-                write_cell_record(cell, cell_dir, stages, {stage.name: failed})
-                log = cell_dir / marker["log"]
-                progress(cell, f"{stage.name} FAILED (exit {code}); log: {log}")
-                return CellOutcome(cell, "failed", outcome.ran, log)
+                return _stage_ended(outcome, cell_dir, stages, stage, marker, stop, progress)
             write_cell_record(cell, cell_dir, stages, {})
             progress(cell, f"{stage.name} done in {marker['wall_s']:.1f} s")
         return outcome
+
+
+def _stage_ended(
+    outcome: CellOutcome,
+    cell_dir: Path,
+    stages: list[Stage],
+    stage: Stage,
+    marker: dict[str, Any],
+    stop: StopSignals,
+    progress: Progress,
+) -> CellOutcome:
+    """Record a stage that exited with an error status: interrupted by a stop signal (the
+    sweep then stops too), or failed."""
+    cell, code, ran = outcome.cell, marker["exit_code"], outcome.ran
+    signum = stopped_by(code, stop)
+    log = cell_dir / marker["log"]
+    entry = {"exit_code": code, "log": marker["log"], "wall_s": marker["wall_s"]}
+    if signum:
+        stop.request(signum)
+        name = signal.Signals(signum).name
+        entry = {"status": "interrupted", "signal": name, **entry}
+        write_cell_record(cell, cell_dir, stages, {stage.name: entry})
+        progress(cell, f"{stage.name} interrupted by {name} (exit {code}); the next run resumes it")
+        return CellOutcome(cell, "interrupted", ran, log, signum=signum)
+    write_cell_record(cell, cell_dir, stages, {stage.name: {"status": "failed", **entry}})
+    progress(cell, f"{stage.name} FAILED (exit {code}); log: {log}")
+    return CellOutcome(cell, "failed", ran, log)
 
 
 # --- collecting -------------------------------------------------------------------------------
@@ -976,40 +1082,57 @@ def default_threads() -> int:
 def run_sweep(
     sweep: SweepConfig, cells: list[Cell], selected: list[Cell], jobs: int, threads: int
 ) -> list[CellOutcome]:
-    """Run ``selected`` cells, ``jobs`` at once with ``threads // jobs`` threads each."""
+    """Run ``selected`` cells, ``jobs`` at once with ``threads // jobs`` threads each.
+
+    SIGTERM / SIGUSR1 are passed on to the running stages and start nothing new: the cells
+    they stop (and those not started) come back as interrupted.
+    """
     jobs = max(1, min(jobs, len(selected)))
     per_cell = str(max(1, threads // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": per_cell, "MKL_NUM_THREADS": per_cell}
     env.setdefault("TQDM_MININTERVAL", "30")  # a progress line per 30 s in logs, not per step
-    progress = Progress(len(cells))
+    progress, stop = Progress(len(cells)), StopSignals()
 
     def one(cell: Cell) -> CellOutcome:
+        if stop.signum:
+            return CellOutcome(cell, "interrupted", signum=stop.signum)
         try:
-            outcome = run_cell(sweep, cell, env, progress)
+            outcome = run_cell(sweep, cell, env, progress, stop)
         except OSError as err:  # this cell's folder, not the others'
             progress(cell, f"FAILED: {err}")
             outcome = CellOutcome(cell, "failed", message=str(err))
         collect(sweep, cells)
         return outcome
 
-    if jobs == 1:
-        return [one(cell) for cell in selected]
-    with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(one, selected))
+    with stop:
+        if jobs == 1:
+            return [one(cell) for cell in selected]
+        with ThreadPoolExecutor(jobs) as pool:
+            return list(pool.map(one, selected))
 
 
 def report(sweep: SweepConfig, outcomes: list[CellOutcome]) -> int:
-    """Print what happened; exit status 1 when any cell failed."""
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "busy")}
+    """Print what happened. Exit status: that of the stop signal (143 SIGTERM, 75 SIGUSR1)
+    when one interrupted the sweep, else 1 when any cell failed, else 0."""
+    statuses = ("done", "failed", "interrupted", "busy")
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
     print(
         f"sweep {sweep.name}: {counts['done']} done, {counts['failed']} failed, "
-        f"{counts['busy']} running elsewhere; table: {sweep.out / 'results.md'}"
+        f"{counts['interrupted']} interrupted, {counts['busy']} running elsewhere; "
+        f"table: {sweep.out / 'results.md'}"
     )
     for o in outcomes:
         if o.status == "failed":
             where = f"log: {o.log}" if o.log else o.message
             stage = o.ran[-1] if o.ran else "setup"
             print(f"  cell {o.cell.index} ({o.cell.name}) failed at {stage}; {where}")
+    signum = max((o.signum for o in outcomes), default=0)
+    if signum:
+        print(
+            f"  interrupted by {signal.Signals(signum).name}: the same command resumes the "
+            f"{counts['interrupted']} interrupted cells (exit status {STOP_STATUS[signum]})"
+        )
+        return STOP_STATUS[signum]
     return 1 if counts["failed"] else 0
 
 

@@ -37,12 +37,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mvq.pretrained import WEIGHTS_NAME, CheckpointError, atomic_write_dir, resolve_pretrained
+from mvq.pretrained import (
+    WEIGHTS_NAME,
+    CheckpointError,
+    atomic_write_dir,
+    atomic_write_file,
+    resolve_pretrained,
+)
 from mvq.tokens import Tokens, layout_overrides
 
 if TYPE_CHECKING:
@@ -117,14 +124,15 @@ def encode_dataset(
         "splits": {name: len(t["primary"]) for name, t in encoded.items()},
     }
 
-    def write(tmp: Path) -> None:
-        for name, tensors in encoded.items():
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors")
-            )
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    files = {f"{name}.safetensors": safetensors_bytes({k: v.contiguous() for k, v in t.items()})
+             for name, t in encoded.items()}  # fmt: skip
+    files[META_NAME] = (json.dumps(meta, indent=2) + "\n").encode()
 
-    atomic_write_dir(Path(out), write)
+    def write(tmp: Path) -> None:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+    atomic_write_dir(Path(out), write, size=sum(map(len, files.values())))
     return Path(out)
 
 
@@ -215,13 +223,8 @@ def save_token_file(
     header = {"format": FORMAT, "format_version": FILE_FORMAT_VERSION, "names": names,
               "tokenizer": tokenizer, "layout": layout}  # fmt: skip
     metadata = {k: json.dumps(v) for k, v in header.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_file(path, data)
     return path
 
 

@@ -3,6 +3,7 @@
 from mvq.pretrained import CheckpointError
 from mvq.training.checkpoint import RunDirError, checkpoint_path, load_checkpoint, save_checkpoint
 from mvq.training.config import TrainConfig, TrainResult
+from mvq.training.interrupt import STOP_STATUS, RunStopped
 from mvq.training.sampler import EpochBatchSampler
 from mvq.training.trainer import Callback, TrainingDiverged, train
 
@@ -11,6 +12,8 @@ __all__ = [
     "CheckpointError",
     "EpochBatchSampler",
     "RunDirError",
+    "RunStopped",
+    "STOP_STATUS",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",

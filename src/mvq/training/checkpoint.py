@@ -2,7 +2,8 @@
 
 ``last.pt`` is the newest checkpoint (what ``--resume`` continues), ``best.pt`` the one with the
 lowest validation loss, and with ``keep_last`` K > 1 the K newest are also kept as
-``step_<N>.pt`` (``last.pt`` is a hard link to the newest). A checkpoint is a plain dict of
+``step_<N>.pt`` (``last.pt`` is a hard link to the newest). An unreadable ``last.pt`` is resumed
+from the newest intact ``step_<N>.pt`` (``load_resumable``). A checkpoint is a plain dict of
 tensors, numbers, strings, lists and dicts written by ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: loading one made by someone else cannot run code. The model
 alone is saved separately by ``save_pretrained`` (config.json + safetensors). Layout, version
@@ -78,8 +79,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, announce: bool = True) -> bool:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to ``path`` atomically: a crash leaves the previous ``path`` intact."""
-    atomic_write_file(path, lambda f: torch.save(state, f))
+    """``torch.save`` to ``path`` atomically: a crash leaves the previous ``path`` intact, a
+    full disk is a one-line ``DiskFullError``."""
+    atomic_write_file(path, lambda f: torch.save(state, f), size=tensor_bytes(state))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples): a lower bound of the size
+    of its checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def write_checkpoint(state: dict[str, Any], ckpt_dir: Path, keep_last: int) -> Path:
@@ -105,8 +119,46 @@ def link_checkpoint(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:  # no hard links on this file system
-        shutil.copyfile(src, tmp)
+        with open(src, "rb") as f:
+            atomic_write_file(dst, lambda out: shutil.copyfileobj(f, out), src.stat().st_size)
+        return
     os.replace(tmp, dst)
+
+
+def load_resumable(run_dir: Path, announce: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` continues and its path: ``last.pt``, else (unreadable: a node
+    died mid-copy) the newest intact ``step_<N>.pt``, saying which when ``announce``.
+
+    Raises:
+        CheckpointError: no intact checkpoint to continue; when ``best.pt`` is intact the
+            message gives its step and how to continue from it.
+    """
+    last = checkpoint_path(run_dir)
+    try:
+        return last, load_checkpoint(last)
+    except CheckpointError as err:
+        broken = err
+    steps = sorted((p for p in last.parent.iterdir() if STEP_FILE.fullmatch(p.name)), reverse=True)
+    for path in steps:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if announce:
+            print(f"--resume: {last} is unreadable; resuming from {path} (step {ckpt['step']}), "
+                  "the newest intact checkpoint", file=sys.stderr)  # fmt: skip
+        return path, ckpt
+    best = last.parent / "best.pt"
+    try:
+        step = load_checkpoint(best)["step"] if best.is_file() else None
+    except CheckpointError:
+        step = None
+    if step is not None:
+        raise CheckpointError(
+            f"{broken}; of the other checkpoints only {best} (step {step}) is intact: to continue "
+            f"from step {step}, copy it over the broken one (cp {best} {last}) and resume again"
+        ) from broken
+    raise broken
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

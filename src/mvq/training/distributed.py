@@ -140,3 +140,33 @@ def all_gather(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+class StopVote:
+    """Every rank learns at each step boundary whether any rank was asked to stop, and by which
+    signal: one all-reduce (MAX) of a CPU integer on a gloo group of its own, so a GPU run never
+    waits for its device here. With one process it returns the local request.
+
+    All ranks call it after every step, so they stop after the same step; the largest signal
+    number wins (SIGTERM 15 over SIGUSR1 10 over SIGINT 2).
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.group: Any = None  # made by the first vote, on every rank at the same step
+
+    def __call__(self, signum: int) -> int:
+        """The signal number any rank was stopped by (0: none), agreed by every rank."""
+        if not self.ctx.enabled:
+            return signum
+        if self.group is None:
+            self.group = dist.new_group(backend="gloo")
+        flag = torch.tensor([signum], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(flag)
+
+    def close(self) -> None:
+        """Destroy the group (before the default group, which the caller may keep)."""
+        if self.group is not None and dist.is_initialized():
+            dist.destroy_process_group(self.group)
+        self.group = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any
 
 import torch
 
+from mvq.errors import DiskFullError, disk_full_cause
+from mvq.pretrained import atomic_write_file
 from mvq.training.distributed import DistContext, all_reduce_mean
 
 CSV_HEADER = ["step", "split", "name", "value"]
@@ -39,11 +43,12 @@ class RunLogger:
         """Record ``values`` under ``split`` ("train", "val") at ``step``."""
         if not self.enabled:
             return
-        with open(self.csv_path, "a", newline="") as f:
-            rows = csv.writer(f)
-            for name, value in values.items():
-                rows.writerow([step, split, name, repr(float(value))])
-                self.writer.add_scalar(f"{split}/{name}", value, step)
+        buffer = io.StringIO()
+        rows = csv.writer(buffer)
+        for name, value in values.items():
+            rows.writerow([step, split, name, repr(float(value))])
+            self.writer.add_scalar(f"{split}/{name}", value, step)
+        append(self.csv_path, buffer.getvalue().encode())
         self.writer.flush()
 
     def close(self) -> None:
@@ -52,16 +57,35 @@ class RunLogger:
             self.writer.close()
 
 
+def append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path``; a full disk is a one-line ``DiskFullError`` and leaves
+    ``path`` as it was (no half-written row)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as err:
+            with contextlib.suppress(OSError):  # not a regular file: nothing to take back
+                os.ftruncate(fd, start)
+            if disk_full_cause(err) is None:
+                raise
+            raise DiskFullError.writing(path, len(data), None, existed=True) from err
+    finally:
+        os.close(fd)
+
+
 def _prepare_csv(path: Path, keep_until: int | None) -> None:
     """Start a new CSV, or keep only the rows up to step ``keep_until`` of an existing one."""
     rows: list[list[str]] = []
     if keep_until is not None and path.is_file():
         with open(path, newline="") as f:
             rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= keep_until]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([CSV_HEADER, *rows])
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([CSV_HEADER, *rows])
+    atomic_write_file(path, buffer.getvalue())
 
 
 class LogWindow:

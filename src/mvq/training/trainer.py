@@ -16,6 +16,13 @@ callbacks, checkpoints, the end). A NaN/Inf loss or gradient norm is remembered 
 and raises ``TrainingDiverged`` at the next check, before any checkpoint could hold it. The
 model in memory may then hold the diverged update; the checkpoints on disk never do.
 
+Stopping: Ctrl-C, SIGTERM or SIGUSR1 on any rank stops every rank after the same step (a
+per-step vote, ``StopVote``), with a checkpoint of that step written by rank 0; the run then
+raises ``KeyboardInterrupt`` or ``RunStopped`` (exit status 143 / 75, ``mvq.training.interrupt``).
+A full disk while checkpointing is a one-line ``DiskFullError`` on every rank; the previous
+checkpoint stays. ``--resume`` with an unreadable ``last.pt`` continues from the newest intact
+``step_<N>.pt``.
+
 BatchNorm under DDP: by default each rank normalizes with the statistics of its own share of
 the batch, and DDP broadcasts rank 0's buffers (running statistics) at every forward, so
 weights and buffers stay identical across ranks. ``TrainConfig.sync_batchnorm`` makes the
@@ -53,10 +60,11 @@ from mvq.pretrained import CheckpointError
 from mvq.training.batch import count_items, split_batch, to_device
 from mvq.training.checkpoint import (
     CHECKPOINT_VERSION,
+    RunDirError,
     check_resumable,
     checkpoint_path,
     link_checkpoint,
-    load_checkpoint,
+    load_resumable,
     model_config_dict,
     prepare_run_dir,
     save_checkpoint,
@@ -65,6 +73,7 @@ from mvq.training.checkpoint import (
 from mvq.training.config import TrainConfig, TrainResult
 from mvq.training.distributed import (
     DistContext,
+    StopVote,
     all_gather,
     any_rank,
     barrier,
@@ -74,7 +83,7 @@ from mvq.training.distributed import (
     resolve_device,
 )
 from mvq.training.ema import make_ema, update_ema
-from mvq.training.interrupt import StopRequest
+from mvq.training.interrupt import StopRequest, ignore_stop_signals, stop_exception
 from mvq.training.logger import LogWindow, RunLogger, Throughput
 from mvq.training.precision import autocast, make_scaler, tf32_mode
 from mvq.training.rng import (
@@ -253,6 +262,7 @@ def _loader_args(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
         "num_workers": cfg.num_workers,
         "pin_memory": ctx.device.type == "cuda",
         "generator": torch.Generator().manual_seed(cfg.seed),
+        "worker_init_fn": ignore_stop_signals if cfg.num_workers else None,
     }
 
 
@@ -308,6 +318,7 @@ class Trainer:
         self.forward: nn.Module = _LossModule(model)  # wrapped by DDP / compile in ``start``
         self.ddp: DistributedDataParallel | None = None
         self.logger: RunLogger | None = None
+        self.vote: StopVote | None = None  # the ranks' agreement on a stop request
         # Where the run is, and what it has measured.
         self.step = self.epoch = self.batch = 0
         self.lr = cfg.lr
@@ -332,6 +343,7 @@ class Trainer:
         """Load the checkpoint, wrap in DDP and compile, open the logger, seed or restore RNG."""
         cfg, ctx = self.cfg, self.ctx
         rng = self._load_checkpoint() if has_checkpoint else None
+        self.vote = StopVote(ctx)
         if ctx.enabled and cfg.sync_batchnorm:  # in place: the same parameters and buffers
             nn.SyncBatchNorm.convert_sync_batchnorm(self.forward)
         if ctx.enabled:
@@ -355,10 +367,14 @@ class Trainer:
             seed_everything((cfg.seed * ctx.world_size + ctx.rank) * 1_000_003 + self.step)
 
     def fit(self) -> None:
-        """The loop: one optimizer step per batch until the last step, then ``finish``."""
+        """The loop: one optimizer step per batch until the last step, then ``finish``.
+
+        Ctrl-C, SIGTERM or SIGUSR1 (on any rank) stops it after the step it arrives in, with a
+        checkpoint of that step; during ``finish`` the run completes instead.
+        """
         bar = tqdm(total=self.total, initial=self.step, desc="train", disable=not self.ctx.is_main)
         try:
-            with StopRequest() as ctrl_c:
+            with StopRequest() as stop_request:
                 while self.step < self.total:
                     tic = time.perf_counter()
                     for batch in self._rest_of_epoch():
@@ -370,12 +386,13 @@ class Trainer:
                         )
                         self.window.add(logs)
                         bar.update()
-                        if self._periodic(ctrl_c, bar):  # Ctrl-C, checkpointed on every rank
-                            raise KeyboardInterrupt
+                        signum = self._periodic(stop_request, bar)
+                        if signum:  # checkpointed on every rank
+                            raise stop_exception(signum, self.step, checkpoint_path(self.run_dir))
                         if self.step >= self.total:
                             break
                         tic = time.perf_counter()
-            self.finish(bar)
+                self.finish(bar)
         except KeyboardInterrupt:
             self._save_on_interrupt()
             raise
@@ -460,43 +477,43 @@ class Trainer:
             self.epoch, self.batch = self.epoch + 1, 0
         self.in_step, self.rng_after_step = False, capture_rng()
 
-    def _periodic(self, ctrl_c: StopRequest, bar: tqdm) -> bool:
+    def _periodic(self, stop_request: StopRequest, bar: tqdm) -> int:
         """The check, logs, validation, callbacks and checkpoints due after this step.
 
-        Returns whether to stop (Ctrl-C on any rank, checkpointed). Steps with nothing due
-        return at once, without waiting for the device.
+        Returns the signal that stops the run after this step (0: none), agreed by every rank
+        and checkpointed. Steps with nothing due return at once, without waiting for the device.
         """
         cfg, step = self.cfg, self.step
         log_due = step % cfg.log_every == 0
         val_due = self.batch == 0 if cfg.val_every is None else step % cfg.val_every == 0
         sample_due, ckpt_due = step % cfg.sample_every == 0, step % cfg.ckpt_every == 0
-        stop, timed = ctrl_c.requested, self._ckpt_timer_due()
-        # One process acts on Ctrl-C and the timer at once; ranks of a DDP run must agree on the
-        # step, so they only compare them at the checks every rank makes.
-        asked = (stop or timed) and not self.ctx.enabled
-        if not (log_due or val_due or sample_due or ckpt_due or asked):
-            return False
-        stop, timed = self._check(stop, timed)
+        signum = self.vote(stop_request.signum)  # every rank, every step: the same answer
+        timed = self._ckpt_timer_due()
+        # The timer runs on each process's clock: ranks of a DDP run compare it only at the
+        # checks every rank makes, so that they agree on the step.
+        if not (log_due or val_due or sample_due or ckpt_due or signum or
+                (timed and not self.ctx.enabled)):  # fmt: skip
+            return 0
+        timed = self._check(timed)
         if log_due:
             self._report_train(bar)
         improved = self._validate() if val_due else False
         if sample_due:
             self._sample()
-        if ckpt_due or timed or stop or improved:
-            self._checkpoint(last=ckpt_due or timed or stop, best=improved)
-        return stop
+        if ckpt_due or timed or signum or improved:
+            self._checkpoint(last=ckpt_due or timed or bool(signum), best=improved)
+        return signum
 
     def _ckpt_timer_due(self) -> bool:
         """``ckpt_minutes`` have passed since the last checkpoint (or the start)."""
         minutes = self.cfg.ckpt_minutes
         return minutes is not None and time.monotonic() - self.ckpt_time >= 60 * minutes
 
-    def _check(self, stop: bool, timed: bool) -> tuple[bool, bool]:
+    def _check(self, timed: bool) -> bool:
         """The host sync: raise ``TrainingDiverged`` if a step since the last check went
-        NaN/Inf on any rank; return whether any rank asked to stop / found the timer due."""
-        flags = torch.stack([self.watch.bad(), torch.tensor(stop, device=self.ctx.device),
-                             torch.tensor(timed, device=self.ctx.device)])  # fmt: skip
-        bad, stop, timed = any_rank(flags, self.ctx)
+        NaN/Inf on any rank; return whether any rank found the checkpoint timer due."""
+        flags = torch.stack([self.watch.bad(), torch.tensor(timed, device=self.ctx.device)])
+        bad, timed = any_rank(flags, self.ctx)
         if bad:
             kept = (
                 f"last good checkpoint: {checkpoint_path(self.run_dir)} (step {self.ckpt_step})"
@@ -507,12 +524,12 @@ class Trainer:
                 f"training diverged {self.watch.describe()}, found at the check after step "
                 f"{self.step}; nothing after it was checkpointed; {kept}"
             )
-        return stop, timed
+        return timed
 
     def finish(self, bar: tqdm) -> None:
         """End of run: logs, validation, callbacks and checkpoint unless just done, the model
         save; then ``self.model`` takes the EMA weights when there are some."""
-        self._check(False, False)
+        self._check(False)
         self._report_train(bar)
         improved = self._validate() if self.val_step != self.step else False
         if self.sample_step != self.step:
@@ -598,10 +615,9 @@ class Trainer:
         }
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        """Load weights, optimizers, EMA, scaler and position from last.pt; return this rank's
-        RNG state."""
-        path = checkpoint_path(self.run_dir)
-        ckpt = load_checkpoint(path)
+        """Load weights, optimizers, EMA, scaler and position from last.pt (unreadable: the
+        newest intact step_<N>.pt); return this rank's RNG state."""
+        path, ckpt = load_resumable(self.run_dir, announce=self.ctx.is_main)
         check_resumable(ckpt, path, self.model, self.sampler.order_key())
         self.model.load_state_dict(ckpt["model"])
         for name, opt in self.optimizers.items():
@@ -623,7 +639,8 @@ class Trainer:
 
     def _checkpoint(self, last: bool = True, best: bool = False) -> None:
         """Write last.pt (``keep_last``) and/or best.pt on rank 0 with every rank's RNG; the
-        collectives around it are barriers."""
+        collectives around it are barriers. A failure on rank 0 (a full disk: a one-line
+        ``DiskFullError``) raises on every rank, as an mvq error when it is one."""
         rng = all_gather(rng_to_tensors(capture_rng()), self.ctx)
         ckpt_dir, error = checkpoint_path(self.run_dir).parent, None
         if self.ctx.is_main:
@@ -636,10 +653,14 @@ class Trainer:
                     save_checkpoint(state, ckpt_dir / "best.pt")
             except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
                 error = err
-        if any_rank(torch.tensor([error is not None]), self.ctx)[0]:
+        failed, user_error = any_rank(
+            torch.tensor([error is not None, isinstance(error, MVQError)]), self.ctx
+        )
+        if failed:
             if error is not None:
                 raise error
-            raise RuntimeError(f"rank 0 failed to write a checkpoint in {ckpt_dir}; see its error")
+            msg = f"rank 0 failed to write a checkpoint in {ckpt_dir}; see its error"
+            raise RunDirError(msg) if user_error else RuntimeError(msg)
         if last:
             self.ckpt_step, self.ckpt_time = self.step, time.monotonic()
 
@@ -660,9 +681,11 @@ class Trainer:
         print(f"interrupted: saved step {self.step} to {path}", file=sys.stderr)
 
     def close(self) -> None:
-        """Close the logger."""
+        """Close the logger and the ranks' stop vote."""
         if self.logger is not None:
             self.logger.close()
+        if self.vote is not None:
+            self.vote.close()
 
     def result(self, wall_time: float) -> TrainResult:
         """What ``train`` returns."""
