@@ -6,6 +6,11 @@ Tests marked ``real_data`` read Fashion-MNIST where mvq looks for it by default:
 ``$XDG_CACHE_HOME/mvq/fashion_mnist``. ``make test`` gets it there first, the way ``make demo``
 does. When it is still missing such a test FAILS with the reason, unless the user asked to skip
 them with ``MVQ_SKIP_REAL_DATA=1``; the terminal summary then lists what was skipped and why.
+
+Tests that take the ``device`` fixture run on ``$MVQ_TEST_DEVICE`` (default ``cpu``; ``cuda``
+runs them on the GPU, as ``benchmarks/device_checks.sh`` does) and are marked ``device``, so
+``pytest -m device`` selects them. On CUDA they run with TF32 off and deterministic algorithms
+on, so fp32 results are comparable with the CPU's and a resumed run can equal an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import yaml
 
 SKIP_VAR = "MVQ_SKIP_REAL_DATA"
 MARKER = "real_data"
+DEVICE_VAR = "MVQ_TEST_DEVICE"
 
 
 def skip_requested() -> bool:
@@ -45,6 +51,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     if skip_requested():
         return f"real-data tests: skipped if Fashion-MNIST is missing ({SKIP_VAR}=1)"
     return f"real-data tests: fail if Fashion-MNIST is missing ({SKIP_VAR}=1 skips them)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that takes the ``device`` fixture ``device`` (``pytest -m device``)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -125,3 +138,43 @@ def tiny_vqvae2_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vqvae2") / "model"
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def test_device() -> torch.device:
+    """``$MVQ_TEST_DEVICE`` as a device: skips when it is CUDA and this machine has none, fails
+    on a name that is no device (a typo must not quietly test the CPU)."""
+    name = os.environ.get(DEVICE_VAR, "").strip() or "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        pytest.fail(f"{DEVICE_VAR}={name!r} is not a device name (cpu, cuda, cuda:N)", False)
+    if device.type not in ("cpu", "cuda"):
+        pytest.fail(f"{DEVICE_VAR}={name!r}: the device tests run on cpu or cuda", False)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{DEVICE_VAR}={name} but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    # cuBLAS reads this when its first handle is made: deterministic matrix products on CUDA
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return device
+
+
+@pytest.fixture
+def device(test_device: torch.device):
+    """The device a test runs on (``$MVQ_TEST_DEVICE``, default cpu). On CUDA: TF32 off and
+    deterministic algorithms on for the test (warnings name any op that has none), restored
+    after it."""
+    if test_device.type != "cuda":
+        yield test_device
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield test_device
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before[:2]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])

@@ -223,10 +223,10 @@ def test_reference_grid_is_asymmetric_for_even_levels():
 
 @pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("shape", [(2, 16, 5, 6), (3, 16, 7)])
-def test_module_with_projection(shape, bound):
+def test_module_with_projection(shape, bound, device):
     torch.manual_seed(0)
-    fsq = FSQ((8, 5, 5, 5), in_channels=16, bound=bound)
-    z = normal(*shape).requires_grad_()
+    fsq = FSQ((8, 5, 5, 5), in_channels=16, bound=bound).to(device)
+    z = normal(*shape).to(device).requires_grad_()
     out = fsq(z)
     assert out.quantized.shape == shape
     assert out.indices.shape == (shape[0], *shape[2:]) and out.indices.dtype == torch.int64

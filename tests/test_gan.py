@@ -89,16 +89,22 @@ def test_no_adversarial_gradient_before_disc_start(tmp_path) -> None:
     assert not torch.equal(model.gan_loss.discriminator.net[0].weight, start["net.0.weight"])
 
 
-def test_resume_restores_both_optimizers_and_the_discriminator_bit_exactly(tmp_path) -> None:
+def test_resume_restores_both_optimizers_and_the_discriminator_bit_exactly(
+    tmp_path, device
+) -> None:
+    """MVQGAN (its masks from the device's RNG), both optimizers and the discriminator: a run
+    resumed from step 3's checkpoint ends bit-equal to an uninterrupted one, on the CPU and on
+    CUDA (deterministic algorithms)."""
+    on = {"device": str(device)}
     full = gan(disc_start=2)
-    train(full, DATA, DATA, config(max_steps=7), tmp_path / "full")  # crosses an epoch end
+    train(full, DATA, DATA, config(max_steps=7, **on), tmp_path / "full")  # crosses an epoch end
     part = gan(disc_start=2)
-    train(part, DATA, DATA, config(max_steps=4), tmp_path / "part")  # checkpoint at step 3
+    train(part, DATA, DATA, config(max_steps=4, **on), tmp_path / "part")  # checkpoint at step 3
     ckpt = load_checkpoint(checkpoint_path(tmp_path / "part"))
     assert set(ckpt["optimizers"]) == {"model", "discriminator"}
     assert any(k.startswith("gan_loss.discriminator.") for k in ckpt["model"])
     resumed = gan(seed=1, disc_start=2)  # other initial weights: all must come from the file
-    train(resumed, DATA, DATA, config(max_steps=7), tmp_path / "part", resume=True)
+    train(resumed, DATA, DATA, config(max_steps=7, **on), tmp_path / "part", resume=True)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     a, b = (load_checkpoint(checkpoint_path(tmp_path / r)) for r in ("full", "part"))
@@ -106,6 +112,36 @@ def test_resume_restores_both_optimizers_and_the_discriminator_bit_exactly(tmp_p
         for i, state in a["optimizers"][name]["state"].items():
             for key, value in state.items():
                 assert torch.equal(value, b["optimizers"][name]["state"][i][key]), (name, key)
+
+
+def test_gan_step_with_lpips_on_the_device(device) -> None:
+    """VQGAN's objective on the device with LPIPS (a random VGG backbone: no weights needed):
+    L1 + LPIPS, the hinge GAN term with the adaptive weight, then the discriminator's hinge
+    loss, each equal to its parts recomputed by hand; on CUDA each also equals the CPU's
+    (5e-4 relative: cuDNN's and the CPU's convolutions sum in other orders)."""
+    results = {}
+    for where in dict.fromkeys([device, torch.device("cpu")]):
+        model = gan("vqgan_fmnist_s4_k16", perceptual="lpips", disc_start=0)
+        torch.manual_seed(3)  # the random backbone's weights
+        model.gan_loss.set_perceptual(build_lpips(random_backbone=True))
+        model.to(where).train()
+        x = images(4).to(where)
+        loss, logs = model.loss((x, None), step=0)
+        recon, q = model.autoencode(x)  # VQ: the same forward again
+        net = model.gan_loss.perceptual_network(where)
+        lpips = net(x.expand(-1, 3, -1, -1), recon.expand(-1, 3, -1, -1)).mean()
+        l1 = (x - recon).abs().mean()
+        assert logs["lpips"] > 0 and torch.isclose(logs["nll"], l1 + lpips, rtol=1e-5)
+        g_loss = -model.gan_loss.discriminator(recon).mean()
+        expected = l1 + lpips + q.loss + logs["d_weight"] * g_loss
+        assert logs["d_weight"] > 0 and torch.isclose(loss, expected, rtol=1e-5)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.optimizer_groups()["model"])
+        d_loss, d_logs = model.loss((x, None), step=0, name="discriminator")
+        real, fake = (model.gan_loss.discriminator(t).mean() for t in (x, recon.detach()))
+        assert torch.isclose(d_logs["logits_real"], real) and d_loss > 0
+        results[where.type] = torch.stack([loss, d_loss, logs["lpips"], logs["d_weight"]])
+    torch.testing.assert_close(results[device.type].cpu(), results["cpu"], rtol=5e-4, atol=1e-6)
 
 
 def test_gan_runs_refuse_fp16_grad_accum_and_compile(tmp_path) -> None:

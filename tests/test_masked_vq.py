@@ -61,13 +61,14 @@ def test_winner_is_true_argmin_of_its_hypotheses(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["per_instance", "per_code"])
-def test_chunked_search_matches_all_in_graph_reference(mode: str) -> None:
+def test_chunked_search_matches_all_in_graph_reference(mode: str, device) -> None:
     """Same winners, loss, outputs and gradients as keeping all J hypotheses in the graph."""
     results = []
     for search in ("chunked", "all_in_graph"):
         torch.manual_seed(2)
         mvq = make_mvq(search=search, num_hypotheses=24, search_chunk=10, mask_mode=mode)
-        y, y2 = inputs(4)
+        mvq.to(device)
+        y, y2 = (t.detach().to(device).requires_grad_() for t in inputs(4))
         torch.manual_seed(11)
         out = mvq(y, y2)
         (out.loss + out.quantized.pow(2).sum()).backward()
@@ -115,13 +116,19 @@ def test_masks_are_bernoulli_half_and_independent() -> None:
     assert all(torch.equal(shared[0], shared[i]) for i in range(8))
 
 
-def test_decode_from_indices_and_mask_equals_forward() -> None:
+def test_decode_from_indices_and_mask_equals_forward(device) -> None:
     torch.manual_seed(5)
     mvq = make_mvq(normalize_secondary=True, in_channels=5, secondary_in_channels=3).eval()
-    y = torch.randn(4, 5, 2, 2)
-    y2 = torch.randn(4, 3, 1, 1)
+    mvq.to(device)
+    y = torch.randn(4, 5, 2, 2).to(device)
+    y2 = torch.randn(4, 3, 1, 1).to(device)
+    torch.manual_seed(6)
     out = mvq(y, y2)
+    assert out.tokens.mask.device == y.device
     assert torch.allclose(mvq.decode(out.tokens), out.quantized, atol=1e-5)
+    torch.manual_seed(6)
+    tokens = mvq.encode(y, y2)  # the same masks drawn: the same search, the same winners
+    assert torch.equal(tokens.mask, out.tokens.mask)
 
 
 def test_generation_draws_a_random_mask_reproducibly() -> None:
@@ -226,11 +233,11 @@ def batch(grid: int, b: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("name", list(TOKENIZER_GRIDS))
 @pytest.mark.parametrize("mode", ["per_instance", "per_code", "shared"])
 @pytest.mark.parametrize("search", ["chunked", "chunked_bf16"])
-def test_table3_search_matches_all_in_graph(name: str, mode: str, search: str) -> None:
+def test_table3_search_matches_all_in_graph(name: str, mode: str, search: str, device) -> None:
     """MVQVAE's real f through the search training uses: the reference's winners, loss,
     outputs and gradients (f's parameters and both inputs), for every mask mode and grid."""
-    mvq = table3_mvq(name, mask_mode=mode, search_chunk=40)
-    y, y2 = batch(TOKENIZER_GRIDS[name])
+    mvq = table3_mvq(name, mask_mode=mode, search_chunk=40).to(device)
+    y, y2 = (t.to(device) for t in batch(TOKENIZER_GRIDS[name]))
     (a, ga), (b, gb) = (run(mvq, s, y, y2) for s in (search, "all_in_graph"))
     assert torch.equal(a.tokens.mask, b.tokens.mask)
     torch.testing.assert_close(a.quantized, b.quantized, atol=1e-6, rtol=1e-5)
@@ -250,20 +257,30 @@ NEEDS_COMPILER = pytest.mark.skipif(
     [("chunked", False), ("chunked_bf16", False),
      pytest.param("chunked_bf16", True, marks=NEEDS_COMPILER)],
 )  # fmt: skip
-def test_search_picks_the_exact_winner_over_many_seeds(search: str, compiled: bool) -> None:
+def test_search_picks_the_exact_winner_over_many_seeds(search: str, compiled: bool, device) -> None:
     """At J = 2048 (the largest J of the paper) with D' = 16: the winner equals the argmin of
-    the reference's errors, over random weights and many draws; also with the first pass in
-    bf16 products and through ``torch.compile``."""
+    the reference's errors computed on the CPU, over random weights and many draws; also with
+    the first pass in bf16 products and through ``torch.compile``. On another device (CUDA) the
+    search runs there: each winner is the CPU reference's, or a mask whose CPU error is within
+    1e-6 relative of the CPU's best (fp32 sums in another order may swap such near-ties)."""
+    cpu = torch.device("cpu")
     for seed in range(3):
         mvq = table3_mvq("mvqvae_fmnist_s4_k16", seed, secondary_dim=16, num_hypotheses=2048)
         mvq.search, mvq.compile_search = search, compiled
         e, y = torch.randn(2, 8, 16, 2, 2, generator=torch.Generator().manual_seed(seed))
         code = torch.randn(8, 16, 1, 1)
-        masks = mvq.sample_masks(8, 2048, y.device)  # (B, J, D')
-        winner, _ = mvq.search_winner(e, code, y, masks)
+        masks = mvq.sample_masks(8, 2048, cpu)  # (B, J, D')
         with torch.no_grad():
             _, _, ref, _ = wta_all_in_graph(mvq.f, e, code, y, masks)
-        assert torch.equal(winner, ref)
+            err = mvq._exact_scores(e, code, y, masks)  # (B, J) the reference's arithmetic
+        assert torch.equal(err.argmin(1), ref)
+        args = (t.to(device) for t in (e, code, y, masks))
+        winner = mvq.to(device).search_winner(*args)[0].cpu()
+        if device.type == "cpu":
+            assert torch.equal(winner, ref)
+            continue
+        picked, best = err.gather(1, winner[:, None]).squeeze(1), err.min(1).values
+        assert (picked <= best * (1 + 1e-6)).all(), (winner, ref, picked - best)
 
 
 def test_search_is_fp32_under_autocast() -> None:

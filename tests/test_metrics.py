@@ -208,6 +208,34 @@ def test_inception_features_from_the_resolved_file(offline, monkeypatch) -> None
     np.testing.assert_array_equal(feats, rgb)  # gray is repeated to three channels
 
 
+def test_eval_feature_extractors_on_the_device(device) -> None:
+    """What ``mvq eval`` runs on ``--device``: the fd_fmnist classifier's features (in batches
+    of 7) and LPIPS distances (random VGG backbone, gray images, batches of 3) equal one CPU
+    pass over all images in eval mode (BatchNorm's running statistics); 1e-5 relative on
+    CUDA, where TF32 is off and cuDNN sums in another order."""
+    from mvq.metrics import load_lpips, lpips_distance
+    from mvq.metrics.fd_fmnist import FMNISTClassifier, classifier_features, images_to_input
+
+    torch.manual_seed(0)
+    classifier = FMNISTClassifier(ClassifierConfig(width=4, feature_dim=16))
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    classifier(images_to_input(images))  # train mode: moves the running statistics
+    classifier.eval()
+    with torch.no_grad():
+        expected = classifier.features(images_to_input(images)).double().numpy()
+    features = classifier_features(classifier.to(device), images, batch_size=7)
+    assert features.dtype == np.float64 and features.shape == (20, 16) and features.any()
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    lpips = load_lpips(random_backbone=True)  # cpu
+    a, b = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(s)) * 2 - 1
+            for s in (1, 2))  # fmt: skip
+    with torch.no_grad():
+        expected = lpips(a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)).flatten()
+    d = lpips_distance(lpips.to(device), a, b, batch_size=3)
+    assert d.device.type == "cpu" and d.shape == (5,) and (d > 0).all()
+    torch.testing.assert_close(d, expected, rtol=1e-5, atol=1e-6)
+
+
 # --- fd_fmnist ---------------------------------------------------------------------------------
 
 

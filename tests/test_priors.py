@@ -112,14 +112,14 @@ def test_secondary_transformer_is_causal_over_its_own_tokens():
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
-def test_kv_cache_logits_equal_full_forward(chunk):
+def test_kv_cache_logits_equal_full_forward(chunk, device):
     """Stepping through a sequence with the cache (chunks of 1 or 3) reproduces the logits."""
     torch.manual_seed(0)
-    prior = tiny_transformer(primary_grid=(3, 3)).eval()
+    prior = tiny_transformer(primary_grid=(3, 3)).eval().to(device)
     batch = random_batch(prior, 5)
     net = prior.primary
     start = prior.start_tokens(None, 5, "primary")
-    seq = torch.cat([start, batch["primary"].view(5, 9)[:, :-1]], 1)  # (B, 9)
+    seq = torch.cat([start, batch["primary"].view(5, 9)[:, :-1].to(device)], 1)  # (B, 9)
     with torch.no_grad():
         full = net(seq)
         cache = net.new_cache(5)
@@ -158,10 +158,10 @@ def test_cache_overflow_is_an_error():
 
 
 @pytest.mark.parametrize("kind", list(TINY))
-def test_nll_decreases_with_adam(kind):
+def test_nll_decreases_with_adam(kind, device):
     torch.manual_seed(0)
-    prior = TINY[kind](num_classes=3)
-    batch = random_batch(prior, 16, seed=1)
+    prior = TINY[kind](num_classes=3).to(device)
+    batch = {k: v.to(device) for k, v in random_batch(prior, 16, seed=1).items()}
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
     prior.train()
     torch.manual_seed(1)

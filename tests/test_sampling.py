@@ -170,12 +170,12 @@ def test_sampling_restores_training_mode(kind):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_cached_sampler_equals_naive_sampler(batch_size):
+def test_cached_sampler_equals_naive_sampler(batch_size, device):
     """Same seed and batch size: the cache changes the speed, not the samples."""
     torch.manual_seed(0)
-    prior = make_prior("transformer", secondary_grid=(1, 2), num_classes=3)
+    prior = make_prior("transformer", secondary_grid=(1, 2), num_classes=3).to(device)
     labels = torch.tensor([0, 2, 1, 1])
-    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    seeded = lambda: torch.Generator(device).manual_seed(3)  # noqa: E731
     kw = dict(labels=labels, batch_size=batch_size)
     fast = sample_autoregressive(prior, 4, generator=seeded(), **kw)
     naive = sample_autoregressive_naive(prior, 4, generator=seeded(), **kw)

@@ -99,8 +99,8 @@ SWITCHES = {
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
-def test_every_switch_resumes_bit_exactly(tmp_path, name):
-    overrides = SWITCHES[name]
+def test_every_switch_resumes_bit_exactly(tmp_path, name, device):
+    overrides = SWITCHES[name] | {"device": str(device)}
     make = fresh_boosted if name == "fp16" else fresh
     train(make(), TRAIN, VAL, config(max_steps=12, **overrides), tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):  # between steps 7 and 8, after the step-4 checkpoint

@@ -8,13 +8,19 @@ from mvq.quantizers import VectorQuantizer
 from mvq.tokens import Tokens
 
 
-def test_straight_through_gradient_is_identity() -> None:
+def test_straight_through_gradient_is_identity(device) -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizer(16, 4)
-    z = torch.randn(2, 4, 3, 3, requires_grad=True)
-    w = torch.randn(2, 4, 3, 3)
-    (vq(z).quantized * w).sum().backward()
+    vq = VectorQuantizer(16, 4).to(device)
+    z = torch.randn(2, 4, 3, 3).to(device).requires_grad_()
+    w = torch.randn(2, 4, 3, 3).to(device)
+    out = vq(z)
+    (out.quantized * w).sum().backward()
     assert torch.allclose(z.grad, w)
+    assert torch.equal(out.quantized.movedim(1, -1), vq.codebook.detach()[out.indices])
+    # q + (y - sg[y]): each code gets the sum of the gradients of the positions it quantises
+    rows = w.movedim(1, -1).reshape(-1, 4)  # (B * h * w, D)
+    expected = torch.zeros_like(vq.codebook).index_add_(0, out.indices.flatten(), rows)
+    torch.testing.assert_close(vq.codebook.grad, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_loss_matches_hand_computation() -> None:
@@ -36,17 +42,17 @@ def test_loss_matches_hand_computation() -> None:
     assert torch.allclose(vq.codebook.grad, grad_cb, atol=1e-7)
 
 
-def test_encode_decode_round_trip_equals_forward() -> None:
+def test_encode_decode_round_trip_equals_forward(device) -> None:
     torch.manual_seed(2)
-    vq = VectorQuantizer(32, 8, in_channels=6).eval()
-    z = torch.randn(3, 6, 4, 4)
+    vq = VectorQuantizer(32, 8, in_channels=6).eval().to(device)
+    z = torch.randn(3, 6, 4, 4).to(device)
     tokens = vq.encode(z)
-    assert tokens.indices.shape == (3, 4, 4)
+    assert tokens.indices.shape == (3, 4, 4) and tokens.indices.device == z.device
     assert torch.allclose(vq.decode(tokens), vq(z).quantized, atol=1e-6)
     codes = vq.indices_to_codes(tokens.indices)  # (B, h, w, D)
     assert torch.equal(codes, vq.codebook[tokens.indices])
     # quantising the codebook vectors themselves gives back their own indices
-    plain = VectorQuantizer(32, 8).eval()
+    plain = VectorQuantizer(32, 8).eval().to(device)
     assert torch.equal(
         plain.encode(plain.indices_to_codes(tokens.indices).movedim(-1, 1)).indices, tokens.indices
     )
