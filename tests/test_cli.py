@@ -25,7 +25,7 @@ def write_config(tmp_path: Path, **sections) -> Path:
 
 def test_committed_configs_are_the_generated_ones() -> None:
     configs = paper_run_configs()
-    assert len(configs) == 4 * 3 * 2 * 10  # data sets x tokens x K x architectures
+    assert len(configs) == 4 * 3 * 2 * 11  # data sets x tokens x K x architectures
     for name, config in configs.items():
         assert (ROOT / "configs" / f"{name}.yaml").read_text() == render_yaml(config), name
 

@@ -28,7 +28,8 @@ The names are stable (a sweep reads them):
   the code histogram), ``bits_per_image`` (the rate, MVQ's mask bits included); for MVQ also
   ``random_mask_mse``, ``random_mask_psnr``, ``random_mask_ssim``, ``random_mask_lpips``,
   ``random_mask_fid``, ``random_mask_fd_fmnist``: the same tokens decoded with a random
-  Bernoulli(0.5) mask instead of the searched one (what the mask bits carry);
+  Bernoulli(0.5) mask (a mask codebook: a uniformly drawn one of its J masks) instead of the
+  searched one (what the mask bits carry);
 - sample and image-folder forms: ``sample_fid``, ``sample_fd_fmnist``, ``fd_fmnist_floor``,
   ``sample_f8`` and ``sample_f1_8`` (PRD F_8 / F_1/8 on the fd_fmnist classifier features),
   ``sample_f8_inception`` and ``sample_f1_8_inception`` (on the Inception features, when FID

@@ -47,6 +47,8 @@ def _layout_line(layout: Any) -> str:
         f"{h}×{w} primary tokens over {layout.primary_vocab} entries + {h2}×{w2} secondary "
         f"over {layout.secondary_vocab}"
     )
+    if getattr(layout, "mask_codebook_size", 0):
+        return text + f" + the index of one of {layout.mask_codebook_size} fixed masks"
     return text + (f" + a {layout.mask_bits}-bit mask" if layout.mask_bits else "")
 
 

@@ -186,11 +186,13 @@ PAPER_DATA: dict[str, tuple[str, int]] = {
 
 
 # model_config written into every config of an architecture: MVQ's J (256 for MVQVAE as in the
-# authors' configs, 2048 for MVQGAN as in the paper's §4.3) and the VQGAN objective, spelled out
-# (taming's disc_start 10,000 batches and disc_weight 0.8; Table 2 gives neither).
+# authors' configs and for Masked FSQ, 2048 for MVQGAN as in the paper's §4.3) and the VQGAN
+# objective, spelled out (taming's disc_start 10,000 batches and disc_weight 0.8; Table 2 gives
+# neither).
 GAN_OBJECTIVE = {"perceptual": "lpips", "disc_start": 10_000, "disc_weight": 0.8}
 PAPER_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "mvqvae": {"num_hypotheses": 256},
+    "mfsqvae": {"num_hypotheses": 256},
     "vqgan": GAN_OBJECTIVE,
     "mvqgan": {"num_hypotheses": 2048, **GAN_OBJECTIVE},
     "fsqgan": GAN_OBJECTIVE,

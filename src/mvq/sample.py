@@ -1,8 +1,8 @@
 """Sample images: a prior draws tokens, the tokenizer decodes them (``mvq sample``).
 
 For MVQ the mask is drawn by ``decode`` from Bernoulli(0.5) per image with the same seeded
-generator (the paper's choice), unless the prior models the mask (``model_mask=True``): then the
-sampled mask is used.
+generator (the paper's choice; with a mask codebook, an index uniformly from its J masks),
+unless the prior models the mask (``model_mask=True``): then the sampled mask is used.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 An image is described by S primary indices on an ``h x w`` grid (vocabulary K1), S' secondary
 indices on an ``h2 x w2`` grid (vocabulary K2; ``1 x 1`` for MVQ and VQ-VAE-2) and, for MVQ
-only, a D'-bit mask. This module owns
+only, a D'-bit mask, or with a mask codebook (a fixed list of J masks) the mask's index in
+log2 J bits. This module owns
 
 - ``Tokens``: a batch of them (primary and secondary indices, MVQ's packed mask);
 - ``TokenLayout``: their shape (vocabularies, grids, mask bits) and its checks; a tokenizer's
@@ -10,7 +11,7 @@ only, a D'-bit mask. This module owns
 - ``layout_overrides``: a layout as config overrides for ``mvq.priors.create_prior``;
 - ``pack_masks`` / ``unpack_masks``: the mask's bit packing (8 bits per byte, LSB first);
 - ``mask_to_tokens`` / ``tokens_to_mask``: the mask as ``ceil(D'/b)`` tokens of b bits, the
-  form in which a prior models it.
+  form in which a prior models it (a mask codebook's index: one token of log2 J bits).
 
 Tokens on disk (token files, token directories) are ``mvq.token_files``.
 """
@@ -24,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LAYOUT_FIELDS = ("primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits")
+LAYOUT_FIELDS = (
+    "primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits",
+    "mask_codebook_size",
+)  # fmt: skip
 
 
 @dataclass
@@ -35,7 +39,10 @@ class Tokens:
         indices: primary code indices, ``(B, *spatial)`` int64.
         secondary: secondary code indices ``(B, *spatial')`` (MVQ, hierarchical models) or None.
         mask: MVQ only: the chosen MH-Dropout masks packed 8 bits per byte, ``(B, ceil(D'/8))``
-            uint8, bit ``d`` of the pattern is bit ``d % 8`` of byte ``d // 8``.
+            uint8, bit ``d`` of the pattern is bit ``d % 8`` of byte ``d // 8``. With a mask
+            codebook (``TokenLayout.mask_codebook_size`` = J) it holds the chosen mask's index
+            instead, its log2 J bits packed the same way, ``(B, ceil(log2 J / 8))``
+            (``mask_index_to_bytes``).
     """
 
     indices: Tensor
@@ -62,7 +69,10 @@ class TokenLayout:
         primary_grid: ``(h, w)`` of the primary token grid.
         secondary_vocab: K2, entries of the secondary codebook; 0 = no secondary tokens.
         secondary_grid: ``(h2, w2)`` of the secondary grid (``(1, 1)`` for MVQ / VQ-VAE-2).
-        mask_bits: D', the bits of an MVQ mask in the tokens (0: no mask).
+        mask_bits: the bits of an MVQ mask in the tokens: D' for a mask pattern, log2 J for
+            the index of a mask codebook (0: no mask).
+        mask_codebook_size: J when the mask is the index of one of J fixed masks (a mask
+            codebook; J a power of 2, ``mask_bits = log2 J``); 0: the mask is its D' bits.
     """
 
     primary_vocab: int
@@ -70,6 +80,7 @@ class TokenLayout:
     secondary_vocab: int
     secondary_grid: tuple[int, int] = (1, 1)
     mask_bits: int = 0
+    mask_codebook_size: int = 0
 
     def __post_init__(self) -> None:
         self.primary_grid = tuple(self.primary_grid)  # type: ignore[assignment]
@@ -87,6 +98,12 @@ class TokenLayout:
                 raise ValueError(f"{name} must be two positive sizes (h, w), got {grid}")
         if self.mask_bits < 0:
             raise ValueError(f"mask_bits must be >= 0 (0 = no mask), got {self.mask_bits}")
+        j = self.mask_codebook_size
+        if j and (j < 2 or j & (j - 1) or self.mask_bits != j.bit_length() - 1):
+            raise ValueError(
+                f"mask_codebook_size J={j} needs J a power of 2 >= 2 and mask_bits = log2 J "
+                f"(got mask_bits={self.mask_bits}); 0 means the mask is its D' bits"
+            )
 
     @property
     def primary_len(self) -> int:
@@ -108,11 +125,17 @@ class TokenLayout:
         """S + S', index tokens per instance (the mask's bits are not counted)."""
         return self.primary_len + self.secondary_len
 
+    @property
+    def mask_is_index(self) -> bool:
+        """Whether the mask travels as the index of a mask codebook (log2 J bits)."""
+        return self.mask_codebook_size > 0
+
 
 def layout_overrides(layout: TokenLayout | Mapping | object) -> dict[str, object]:
-    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid`` and
-    ``mask_bits`` (0 when absent) of a layout (``tokenizer.token_layout``, the ``"layout"`` dict
-    of a token directory's meta or a token file's header), as overrides for ``create_prior``."""
+    """``primary_vocab``, ``primary_grid``, ``secondary_vocab``, ``secondary_grid``,
+    ``mask_bits`` and ``mask_codebook_size`` (0 when absent, as in layouts written before mask
+    codebooks) of a layout (``tokenizer.token_layout``, the ``"layout"`` dict of a token
+    directory's meta or a token file's header), as overrides for ``create_prior``."""
     if isinstance(layout, Mapping):
         values = dict(layout)
     else:
@@ -121,7 +144,7 @@ def layout_overrides(layout: TokenLayout | Mapping | object) -> dict[str, object
     if missing:
         raise TypeError(f"{type(layout).__name__} is not a token layout: it lacks {missing}")
     out = {n: tuple(v) if isinstance(v := values[n], list) else v for n in LAYOUT_FIELDS[:4]}
-    return out | {"mask_bits": values.get("mask_bits", 0)}
+    return out | {n: values.get(n, 0) for n in LAYOUT_FIELDS[4:]}
 
 
 def pack_masks(masks: Tensor) -> Tensor:
@@ -161,3 +184,14 @@ def tokens_to_mask(tokens: Tensor, mask_bits: int, token_bits: int) -> Tensor:
     shifts = torch.arange(token_bits, device=tokens.device)
     bits = (tokens.long().unsqueeze(-1) >> shifts) & 1  # (B, M, b)
     return pack_masks(bits.flatten(-2)[..., :mask_bits].bool())
+
+
+def mask_index_to_bytes(index: Tensor, bits: int) -> Tensor:
+    """Mask-codebook indices ``(B,)`` -> ``(B, ceil(bits/8))`` uint8: bit i of the index is bit
+    i of the packed bytes (LSB first), so the index is one mask token of ``bits`` bits."""
+    return tokens_to_mask(index[:, None], bits, bits)
+
+
+def mask_bytes_to_index(packed: Tensor, bits: int) -> Tensor:
+    """Inverse of ``mask_index_to_bytes``: ``(B, ceil(bits/8))`` uint8 -> indices ``(B,)``."""
+    return mask_to_tokens(packed, bits, bits)[:, 0]

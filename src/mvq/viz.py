@@ -34,7 +34,7 @@ from mvq.errors import MVQError
 from mvq.pretrained import read_pretrained_meta
 from mvq.quantizers.base import to_channel_first, to_channel_last
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
-from mvq.tokens import Tokens, pack_masks, unpack_masks
+from mvq.tokens import Tokens, mask_index_to_bytes, pack_masks
 from mvq.training.config import DEVICE_HELP
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: `mvq --help` stays quick
@@ -80,11 +80,25 @@ def require_mvq(model: Tokenizer, kind: str) -> MVQVAE:
 
 
 def split_codes(model: MVQVAE, tokens: Tokens) -> MaskedCodes:
-    """``e``, normalised ``e'`` and the unpacked mask of MVQ tokens."""
+    """``e``, normalised ``e'`` and the mask patterns of MVQ tokens (VQ or FSQ codes; a mask
+    codebook's index looked up)."""
     q = model.quantizer
-    e = to_channel_first(q.primary.indices_to_codes(tokens.indices))  # (B, D, h, w)
-    code = q.norm(to_channel_first(q.secondary.indices_to_codes(tokens.secondary)))
-    return MaskedCodes(e, code, unpack_masks(tokens.mask, q.secondary_dim))
+    e = q.primary.decode(tokens.indices)  # (B, D, h, w)
+    code = q.norm(q.secondary.decode(tokens.secondary))  # (B, D', h', w')
+    return MaskedCodes(e, code, q.mask_patterns(tokens.mask))
+
+
+def pack_for(model: MVQVAE, masks: Tensor) -> Tensor:
+    """The tokens' packed form of mask patterns ``(N, D')``: their bits, or with a mask
+    codebook their indices in it (the patterns must be entries of the list)."""
+    q = model.quantizer
+    if not q.mask_codebook_size:
+        return pack_masks(masks)
+    book = q.mask_codebook.cpu()
+    hits = (masks.cpu().bool()[:, None] == book[None]).all(-1)  # (N, J)
+    if not hits.any(1).all():
+        raise VizError("with a mask codebook only its own masks can be decoded")
+    return mask_index_to_bytes(hits.float().argmax(1), q.mask_bits)
 
 
 def masked_term(model: MVQVAE, secondary: Tensor, weights: Tensor, like: Tensor) -> Tensor:
@@ -104,8 +118,11 @@ def decode_latent_sum(model: MVQVAE, latent: Tensor) -> Tensor:
 
 
 def random_masks(model: MVQVAE, n: int, generator: torch.Generator) -> Tensor:
-    """``n`` masks ``(n, D')`` bool, each bit Bernoulli(mask_prob) like generation draws them."""
+    """``n`` masks ``(n, D')`` bool as generation draws them: each bit Bernoulli(mask_prob),
+    or uniformly from the mask codebook."""
     q = model.quantizer
+    if q.mask_codebook_size:
+        return q.mask_codebook.cpu()[torch.randint(q.mask_codebook_size, (n,), generator=generator)]
     return torch.rand(n, q.secondary_dim, generator=generator) < q.mask_prob
 
 
@@ -121,13 +138,13 @@ def transfer(model: Tokenizer, x: Tensor, masks: Tensor) -> Tensor:
     """
     mvq = require_mvq(model, "transfer")
     t = mvq.encode(x)
-    own = unpack_masks(t.mask[:1].cpu(), mvq.quantizer.secondary_dim)  # (1, D')
+    own = mvq.quantizer.mask_patterns(t.mask[:1]).cpu()  # (1, D')
     masks = torch.cat([own, masks.cpu().bool()])  # (M, D')
     p, m = len(x), len(masks)
     tokens = Tokens(
         t.indices.repeat_interleave(m, 0),  # (P*M, h, w): each primary code M times
         t.secondary[:1].expand(p * m, *t.secondary.shape[1:]),  # e'_0 everywhere
-        pack_masks(masks.repeat(p, 1)).to(x.device),  # (P*M, bytes)
+        pack_for(mvq, masks.repeat(p, 1)).to(x.device),  # (P*M, bytes)
     )
     images = mvq.decode(tokens).unflatten(0, (p, m))  # (P, M, C, H, W)
     return torch.cat([x[:, None], images], 1)
@@ -236,7 +253,7 @@ def diversity(model: Tokenizer, x: Tensor, num_masks: int, generator: torch.Gene
     n = len(x)
     masks = random_masks(mvq, n * num_masks, generator)  # (N*M, D')
     repeat = lambda v: v.repeat_interleave(num_masks, 0)  # noqa: E731  (N*M, ...)
-    tokens = Tokens(repeat(t.indices), repeat(t.secondary), pack_masks(masks).to(x.device))
+    tokens = Tokens(repeat(t.indices), repeat(t.secondary), pack_for(mvq, masks).to(x.device))
     return mvq.decode(tokens).unflatten(0, (n, num_masks))
 
 
@@ -253,8 +270,8 @@ def codebook_counts(model: Tokenizer, data: Dataset, batch_size: int = 250) -> d
     layout = model.token_layout
     counts = {"primary": torch.zeros(layout.primary_vocab, dtype=torch.long),
               "secondary": torch.zeros(layout.secondary_vocab, dtype=torch.long)}  # fmt: skip
-    if layout.mask_bits:
-        counts["mask bits"] = torch.zeros(layout.mask_bits, dtype=torch.long)
+    if layout.mask_bits:  # bits of the patterns (a mask codebook's entries looked up)
+        counts["mask bits"] = torch.zeros(model.quantizer.secondary_dim, dtype=torch.long)
     device = next(model.parameters()).device
     for x, _ in DataLoader(data, batch_size=batch_size):
         t = model.encode(x.to(device)).to("cpu")
@@ -263,7 +280,7 @@ def codebook_counts(model: Tokenizer, data: Dataset, batch_size: int = 250) -> d
             t.secondary.flatten(), minlength=layout.secondary_vocab
         )
         if layout.mask_bits:
-            counts["mask bits"] += unpack_masks(t.mask, layout.mask_bits).sum(0)
+            counts["mask bits"] += model.quantizer.mask_patterns(t.mask.to(device)).cpu().sum(0)
     return counts
 
 

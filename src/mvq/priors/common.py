@@ -5,7 +5,8 @@ A token batch is a dict: ``"primary"`` ``(B, h, w)`` int64 in ``[0, K1)``, optio
 ``"label"`` ``(B,)`` int64 class labels, and for MVQ ``"mask"`` ``(B, ceil(D'/8))`` the packed
 mask bytes. By default the mask is not modelled (the paper draws it at random at generation
 time) and ``"mask"`` is ignored; a prior with ``model_mask=True`` models it as ``D'/b`` extra
-tokens of ``b = mask_token_bits`` bits after the secondary tokens.
+tokens of ``b = mask_token_bits`` bits after the secondary tokens, or, when the mask is a mask
+codebook's index (``mask_codebook_size`` = J), as one token of vocabulary J.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class PriorLayout(TokenLayout):
         num_classes: number of class labels for class conditioning; 0 = unconditional.
         model_mask: model the mask as ``mask_len`` tokens after the secondary tokens (priors
             that support it; default False, as the paper: the mask is drawn at random).
-        mask_token_bits: b, mask bits per mask token (vocabulary ``2**b``).
+        mask_token_bits: b, mask bits per mask token (vocabulary ``2**b``); not used for a mask
+            codebook's index, which is always one token of vocabulary J.
     """
 
     primary_vocab: int = 128
@@ -63,14 +65,21 @@ class PriorLayout(TokenLayout):
             )
 
     @property
+    def mask_token_width(self) -> int:
+        """Bits per mask token: log2 J for a mask codebook's index (one token), else b."""
+        return self.mask_bits if self.mask_is_index else self.mask_token_bits
+
+    @property
     def mask_len(self) -> int:
-        """M = ceil(D' / b) mask tokens per instance when the mask is modelled, else 0."""
-        return -(-self.mask_bits // self.mask_token_bits) if self.model_mask else 0
+        """M = ceil(D' / b) mask tokens per instance (1 for a mask codebook's index) when the
+        mask is modelled, else 0."""
+        return -(-self.mask_bits // self.mask_token_width) if self.model_mask else 0
 
     @property
     def mask_vocab(self) -> int:
-        """2**b values of a mask token, 0 when the mask is not modelled."""
-        return 2**self.mask_token_bits if self.model_mask else 0
+        """Values of a mask token (2**b; J for a mask codebook's index), 0 when the mask is
+        not modelled."""
+        return 2**self.mask_token_width if self.model_mask else 0
 
     @property
     def num_tokens(self) -> int:
@@ -203,7 +212,7 @@ def _check_mask(batch: dict, layout: PriorLayout, batch_size: int) -> Tensor | N
         )
     if packed.is_floating_point() or int(packed.min()) < 0 or int(packed.max()) > 255:
         raise ValueError("'mask' must hold packed mask bytes (integers in [0, 255])")
-    return mask_to_tokens(packed.to(torch.uint8), layout.mask_bits, layout.mask_token_bits)
+    return mask_to_tokens(packed.to(torch.uint8), layout.mask_bits, layout.mask_token_width)
 
 
 def nll_logs(

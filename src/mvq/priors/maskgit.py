@@ -2,7 +2,8 @@
 
 The sequence is ``[class token] + primary grid (raster order) + secondary tokens`` and, with
 ``model_mask=True`` (MVQ tokens; not in the paper, which draws the mask at random), ``M``
-mask tokens of ``b`` bits after them. Each stream has its own vocabulary embedding with one
+mask tokens of ``b`` bits after them (a mask codebook's index: one token, ``2**b`` = J values,
+``PriorLayout.mask_token_width``). Each stream has its own vocabulary embedding with one
 extra ``[MASK]`` id (``K1`` for primary, ``K2`` for secondary, ``2**b`` for the mask tokens)
 and its own output head over its real vocabulary only, so a sampler can never draw
 ``[MASK]``. Training masks ``ceil(gamma(r) * N)`` random positions per instance,

@@ -11,7 +11,8 @@ Two GPT-style decoders (pre-LN, learned position embeddings, fused QKV, GELU MLP
   conditioned on the whole primary sequence, the two networks train independently, and at
   sampling time the prefix is one parallel forward.
 * with ``model_mask=True`` (MVQ tokens; not in the paper, which draws the mask at random) the
-  secondary transformer continues with the ``M = ceil(D'/b)`` mask tokens of ``b`` bits each:
+  secondary transformer continues with the ``M = ceil(D'/b)`` mask tokens of ``b`` bits each
+  (a mask codebook's index: one token of vocabulary J):
   it reads ``[start, x, s, m_1, ..., m_{M-1}]`` and predicts ``s`` then ``m`` from its last
   ``S' + M`` positions, so a sampled mask is conditioned on the image's codes.
 
@@ -265,7 +266,8 @@ class TransformerPrior(nn.Module, PretrainedMixin):
             ce_s = F.cross_entropy(logits_s.transpose(1, 2), target, reduction="none")  # (B, S')
         if logits_m is not None:
             c = self.config
-            target = mask_to_tokens(batch["mask"].to(torch.uint8), c.mask_bits, c.mask_token_bits)
+            packed = batch["mask"].to(torch.uint8)
+            target = mask_to_tokens(packed, c.mask_bits, c.mask_token_width)  # (B, M)
             ce_m = F.cross_entropy(logits_m.transpose(1, 2), target, reduction="none")  # (B, M)
         return nll_logs(ce_p, ce_s, ce_m)
 

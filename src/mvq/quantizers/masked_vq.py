@@ -26,6 +26,16 @@ CPUs with AMX and on GPUs) still returns the reference's winner; ties go to the 
 index, as in the reference.
 
 At generation time the mask is not modelled: ``decode`` draws it from Bernoulli(mask_prob).
+
+**Mask codebook** (``mask_source="codebook"``, not in the paper): the J candidate masks are one
+fixed list of J Bernoulli(mask_prob) patterns, drawn once from a ``torch.Generator`` seeded with
+``mask_codebook_seed`` (``draw_mask_codebook``), the same list at training, encoding, decoding
+and in the prior. The search runs over that list, and the token is the winner's index: log2 J
+bits instead of D' (J must be a power of 2). A decode without a mask draws an index uniformly.
+The list is a buffer (saved with the weights) and is checked against the seed on loading.
+
+**Codebooks**: ``quantizers=(primary, secondary)`` replaces the two ``VectorQuantizer`` s by
+any quantizers of the same interface, e.g. two ``FSQ`` s (Masked FSQ, ``MFSQVAE``).
 """
 
 from __future__ import annotations
@@ -38,15 +48,23 @@ from mvq.nets.table3 import AffineEnds, compile_once, trunk_math
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
+    codebook_stats,
     to_channel_first,
     to_channel_last,
 )
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
-from mvq.tokens import Tokens, pack_masks, unpack_masks
+from mvq.tokens import (
+    Tokens,
+    mask_bytes_to_index,
+    mask_index_to_bytes,
+    pack_masks,
+    unpack_masks,
+)
 
 SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")
 CHUNK_ROWS, COMPILED_CHUNK_ROWS = 4096, 8192  # search_chunk's defaults: eager, compiled
 MASK_MODES = ("per_instance", "per_code", "shared")
+MASK_SOURCES = ("random", "codebook")
 
 
 class MLPMHNetwork(nn.Module):
@@ -96,6 +114,13 @@ def check_per_sample(f: nn.Module) -> None:
             )
 
 
+def draw_mask_codebook(num: int, dim: int, prob: float, seed: int) -> Tensor:
+    """The mask codebook: ``num`` Bernoulli(``prob``) patterns ``(J, D')`` bool, drawn on the CPU
+    from a ``torch.Generator`` seeded with ``seed`` (the same list on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(num, dim, generator=generator) < prob
+
+
 class MaskedVectorQuantizer(nn.Module):
     """MVQ: primary VQ + secondary VQ + masked secondary code through f, trained by MH-Dropout.
 
@@ -113,7 +138,14 @@ class MaskedVectorQuantizer(nn.Module):
             ``"per_instance"`` (authors' code: each instance its own J), ``"per_code"`` (each
             distinct secondary code its own J, shared by the instances quantised to it: every
             instance still sees J i.i.d. masks, and f runs once per code and mask) or
-            ``"shared"`` (one set of J for the whole batch).
+            ``"shared"`` (one set of J for the whole batch). With ``mask_source="codebook"``
+            every instance searches the same J masks: the modes then differ only in how f's
+            work is grouped, not in the winners.
+        mask_source: ``"random"`` (the paper: J fresh Bernoulli masks per pass; the token is
+            the winner's D' bits) or ``"codebook"`` (J fixed masks drawn once from
+            ``mask_codebook_seed``; the token is the winner's index, log2 J bits; J a power
+            of 2).
+        mask_codebook_seed: seed of the mask codebook (``"codebook"`` only, required there).
         search: ``"chunked"`` (no-grad search, winner recomputed), ``"chunked_bf16"`` (the
             same with a bfloat16 first pass, same winners) or ``"all_in_graph"`` (reference).
         search_chunk: rows of f evaluated at once by the chunked search (default 4096, and
@@ -123,10 +155,16 @@ class MaskedVectorQuantizer(nn.Module):
         normalize_secondary: GroupNorm(1) on e' before masking (authors' later code).
         in_channels, secondary_in_channels: input channels, projected to D / D' when different.
         vq_kwargs: options for both ``VectorQuantizer`` s (beta, ema, init, dead codes, ...).
+        quantizers: ``(primary, secondary)`` quantizers to use instead of the two
+            ``VectorQuantizer`` s (e.g. ``FSQ`` s): channel-first ``(B, D, ...)`` /
+            ``(B, D', ...)`` in, ``QuantizerOutput`` out, ``decode(indices)`` back to
+            ``quantized``, and ``codebook_size`` equal to ``codebook_size`` /
+            ``secondary_codebook_size``; no ``vq_kwargs`` then.
 
     Shapes: ``forward(z, z2)`` with ``z`` ``(B, C, h, w)`` and ``z2`` ``(B, C', h', w')`` returns
     ``quantized`` ``(B, C, h, w)`` and tokens: ``indices`` ``(B, h, w)``, ``secondary``
-    ``(B, h', w')``, ``mask`` ``(B, ceil(D'/8))`` uint8.
+    ``(B, h', w')``, ``mask`` ``(B, ceil(mask_bits/8))`` uint8 (``mask_bits``: D', or log2 J
+    with a mask codebook).
     """
 
     rescore: int = 8  # masks per instance the chunked search re-scores exactly (k)
@@ -150,10 +188,15 @@ class MaskedVectorQuantizer(nn.Module):
         in_channels: int | None = None,
         secondary_in_channels: int | None = None,
         vq_kwargs: dict | None = None,
+        mask_source: str = "random",
+        mask_codebook_seed: int | None = None,
+        quantizers: tuple[nn.Module, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         d2 = secondary_dim or dim
         _check_options(d2, num_hypotheses, mask_prob, search, search_chunk, mask_mode)
+        check_mask_source(mask_source, mask_codebook_seed, num_hypotheses)
+        self.mask_source, self.mask_codebook_seed = mask_source, mask_codebook_seed
         self.dim, self.secondary_dim = dim, d2
         self.num_hypotheses, self.mask_prob = num_hypotheses, mask_prob
         self.mask_mode, self.search, self.search_chunk = mask_mode, search, search_chunk
@@ -163,12 +206,19 @@ class MaskedVectorQuantizer(nn.Module):
         self.project_in = ChannelProjection(self.in_channels, dim)
         self.project_in_secondary = ChannelProjection(self.secondary_in_channels, d2)
         self.project_out = ChannelProjection(dim, self.in_channels)
-        kw = vq_kwargs or {}
-        self.primary = VectorQuantizer(codebook_size, dim, **kw)
-        self.secondary = VectorQuantizer(secondary_codebook_size or codebook_size, d2, **kw)
+        sizes = (codebook_size, secondary_codebook_size or codebook_size)
+        if quantizers is None:
+            kw = vq_kwargs or {}
+            self.primary = VectorQuantizer(sizes[0], dim, **kw)
+            self.secondary = VectorQuantizer(sizes[1], d2, **kw)
+        else:
+            self.primary, self.secondary = _check_quantizers(quantizers, sizes, vq_kwargs)
         self.f = f if f is not None else MLPMHNetwork(d2, dim, grid)
         check_per_sample(self.f)
         self.norm = nn.GroupNorm(1, d2) if normalize_secondary else nn.Identity()
+        if mask_source == "codebook":  # (J, D') bool, saved with the weights
+            masks = draw_mask_codebook(num_hypotheses, d2, mask_prob, mask_codebook_seed)
+            self.register_buffer("mask_codebook", masks)
 
     # -- public API -------------------------------------------------------------------------
     def forward(self, z: Tensor, z_secondary: Tensor) -> QuantizerOutput:
@@ -184,8 +234,8 @@ class MaskedVectorQuantizer(nn.Module):
         p, s = self.primary(y), self.secondary(y2)
         code = self.norm(s.quantized)  # (B, D', h', w'), straight-through to the secondary encoder
         inverse = self.mask_groups(s.indices)  # (B,) group of each instance, or None
-        masks = self.sample_masks(z.shape[0] if inverse is None else int(inverse.max()) + 1,
-                                  self.num_hypotheses, z.device)  # (G, J, D')  # fmt: skip
+        masks = self.candidate_masks(z.shape[0] if inverse is None else int(inverse.max()) + 1,
+                                     z.device)  # (G, J, D')  # fmt: skip
         group = torch.arange(z.shape[0], device=z.device) if inverse is None else inverse  # (B,)
         if self.search == "all_in_graph":
             y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, masks[group])
@@ -198,7 +248,7 @@ class MaskedVectorQuantizer(nn.Module):
             y_hat = p.quantized + self._f(code * _bcast(chosen), y)  # the winner, with autograd
             mhd = F.mse_loss(y_hat, y)
         quantized = to_channel_first(self.project_out(to_channel_last(y_hat)))
-        tokens = Tokens(p.indices, s.indices, pack_masks(chosen))
+        tokens = Tokens(p.indices, s.indices, self._mask_token(winner, chosen))
         logs = {
             **{f"primary_{k}": v for k, v in p.logs.items()},
             **{f"secondary_{k}": v for k, v in s.logs.items()},
@@ -208,11 +258,14 @@ class MaskedVectorQuantizer(nn.Module):
             "mask_density": chosen.float().mean(),
             "y_rms": y.detach().pow(2).mean().sqrt(),
         }
+        if self.mask_source == "codebook":  # how much of the list the winners use
+            logs |= {f"mask_{k}": v for k, v in codebook_stats(winner, self.num_hypotheses).items()}
         return QuantizerOutput(quantized, tokens, p.loss + s.loss + mhd, logs)
 
     @torch.no_grad()
     def encode(self, z: Tensor, z_secondary: Tensor) -> Tokens:
-        """Tokens (indices, secondary indices, best-of-J mask); uses the global RNG for masks."""
+        """Tokens (indices, secondary indices, best-of-J mask); random masks come from the
+        global RNG, a mask codebook needs none."""
         was_training = self.training
         self.eval()
         try:
@@ -221,23 +274,40 @@ class MaskedVectorQuantizer(nn.Module):
             self.train(was_training)
 
     def decode(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
-        """``e + f(e' * m)`` from tokens; a missing mask is drawn from Bernoulli(mask_prob).
+        """``e + f(e' * m)`` ``(B, C, h, w)`` from tokens; a missing mask is drawn: from
+        Bernoulli(mask_prob), or uniformly from the mask codebook.
 
         ``generator`` (on the decode device) makes the drawn masks reproducible.
         """
         if tokens.secondary is None:
             raise ValueError("MVQ tokens need secondary indices (tokens.secondary is None)")
-        e = to_channel_first(self.primary.indices_to_codes(tokens.indices))  # (B, D, h, w)
-        code = self.norm(to_channel_first(self.secondary.indices_to_codes(tokens.secondary)))
-        if tokens.mask is None:  # generation: the mask is not modelled, draw one
-            rand = torch.rand(
-                code.shape[0], self.secondary_dim, generator=generator, device=code.device
-            )
+        e = self.primary.decode(tokens.indices)  # (B, D, h, w)
+        code = self.norm(self.secondary.decode(tokens.secondary))  # (B, D', h', w')
+        b, device = code.shape[0], code.device
+        if tokens.mask is not None:
+            mask = self.mask_patterns(tokens.mask.to(device))
+        elif self.mask_source == "codebook":  # generation: an index uniformly from the list
+            index = torch.randint(self.num_hypotheses, (b,), generator=generator, device=device)
+            mask = self.mask_codebook[index]  # (B, D')
+        else:  # generation: the mask is not modelled, draw one
+            rand = torch.rand(b, self.secondary_dim, generator=generator, device=device)
             mask = rand < self.mask_prob
-        else:
-            mask = unpack_masks(tokens.mask.to(code.device), self.secondary_dim)
         y_hat = e + self._f(code * _bcast(mask), e)
         return to_channel_first(self.project_out(to_channel_last(y_hat)))
+
+    def mask_patterns(self, packed: Tensor) -> Tensor:
+        """The masks ``(B, D')`` bool of the tokens' packed masks ``(B, ceil(mask_bits/8))``:
+        unpacked bits, or the mask codebook's entries at the packed indices."""
+        if self.mask_source == "codebook":
+            return self.mask_codebook[mask_bytes_to_index(packed, self.mask_bits)]
+        return unpack_masks(packed, self.secondary_dim)
+
+    def candidate_masks(self, groups: int, device: torch.device) -> Tensor:
+        """The J masks ``(G, J, D')`` bool a pass searches: fresh Bernoulli draws
+        (``sample_masks``), or the mask codebook for every group."""
+        if self.mask_source == "codebook":
+            return self.mask_codebook.to(device).expand(groups, -1, -1)
+        return self.sample_masks(groups, self.num_hypotheses, device)
 
     def mask_groups(self, secondary_indices: Tensor) -> Tensor | None:
         """Group of each instance for mask sampling: None (one group each, "per_instance")
@@ -253,9 +323,41 @@ class MaskedVectorQuantizer(nn.Module):
         return masks.expand(groups, -1, -1)
 
     @property
+    def mask_bits(self) -> int:
+        """Bits of the mask in the tokens: D', or log2 J with a mask codebook."""
+        if self.mask_source == "codebook":
+            return self.num_hypotheses.bit_length() - 1
+        return self.secondary_dim
+
+    @property
+    def mask_codebook_size(self) -> int:
+        """J with a mask codebook, else 0 (as ``TokenLayout.mask_codebook_size``)."""
+        return self.num_hypotheses if self.mask_source == "codebook" else 0
+
+    @property
     def mask_bytes(self) -> int:
         """Bytes per instance of a packed mask."""
-        return (self.secondary_dim + 7) // 8
+        return (self.mask_bits + 7) // 8
+
+    def _mask_token(self, winner: Tensor, chosen: Tensor) -> Tensor:
+        """The packed mask of the tokens ``(B, mask_bytes)``: the chosen masks' bits ``(B, D')``,
+        or with a mask codebook the winners' indices ``(B,)``."""
+        if self.mask_source == "codebook":
+            return mask_index_to_bytes(winner, self.mask_bits)
+        return pack_masks(chosen)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Refuse a saved mask codebook that is not the list the seed draws."""
+        saved = state_dict.get(prefix + "mask_codebook")
+        if self.mask_source == "codebook" and saved is not None:
+            ours = self.mask_codebook
+            if saved.shape != ours.shape or not torch.equal(saved.cpu().bool(), ours.cpu()):
+                raise ValueError(
+                    f"the saved mask codebook is not the {self.num_hypotheses} masks that seed "
+                    f"{self.mask_codebook_seed} draws (mask_prob {self.mask_prob}, D' "
+                    f"{self.secondary_dim}): load it with the config it was saved with"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- MH-Dropout search ------------------------------------------------------------------
     @torch.no_grad()
@@ -445,6 +547,50 @@ def _first_of_groups(inverse: Tensor, groups: int) -> Tensor:
 def _bcast(m: Tensor) -> Tensor:
     """Masks ``(..., D')`` -> ``(..., D', 1, 1)`` float, to multiply a code map."""
     return m[..., None, None].float()
+
+
+def check_mask_source(source: str, seed: int | None, j: int) -> None:
+    """One-line ``ValueError`` for a bad ``mask_source`` / ``mask_codebook_seed`` / J."""
+    if source not in MASK_SOURCES:
+        raise ValueError(f"unknown mask_source '{source}'; choose one of {', '.join(MASK_SOURCES)}")
+    if source == "random":
+        if seed is not None:
+            raise ValueError(
+                f"mask_codebook_seed={seed} is only used with mask_source='codebook': set "
+                "mask_source='codebook' or leave mask_codebook_seed unset"
+            )
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(
+            f"mask_source='codebook' needs mask_codebook_seed, a non-negative integer (the seed "
+            f"of the list of masks), got {seed!r}"
+        )
+    if isinstance(j, int) and (j < 2 or j & (j - 1)):
+        raise ValueError(
+            f"a mask codebook needs num_hypotheses J a power of 2 >= 2 (its index is log2 J "
+            f"bits), got J={j}: pick e.g. {max(2, 1 << max(j, 1).bit_length() - 1)}"
+        )
+
+
+def _check_quantizers(
+    quantizers: tuple[nn.Module, nn.Module], sizes: tuple[int, int], vq_kwargs: dict | None
+) -> tuple[nn.Module, nn.Module]:
+    """The given (primary, secondary) quantizers, or one-line errors when they do not fit."""
+    if vq_kwargs:
+        raise ValueError(
+            "vq_kwargs configure the built-in VectorQuantizers: leave them out when passing "
+            "quantizers"
+        )
+    if not isinstance(quantizers, tuple | list) or len(quantizers) != 2:
+        raise ValueError("quantizers must be a pair (primary, secondary) of quantizer modules")
+    for name, q, size in zip(("primary", "secondary"), quantizers, sizes, strict=True):
+        if getattr(q, "codebook_size", None) != size:
+            raise ValueError(
+                f"the {name} quantizer has {getattr(q, 'codebook_size', None)} codes but "
+                f"{'codebook_size' if name == 'primary' else 'secondary_codebook_size'}={size}: "
+                "pass its codebook_size"
+            )
+    return quantizers[0], quantizers[1]
 
 
 def _check_options(d2: int, j: int, p: float, search: str, chunk: int | None, mode: str) -> None:

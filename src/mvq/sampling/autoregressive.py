@@ -67,7 +67,7 @@ def _sample_batch(prior, labels: Tensor | None, B: int, draw: dict, generator) -
         secondary, mask = _sample_secondary(prior, start, primary, draw, generator)
         out["secondary"] = secondary.view(B, *c.secondary_grid)
         if mask is not None:
-            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_bits)
+            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_width)
     return out
 
 
@@ -127,7 +127,7 @@ def _uncached_batch(
         out["secondary"] = drawn[:, :S2].reshape(B, *c.secondary_grid)
         if c.mask_len:
             mask = drawn[:, S2:] - K2
-            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_bits)
+            out["mask"] = tokens_to_mask(mask, c.mask_bits, c.mask_token_width)
     return out
 
 

@@ -70,7 +70,7 @@ def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -
     if c.has_secondary:
         out["secondary"] = tokens[:, S : S + S2].reshape(B, *c.secondary_grid)
     if c.model_mask:
-        out["mask"] = tokens_to_mask(tokens[:, S + S2 :], c.mask_bits, c.mask_token_bits)
+        out["mask"] = tokens_to_mask(tokens[:, S + S2 :], c.mask_bits, c.mask_token_width)
     return out
 
 

@@ -1,6 +1,7 @@
 """Tokenizers (VQVAE2, MVQVAE, FSQVAE and their GAN-trained VQGAN, MVQGAN, FSQGAN; QVAE with
-the field's other quantizer families: LFQVAE, BSQVAE, RVQVAE, SimVQVAE) and their
-registry of the paper's settings (``mvq.tokenizers.variants``, one literal row per name).
+the field's other quantizer families: LFQVAE, BSQVAE, RVQVAE, SimVQVAE; MFSQVAE, Masked FSQ)
+and their registry of the paper's settings (``mvq.tokenizers.variants``, one literal row per
+name).
 
 Variant names read ``<arch>_<dataset>_s<S>_k<K>``: e.g. ``mvqvae_fmnist_s4_k16`` is MVQVAE on
 Fashion-MNIST with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary);
@@ -14,7 +15,7 @@ or samplers.
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN, FSQGANConfig, MVQGANConfig, VQGANConfig
-from mvq.tokenizers.mvqvae import MVQVAE, MVQVAEConfig
+from mvq.tokenizers.mvqvae import MFSQVAE, MVQVAE, MFSQVAEConfig, MVQVAEConfig
 from mvq.tokenizers.qvae import (
     BSQVAE,
     LFQVAE,
@@ -45,6 +46,8 @@ __all__ = [
     "BSQVAEConfig",
     "LFQVAE",
     "LFQVAEConfig",
+    "MFSQVAE",
+    "MFSQVAEConfig",
     "QVAE",
     "QVAEConfig",
     "RVQVAE",

@@ -1,7 +1,13 @@
-"""MVQVAE: VQ-VAE-2's networks with Masked Vector Quantization (paper §4.1).
+"""MVQVAE: VQ-VAE-2's networks with Masked Vector Quantization (paper §4.1), and MFSQVAE.
 
 The decoder takes ``e + f(e' * m)``: primary code plus the MH network applied to the masked
 secondary code, the mask chosen by MH-Dropout over J samples. f is Table 3's "Decoder 2".
+``mask_source="codebook"`` searches a fixed list of J masks instead and makes the token the
+chosen mask's index (log2 J bits; see ``MaskedVectorQuantizer``).
+
+MFSQVAE (Masked FSQ, not in the paper) is the same with FSQ codes for e and e': each codebook
+an ``FSQ`` whose levels multiply to K/2 (``levels_for_codebook_size``, as FSQVAE), projected
+to D and D' channels; f and MH-Dropout exactly as MVQVAE's.
 """
 
 from __future__ import annotations
@@ -9,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mvq.nets import MHNetwork, table3_kernels
-from mvq.quantizers import MaskedVectorQuantizer, QuantizerOutput
+from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput
+from mvq.quantizers.fsq import levels_for_codebook_size
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig
 from mvq.tokens import TokenLayout, Tokens
 
@@ -34,6 +41,10 @@ class MVQVAEConfig(TokenizerConfig):
             ``compile_search``).
         compile_search: ``torch.compile`` the search's first pass (same winners; the first
             step compiles for seconds and needs a C++ compiler on CPUs).
+        mask_source: "random" (the paper: J fresh random masks per pass, the token holds the
+            mask's D' bits) or "codebook" (one fixed list of J masks drawn from
+            ``mask_codebook_seed``; the token is the mask's index, log2 J bits; J a power of 2).
+        mask_codebook_seed: the seed of the mask codebook ("codebook" only, required there).
     """
 
     num_hypotheses: int = 256
@@ -43,10 +54,13 @@ class MVQVAEConfig(TokenizerConfig):
     search: str = "chunked"
     search_chunk: int | None = None
     compile_search: bool = False
+    mask_source: str = "random"
+    mask_codebook_seed: int | None = None
 
 
 class MVQVAE(Tokenizer):
-    """Tokenizer with a ``MaskedVectorQuantizer``: S primary tokens, 1 secondary, D' mask bits."""
+    """Tokenizer with a ``MaskedVectorQuantizer``: S primary tokens, 1 secondary, and the mask
+    (D' bits, or a log2 J-bit index with a mask codebook)."""
 
     config_class = MVQVAEConfig
 
@@ -57,10 +71,12 @@ class MVQVAE(Tokenizer):
             c.secondary_dim, c.dim, c.grid, table3_kernels(c.factor)["f"],
             channels=c.channels, res_channels=c.res_channels, num_res_blocks=c.num_res_blocks,
         )  # fmt: skip
+        quantizers = self.build_codebooks()
         self.quantizer = MaskedVectorQuantizer(
             dim=c.dim,
-            codebook_size=c.half_codebook,
+            codebook_size=c.half_codebook if quantizers is None else quantizers[0].codebook_size,
             secondary_dim=c.secondary_dim,
+            secondary_codebook_size=None if quantizers is None else quantizers[1].codebook_size,
             f=f,
             num_hypotheses=c.num_hypotheses,
             mask_prob=c.mask_prob,
@@ -69,11 +85,20 @@ class MVQVAE(Tokenizer):
             search_chunk=c.search_chunk,
             compile_search=c.compile_search,
             normalize_secondary=c.normalize_secondary,
-            vq_kwargs=c.vq_kwargs(),
+            vq_kwargs=c.vq_kwargs() if quantizers is None else None,
+            mask_source=c.mask_source,
+            mask_codebook_seed=c.mask_codebook_seed,
+            quantizers=quantizers,
         )
+        q = self.quantizer
         self.token_layout = TokenLayout(
-            c.half_codebook, (c.grid, c.grid), c.half_codebook, mask_bits=c.secondary_dim
-        )
+            q.primary.codebook_size, (c.grid, c.grid), q.secondary.codebook_size,
+            mask_bits=q.mask_bits, mask_codebook_size=q.mask_codebook_size,
+        )  # fmt: skip
+
+    def build_codebooks(self) -> tuple[nn.Module, nn.Module] | None:
+        """The (primary, secondary) quantizers; None: the masked quantizer's own VQs."""
+        return None
 
     def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
         # fp32 with autocast off, as VQ and FSQ do inside: bf16 scores pick other winners.
@@ -82,3 +107,49 @@ class MVQVAE(Tokenizer):
 
     def decode_latent(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
         return self.quantizer.decode(tokens, generator)
+
+
+VQ_FIELDS = ("ema", "init", "dead_code_threshold", "vq_options")  # codebook options FSQ lacks
+
+
+@dataclass
+class MFSQVAEConfig(MVQVAEConfig):
+    """MFSQVAE config: MVQVAE's fields plus FSQ levels (as ``FSQVAEConfig``).
+
+    Attributes:
+        levels: primary FSQ levels; empty -> ``levels_for_codebook_size(K/2)``.
+        secondary_levels: secondary FSQ levels; empty -> the same rule.
+        bound: FSQ bound variant ("reference" = the FSQ paper's formula).
+    """
+
+    levels: tuple[int, ...] = ()
+    secondary_levels: tuple[int, ...] = ()
+    bound: str = "reference"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.levels = tuple(self.levels) or levels_for_codebook_size(self.half_codebook)
+        self.secondary_levels = tuple(self.secondary_levels) or levels_for_codebook_size(
+            self.half_codebook
+        )
+        defaults = TokenizerConfig()
+        changed = [n for n in VQ_FIELDS if getattr(self, n) != getattr(defaults, n)]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} apply to VQ codebooks; Masked FSQ has none: leave them "
+                "at their defaults"
+            )
+
+
+class MFSQVAE(MVQVAE):
+    """Masked FSQ: ``e + f(e' ⊙ m)`` with FSQ codes for e and e' (prod(levels) entries each)
+    and MVQVAE's f and MH-Dropout."""
+
+    config_class = MFSQVAEConfig
+
+    def build_codebooks(self) -> tuple[nn.Module, nn.Module]:
+        c = self.config
+        return (
+            FSQ(c.levels, in_channels=c.dim, bound=c.bound),
+            FSQ(c.secondary_levels, in_channels=c.secondary_dim, bound=c.bound),
+        )

@@ -24,7 +24,7 @@ from mvq.registry import Registry
 from mvq.tokenizers.base import Tokenizer
 from mvq.tokenizers.fsqvae import FSQVAE
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN
-from mvq.tokenizers.mvqvae import MVQVAE
+from mvq.tokenizers.mvqvae import MFSQVAE, MVQVAE
 from mvq.tokenizers.qvae import BSQVAE, LFQVAE, RVQVAE, SimVQVAE
 from mvq.tokenizers.vqvae2 import VQVAE2
 
@@ -32,6 +32,7 @@ ARCHITECTURES: dict[str, type[Tokenizer]] = {
     "vqvae2": VQVAE2, "mvqvae": MVQVAE, "fsqvae": FSQVAE,
     "vqgan": VQGAN, "mvqgan": MVQGAN, "fsqgan": FSQGAN,
     "lfqvae": LFQVAE, "bsqvae": BSQVAE, "rvqvae": RVQVAE, "simvqvae": SimVQVAE,
+    "mfsqvae": MFSQVAE,
 }  # fmt: skip
 
 # dataset -> (image channels, image size, D = D') from Table 2
@@ -295,6 +296,32 @@ VARIANTS: tuple[tuple[str, type[Tokenizer], str, int, int], ...] = (
     ("simvqvae_imagenet64_s4_k256",  SimVQVAE, "imagenet64",  4, 256),
     ("simvqvae_imagenet64_s16_k16",  SimVQVAE, "imagenet64", 16,  16),
     ("simvqvae_imagenet64_s16_k256", SimVQVAE, "imagenet64", 16, 256),
+
+    # Masked FSQ: MVQVAE's f and MH-Dropout with FSQ codes for e and e' (mvq.tokenizers.mvqvae)
+    ("mfsqvae_fmnist_s1_k16",         MFSQVAE,  "fmnist",      1,  16),
+    ("mfsqvae_fmnist_s1_k256",        MFSQVAE,  "fmnist",      1, 256),
+    ("mfsqvae_fmnist_s4_k16",         MFSQVAE,  "fmnist",      4,  16),
+    ("mfsqvae_fmnist_s4_k256",        MFSQVAE,  "fmnist",      4, 256),
+    ("mfsqvae_fmnist_s16_k16",        MFSQVAE,  "fmnist",     16,  16),
+    ("mfsqvae_fmnist_s16_k256",       MFSQVAE,  "fmnist",     16, 256),
+    ("mfsqvae_cifar10_s1_k16",        MFSQVAE,  "cifar10",     1,  16),
+    ("mfsqvae_cifar10_s1_k256",       MFSQVAE,  "cifar10",     1, 256),
+    ("mfsqvae_cifar10_s4_k16",        MFSQVAE,  "cifar10",     4,  16),
+    ("mfsqvae_cifar10_s4_k256",       MFSQVAE,  "cifar10",     4, 256),
+    ("mfsqvae_cifar10_s16_k16",       MFSQVAE,  "cifar10",    16,  16),
+    ("mfsqvae_cifar10_s16_k256",      MFSQVAE,  "cifar10",    16, 256),
+    ("mfsqvae_celeba64_s1_k16",       MFSQVAE,  "celeba64",    1,  16),
+    ("mfsqvae_celeba64_s1_k256",      MFSQVAE,  "celeba64",    1, 256),
+    ("mfsqvae_celeba64_s4_k16",       MFSQVAE,  "celeba64",    4,  16),
+    ("mfsqvae_celeba64_s4_k256",      MFSQVAE,  "celeba64",    4, 256),
+    ("mfsqvae_celeba64_s16_k16",      MFSQVAE,  "celeba64",   16,  16),
+    ("mfsqvae_celeba64_s16_k256",     MFSQVAE,  "celeba64",   16, 256),
+    ("mfsqvae_imagenet64_s1_k16",     MFSQVAE,  "imagenet64",  1,  16),
+    ("mfsqvae_imagenet64_s1_k256",    MFSQVAE,  "imagenet64",  1, 256),
+    ("mfsqvae_imagenet64_s4_k16",     MFSQVAE,  "imagenet64",  4,  16),
+    ("mfsqvae_imagenet64_s4_k256",    MFSQVAE,  "imagenet64",  4, 256),
+    ("mfsqvae_imagenet64_s16_k16",    MFSQVAE,  "imagenet64", 16,  16),
+    ("mfsqvae_imagenet64_s16_k256",   MFSQVAE,  "imagenet64", 16, 256),
 )
 # fmt: on
 
