@@ -7,8 +7,8 @@ Subcommands (``python benchmarks/device_checks.py NAME --help``):
   changing autotuning off in that mode);
 * ``torchrun ARGS``: under torchrun, join a process group (NCCL on CUDA, gloo on the CPU),
   all-reduce once, then ``mvq ARGS`` in that group;
-* ``resume RUN CUT``: the weights of an uninterrupted run and of a killed and resumed one,
-  compared exactly and within the stated tolerance;
+* ``resume RUN CUT --killed CKPT``: the weights of an uninterrupted run and of one killed after
+  checkpoint CKPT and resumed, compared exactly and within the stated tolerance;
 * ``e2e RUNS``: what the end-to-end part produced (prior NLL, samples, eval numbers);
 * ``claims LOG``: exit 1 when the last JSON line of a part's log says ``"ok": false``;
 * ``summarize WORK OUT``: ``OUT/summary.json`` and ``OUT/logs.tar.gz`` from the parts so far.
@@ -120,11 +120,10 @@ def compare_resume(run: Path, cut: Path, killed_at: int | None, steps: int) -> d
     return record
 
 
-def checkpoint_step(run: Path) -> int | None:
-    """The step of ``run``'s ``last.pt``, or None without one."""
-    from mvq.training import checkpoint_path, load_checkpoint
+def checkpoint_step(path: Path) -> int | None:
+    """The step of training checkpoint ``path``, or None without one."""
+    from mvq.training import load_checkpoint
 
-    path = checkpoint_path(run)
     return int(load_checkpoint(path)["step"]) if path.is_file() else None
 
 
@@ -187,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     re_ = sub.add_parser("resume")
     re_.add_argument("run", type=Path)
     re_.add_argument("cut", type=Path)
-    re_.add_argument("--killed-at", type=int)
+    re_.add_argument("--killed", type=Path, help="the checkpoint the killed run left")
     re_.add_argument("--steps", type=int, required=True)
     re_.add_argument("--out", type=Path, help="also write the record to this JSON file")
-    sub.add_parser("checkpoint-step").add_argument("run", type=Path)
     sub.add_parser("e2e").add_argument("runs", type=Path)
     sub.add_parser("claims").add_argument("log", type=Path)
     su = sub.add_parser("summarize")
@@ -202,9 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_mvq(args.args)
     if args.command == "torchrun":
         return run_torchrun(args.args)
-    if args.command == "checkpoint-step":
-        print(checkpoint_step(args.run))
-        return 0
     if args.command == "claims":
         return 1 if last_json(args.log.read_text(errors="replace")).get("ok") is False else 0
     if args.command == "summarize":
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(args.work, args.out, meta)
         return 0 if summary["ok"] else 1
     record = (
-        compare_resume(args.run, args.cut, args.killed_at, args.steps)
+        compare_resume(args.run, args.cut, checkpoint_step(args.killed), args.steps)
         if args.command == "resume"
         else e2e_report(args.runs)
     )

@@ -13,11 +13,12 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [[ -d $ROOT/.device/site ]] && export PYTHONPATH="$PYTHONPATH:$ROOT/.device/site"
 
-if ! "$PY" -c "from mvq.data import build_dataset as b; b('fashion_mnist', None, 'val')" \
-    2>/dev/null; then
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/mvq/fashion_mnist
+if ! ls /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte* \
+    "$cache"/t10k-images-idx3-ubyte* > /dev/null 2>&1 && ! "$PY" -c \
+    "from mvq.data import build_dataset as b; b('fashion_mnist', None, 'val')" 2> /dev/null; then
   fmnist=${FMNIST_DIR:-$ROOT/.device/fashion-mnist}
   if [[ -d $fmnist ]]; then
-    cache=${XDG_CACHE_HOME:-$HOME/.cache}/mvq/fashion_mnist
     mkdir -p "$cache" && ln -sf "$fmnist"/*.gz "$cache/"
     echo "device_env: Fashion-MNIST from $fmnist, linked into $cache"
   else

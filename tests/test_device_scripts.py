@@ -36,8 +36,8 @@ def helpers(name: str):
 
 
 def run(argv: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
-    """``argv`` from the repository root with this interpreter and one thread; on a timeout
-    its whole process group is killed."""
+    """``argv`` from the repository root with this interpreter and one thread, its scratch
+    folders under ``TMPDIR`` when given; on a timeout its whole process group is killed."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # torchrun, mvq
     pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
@@ -52,7 +52,8 @@ def run(argv: list[str], timeout: float, **env: str) -> subprocess.CompletedProc
 
 def test_acceptance_run_dry_run(tmp_path) -> None:
     out = tmp_path / "out"
-    proc = run(["bash", "benchmarks/device_checks.sh"], 240, DEVICE="cpu", OUT=str(out))
+    proc = run(["bash", "benchmarks/device_checks.sh"], 240, DEVICE="cpu", OUT=str(out),
+               TMPDIR=str(tmp_path))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["parts"]) == PARTS and summary["failed"] == [] and summary["ok"]
@@ -79,7 +80,8 @@ def test_a_failing_part_is_named_and_the_others_still_run(tmp_path) -> None:
     the summary and the last line name the failure, the exit status is 1."""
     out = tmp_path / "out"
     proc = run(["bash", "benchmarks/device_checks.sh"], 120, DEVICE="cpu", OUT=str(out),
-               PARTS="torchrun bench_sampling", TORCHRUN_BACKEND="nccl")  # fmt: skip
+               PARTS="torchrun bench_sampling", TORCHRUN_BACKEND="nccl",
+               TMPDIR=str(tmp_path))  # fmt: skip
     assert proc.returncode == 1, proc.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == ["torchrun"] and not summary["ok"]
@@ -144,7 +146,8 @@ def test_study_dry_run_brings_back_the_cell_that_collect_takes_up(tmp_path) -> N
     study = sweep.parent  # a git repository with the study's .gitignore, like results/fmnist
     out = tmp_path / "out"
     proc = run(["bash", "benchmarks/device_study.sh", str(sweep), "5"], 240, DEVICE="cpu",
-               OUT=str(out), JOBS="1", THREADS="1", MIN_START="0")  # fmt: skip
+               OUT=str(out), JOBS="1", THREADS="1", MIN_START="0",
+               TMPDIR=str(tmp_path))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["study.log", "study.tar.gz",
                                                      "study_logs.tar.gz"]  # fmt: skip
