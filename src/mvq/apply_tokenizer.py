@@ -120,8 +120,9 @@ def encode_images(
 ) -> Tokens:
     """Tokens of the image files (MVQ's mask search seeded with ``seed``), on the CPU."""
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    parts = [model.encode(x.to(device)).to("cpu") for x in image_batches(model, files, batch_size)]
+    generator = torch.Generator(device).manual_seed(seed)
+    parts = [model.encode(x.to(device), generator).to("cpu")
+             for x in image_batches(model, files, batch_size)]  # fmt: skip
     secondary = None if parts[0].secondary is None else torch.cat([t.secondary for t in parts])
     mask = None if parts[0].mask is None else torch.cat([t.mask for t in parts])
     return Tokens(torch.cat([t.indices for t in parts]), secondary, mask)

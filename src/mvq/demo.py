@@ -210,9 +210,8 @@ def write_grid(out: Path, cfg: RunConfig, n: int = 12) -> None:
         model = load_tokenizer(out / name / "model")
         _, test = build_splits(cfg, model)
         x = first_images(test, n)
-        torch.manual_seed(0)
-        with torch.no_grad():
-            rows.append(model(x).recon)
+        with torch.no_grad():  # MVQ's mask search seeded with 0
+            rows.append(model(x, torch.Generator(x.device).manual_seed(0)).recon)
     grid = make_grid(to_unit(torch.cat([x, *rows])), nrow=n, padding=2, pad_value=1.0)
     save_big(grid, out / "reconstructions.png")
 

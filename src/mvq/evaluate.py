@@ -352,12 +352,12 @@ def reconstruct(
 
     device = next(tokenizer.parameters()).device
     tokenizer.eval()
-    torch.manual_seed(seed)  # MVQ's mask search draws its candidate masks
-    generator = torch.Generator(device).manual_seed(seed)
+    searched = torch.Generator(device).manual_seed(seed)  # MVQ's mask search: candidate masks
+    generator = torch.Generator(device).manual_seed(seed)  # the random masks decode draws
     recon, random, primary, secondary = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = (images[i : i + batch_size].float() / 127.5 - 1.0).to(device)
-        tokens = tokenizer.encode(x)
+        tokens = tokenizer.encode(x, searched)
         recon.append(tokenizer.decode(tokens).clamp(-1, 1).cpu())
         if random_mask and tokens.mask is not None:  # the tokens with a random Bernoulli(0.5) mask
             bare = Tokens(tokens.indices, tokens.secondary)
@@ -553,10 +553,11 @@ def encode_codes(tokenizer: nn.Module, images: Tensor, batch_size: int, seed: in
     """The tokenizer's ``primary`` (and ``secondary``, and MVQ's packed uint8 ``mask``) tokens
     of uint8 images: the batch format of ``mvq.priors``."""
     device = next(tokenizer.parameters()).device
-    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": []}
     for i in range(0, len(images), batch_size):
-        tokens = tokenizer.encode((images[i : i + batch_size].float() / 127.5 - 1.0).to(device))
+        x = (images[i : i + batch_size].float() / 127.5 - 1.0).to(device)
+        tokens = tokenizer.encode(x, generator)
         parts["primary"].append(tokens.indices.cpu())
         if tokens.secondary is not None:
             parts["secondary"].append(tokens.secondary.cpu())

@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mvq.pretrained import (
@@ -85,16 +85,23 @@ def index_dtype(vocab: int) -> torch.dtype:
 
 
 @torch.no_grad()
-def encode_split(model: Tokenizer, dataset: Dataset, batch_size: int = 256) -> dict[str, Tensor]:
-    """Tokens of every image of ``dataset`` (eval mode, seeded mask search)."""
+def encode_split(
+    model: Tokenizer,
+    dataset: Dataset,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Tokens of every image of ``dataset`` (eval mode, MVQ's masks drawn from ``generator``)."""
+    from mvq.tokenizers.base import in_order
+
     model.eval()
     device = next(model.parameters()).device
     layout = model.token_layout
     parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": [], "label": []}
     for x, y in tqdm(
-        DataLoader(dataset, batch_size=batch_size), desc="encode", leave=False, disable=None
+        in_order(dataset, batch_size, generator), desc="encode", leave=False, disable=None
     ):
-        t = model.encode(x.to(device))
+        t = model.encode(x.to(device), generator)
         parts["primary"].append(t.indices.cpu().to(index_dtype(layout.primary_vocab)))
         parts["secondary"].append(t.secondary.cpu().to(index_dtype(layout.secondary_vocab)))
         if t.mask is not None:
@@ -113,8 +120,9 @@ def encode_dataset(
     seed: int = 0,
 ) -> Path:
     """Encode each split and write the token directory ``out`` atomically."""
-    torch.manual_seed(seed)  # MVQ's mask search samples masks
-    encoded = {name: encode_split(model, ds) for name, ds in splits.items()}
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)  # MVQ's mask search draws masks
+    encoded = {name: encode_split(model, ds, generator=generator) for name, ds in splits.items()}
     meta = {
         "format_version": DIR_FORMAT_VERSION,
         "tokenizer": identity,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset, data_channels
@@ -24,6 +24,7 @@ from mvq.errors import ConfigError, MVQError
 from mvq.pretrained import config_from_dict
 from mvq.runconfig import RunConfig, check_keys, check_types
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
+from mvq.tokenizers.base import in_order
 from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
 from mvq.training.distributed import resolve_device
@@ -171,17 +172,17 @@ def evaluate_tokenizer(
 ) -> dict[str, float]:
     """Mean squared error and codebook usage over a whole split, plus bits per image.
 
-    MVQ's mask search draws random masks: the torch RNG is seeded with ``seed`` for the pass.
+    MVQ's mask search draws random masks from a generator seeded with ``seed``.
     """
     model.eval()
-    torch.manual_seed(seed)
     device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
     layout = model.token_layout
     used_p = torch.zeros(layout.primary_vocab, dtype=torch.bool)
     used_s = torch.zeros(layout.secondary_vocab, dtype=torch.bool)
     sq_err, count = 0.0, 0
-    for x, _ in DataLoader(dataset, batch_size=batch_size):
-        out = model(x.to(device))
+    for x, _ in in_order(dataset, batch_size, generator):
+        out = model(x.to(device), generator)
         sq_err += float((out.recon - x.to(device)).pow(2).sum())
         count += x.numel()
         used_p[out.tokens.indices.flatten().cpu()] = True

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset
@@ -34,6 +34,7 @@ from mvq.errors import MVQError
 from mvq.pretrained import read_pretrained_meta
 from mvq.quantizers.base import to_channel_first, to_channel_last
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
+from mvq.tokenizers.base import in_order
 from mvq.tokens import Tokens, mask_index_to_bytes, pack_masks
 from mvq.training.config import DEVICE_HELP
 
@@ -128,7 +129,9 @@ def random_masks(model: MVQVAE, n: int, generator: torch.Generator) -> Tensor:
 
 # -- figures ----------------------------------------------------------------------------------
 @torch.no_grad()
-def transfer(model: Tokenizer, x: Tensor, masks: Tensor) -> Tensor:
+def transfer(
+    model: Tokenizer, x: Tensor, masks: Tensor, encode_generator: torch.Generator | None = None
+) -> Tensor:
     """Fig. 6a/9: the masked configurations of image 0 decoded with the primary code of each image.
 
     Configurations: ``e'_0`` with image 0's searched mask, then with each of ``masks``
@@ -137,7 +140,7 @@ def transfer(model: Tokenizer, x: Tensor, masks: Tensor) -> Tensor:
     Returns ``(P, 1 + M, C, H, W)``.
     """
     mvq = require_mvq(model, "transfer")
-    t = mvq.encode(x)
+    t = mvq.encode(x, encode_generator)
     own = mvq.quantizer.mask_patterns(t.mask[:1]).cpu()  # (1, D')
     masks = torch.cat([own, masks.cpu().bool()])  # (M, D')
     p, m = len(x), len(masks)
@@ -177,10 +180,15 @@ def compose_images(model: MVQVAE, tokens: Tokens, masks: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def compose(model: Tokenizer, x: Tensor, generator: torch.Generator) -> Tensor:
+def compose(
+    model: Tokenizer,
+    x: Tensor,
+    generator: torch.Generator,
+    encode_generator: torch.Generator | None = None,
+) -> Tensor:
     """``compose_images`` for each image with four random masks: ``(N, 9, C, H, W)``."""
     mvq = require_mvq(model, "compose")
-    tokens = mvq.encode(x)
+    tokens = mvq.encode(x, encode_generator)
     return torch.stack(
         [
             compose_images(mvq, tokens[i : i + 1], random_masks(mvq, 4, generator))
@@ -194,7 +202,11 @@ DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 @torch.no_grad()
 def dimensions(
-    model: Tokenizer, x: Tensor, dims: list[int], alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    model: Tokenizer,
+    x: Tensor,
+    dims: list[int],
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+    encode_generator: torch.Generator | None = None,
 ) -> Tensor:
     """Fig. 2: one secondary dimension at a time, switched on and scaled, on image ``x[:1]``.
 
@@ -207,7 +219,7 @@ def dimensions(
     bad = [d for d in dims if not 0 <= d < mvq.quantizer.secondary_dim]
     if bad:
         raise VizError(f"dimensions {bad} out of range: D' = {mvq.quantizer.secondary_dim}")
-    parts = split_codes(mvq, mvq.encode(x[:1]))
+    parts = split_codes(mvq, mvq.encode(x[:1], encode_generator))
     r, a = len(dims), len(alphas)
     weights = parts.mask.float().repeat(r * a, 1)  # (R*A, D')
     dev = weights.device
@@ -220,11 +232,13 @@ def dimensions(
 
 
 @torch.no_grad()
-def dimension_effects(model: Tokenizer, x: Tensor) -> Tensor:
+def dimension_effects(
+    model: Tokenizer, x: Tensor, encode_generator: torch.Generator | None = None
+) -> Tensor:
     """How much each secondary dimension changes each image, ``(B, D')`` on the CPU: the mean
     |D(bit d on) - D(bit d off)| over pixels, the rest of the image's searched mask kept."""
     mvq = require_mvq(model, "dimensions")
-    parts = split_codes(mvq, mvq.encode(x))
+    parts = split_codes(mvq, mvq.encode(x, encode_generator))
     effects = torch.zeros(len(x), mvq.quantizer.secondary_dim)
     for d in range(effects.shape[1]):
         on, off = parts.mask.float(), parts.mask.float()  # (B, D') each
@@ -243,13 +257,19 @@ def pick_dimensions(effects: Tensor, n: int) -> tuple[int, list[int]]:
 
 
 @torch.no_grad()
-def diversity(model: Tokenizer, x: Tensor, num_masks: int, generator: torch.Generator) -> Tensor:
+def diversity(
+    model: Tokenizer,
+    x: Tensor,
+    num_masks: int,
+    generator: torch.Generator,
+    encode_generator: torch.Generator | None = None,
+) -> Tensor:
     """Fig. 8: each image's code vector (``e``, ``e'``) under ``num_masks`` random masks.
 
     Returns ``(N, num_masks, C, H, W)``: block ``n`` is ``D(e_n + f(e'_n ⊙ m_j))``.
     """
     mvq = require_mvq(model, "diversity")
-    t = mvq.encode(x)
+    t = mvq.encode(x, encode_generator)
     n = len(x)
     masks = random_masks(mvq, n * num_masks, generator)  # (N*M, D')
     repeat = lambda v: v.repeat_interleave(num_masks, 0)  # noqa: E731  (N*M, ...)
@@ -258,13 +278,20 @@ def diversity(model: Tokenizer, x: Tensor, num_masks: int, generator: torch.Gene
 
 
 @torch.no_grad()
-def reconstructions(model: Tokenizer, x: Tensor) -> Tensor:
+def reconstructions(
+    model: Tokenizer, x: Tensor, encode_generator: torch.Generator | None = None
+) -> Tensor:
     """Fig. 7: originals and ``decode(encode(x))``, ``(2, N, C, H, W)`` (any tokenizer)."""
-    return torch.stack([x, model.decode(model.encode(x))])
+    return torch.stack([x, model.decode(model.encode(x, encode_generator))])
 
 
 @torch.no_grad()
-def codebook_counts(model: Tokenizer, data: Dataset, batch_size: int = 250) -> dict[str, Tensor]:
+def codebook_counts(
+    model: Tokenizer,
+    data: Dataset,
+    batch_size: int = 250,
+    encode_generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """Uses of every code over ``data``: ``{"primary": (K1,), "secondary": (K2,)}`` int64,
     and for MVQ ``"mask bits"`` ``(D',)``: how often each mask bit is on."""
     layout = model.token_layout
@@ -273,8 +300,8 @@ def codebook_counts(model: Tokenizer, data: Dataset, batch_size: int = 250) -> d
     if layout.mask_bits:  # bits of the patterns (a mask codebook's entries looked up)
         counts["mask bits"] = torch.zeros(model.quantizer.secondary_dim, dtype=torch.long)
     device = next(model.parameters()).device
-    for x, _ in DataLoader(data, batch_size=batch_size):
-        t = model.encode(x.to(device)).to("cpu")
+    for x, _ in in_order(data, batch_size, encode_generator):
+        t = model.encode(x.to(device), encode_generator).to("cpu")
         counts["primary"] += torch.bincount(t.indices.flatten(), minlength=layout.primary_vocab)
         counts["secondary"] += torch.bincount(
             t.secondary.flatten(), minlength=layout.secondary_vocab
@@ -438,26 +465,26 @@ def tokenizer_figure(
     if kind in MVQ_KINDS:
         require_mvq(model, kind)
     n = opts.n or DEFAULT_N[kind]
-    g = torch.Generator().manual_seed(opts.seed)
-    torch.manual_seed(opts.seed)  # MVQ's mask search in encode draws from the global RNG
+    g = torch.Generator().manual_seed(opts.seed)  # images and random masks, on the CPU
     device = next(model.parameters()).device
+    enc = torch.Generator(device).manual_seed(opts.seed)  # MVQ's mask search in encode
     if kind == "codebook":
         subset = Subset(data, range(min(n, len(data))))  # type: ignore[arg-type]
-        return plot_codebook(codebook_counts(model, subset), len(subset))
+        return plot_codebook(codebook_counts(model, subset, encode_generator=enc), len(subset))
     x = pick_images(data, 16 if kind == "dimensions" else n, g).to(device)
     if kind == "transfer":
-        return block_grid(transfer(model, x, random_masks(model, 6, g)))  # type: ignore[arg-type]
+        return block_grid(transfer(model, x, random_masks(model, 6, g), enc))  # type: ignore[arg-type]
     if kind == "compose":
-        return block_grid(compose(model, x, g).unflatten(1, (3, 3)), blocks_per_row=n)
+        return block_grid(compose(model, x, g, enc).unflatten(1, (3, 3)), blocks_per_row=n)
     if kind == "dimensions":
-        image, top = pick_dimensions(dimension_effects(model, x), n)
+        image, top = pick_dimensions(dimension_effects(model, x, enc), n)
         dims = opts.dims if opts.dims is not None else top
-        return block_grid(dimensions(model, x[image : image + 1], dims))
+        return block_grid(dimensions(model, x[image : image + 1], dims, encode_generator=enc))
     if kind == "diversity":
-        return block_grid(diversity(model, x, 8, g).unflatten(1, (2, 4)), blocks_per_row=3)
+        return block_grid(diversity(model, x, 8, g, enc).unflatten(1, (2, 4)), blocks_per_row=3)
     if kind == "reconstructions":
         cols = min(n, 8)  # blocks of 8 originals over their 8 reconstructions
-        pairs = reconstructions(model, x[: n - n % cols])  # (2, N, C, H, W)
+        pairs = reconstructions(model, x[: n - n % cols], enc)  # (2, N, C, H, W)
         return block_grid(pairs.unflatten(1, (-1, cols)).transpose(0, 1))
     raise VizError(f"unknown figure '{kind}'; choose one of {', '.join(KINDS)}")
 

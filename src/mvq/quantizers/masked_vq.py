@@ -221,8 +221,14 @@ class MaskedVectorQuantizer(nn.Module):
             self.register_buffer("mask_codebook", masks)
 
     # -- public API -------------------------------------------------------------------------
-    def forward(self, z: Tensor, z_secondary: Tensor) -> QuantizerOutput:
-        """Quantise both inputs, search J masks per instance, return the winning hypothesis."""
+    def forward(
+        self, z: Tensor, z_secondary: Tensor, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
+        """Quantise both inputs, search J masks per instance, return the winning hypothesis.
+
+        ``generator`` (on the device of ``z``) draws the random candidate masks; None: the
+        global RNG (training). A mask codebook draws nothing.
+        """
         check_feature_map(z, self.in_channels, "primary input")
         check_feature_map(z_secondary, self.secondary_in_channels, "secondary input")
         if z.shape[0] != z_secondary.shape[0]:
@@ -234,8 +240,8 @@ class MaskedVectorQuantizer(nn.Module):
         p, s = self.primary(y), self.secondary(y2)
         code = self.norm(s.quantized)  # (B, D', h', w'), straight-through to the secondary encoder
         inverse = self.mask_groups(s.indices)  # (B,) group of each instance, or None
-        masks = self.candidate_masks(z.shape[0] if inverse is None else int(inverse.max()) + 1,
-                                     z.device)  # (G, J, D')  # fmt: skip
+        groups = z.shape[0] if inverse is None else int(inverse.max()) + 1
+        masks = self.candidate_masks(groups, z.device, generator)  # (G, J, D')
         group = torch.arange(z.shape[0], device=z.device) if inverse is None else inverse  # (B,)
         if self.search == "all_in_graph":
             y_hat, mhd, winner, stats = wta_all_in_graph(self.f, p.quantized, code, y, masks[group])
@@ -263,13 +269,15 @@ class MaskedVectorQuantizer(nn.Module):
         return QuantizerOutput(quantized, tokens, p.loss + s.loss + mhd, logs)
 
     @torch.no_grad()
-    def encode(self, z: Tensor, z_secondary: Tensor) -> Tokens:
-        """Tokens (indices, secondary indices, best-of-J mask); random masks come from the
-        global RNG, a mask codebook needs none."""
+    def encode(
+        self, z: Tensor, z_secondary: Tensor, generator: torch.Generator | None = None
+    ) -> Tokens:
+        """Tokens (indices, secondary indices, best-of-J mask); random candidate masks come
+        from ``generator`` (None: the global RNG), a mask codebook needs none."""
         was_training = self.training
         self.eval()
         try:
-            return self.forward(z, z_secondary).tokens
+            return self.forward(z, z_secondary, generator).tokens
         finally:
             self.train(was_training)
 
@@ -302,12 +310,14 @@ class MaskedVectorQuantizer(nn.Module):
             return self.mask_codebook[mask_bytes_to_index(packed, self.mask_bits)]
         return unpack_masks(packed, self.secondary_dim)
 
-    def candidate_masks(self, groups: int, device: torch.device) -> Tensor:
+    def candidate_masks(
+        self, groups: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
         """The J masks ``(G, J, D')`` bool a pass searches: fresh Bernoulli draws
         (``sample_masks``), or the mask codebook for every group."""
         if self.mask_source == "codebook":
             return self.mask_codebook.to(device).expand(groups, -1, -1)
-        return self.sample_masks(groups, self.num_hypotheses, device)
+        return self.sample_masks(groups, self.num_hypotheses, device, generator)
 
     def mask_groups(self, secondary_indices: Tensor) -> Tensor | None:
         """Group of each instance for mask sampling: None (one group each, "per_instance")
@@ -316,10 +326,14 @@ class MaskedVectorQuantizer(nn.Module):
             return None
         return torch.unique(secondary_indices.flatten(1), dim=0, return_inverse=True)[1]
 
-    def sample_masks(self, groups: int, num: int, device: torch.device) -> Tensor:
-        """Bernoulli(mask_prob) masks ``(G, J, D')`` bool ("shared": one draw expanded)."""
+    def sample_masks(
+        self, groups: int, num: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Bernoulli(mask_prob) masks ``(G, J, D')`` bool ("shared": one draw expanded), drawn
+        from ``generator`` (on ``device``; None: the global RNG)."""
         rows = 1 if self.mask_mode == "shared" else groups
-        masks = torch.rand(rows, num, self.secondary_dim, device=device) < self.mask_prob
+        rand = torch.rand(rows, num, self.secondary_dim, generator=generator, device=device)
+        masks = rand < self.mask_prob
         return masks.expand(groups, -1, -1)
 
     @property

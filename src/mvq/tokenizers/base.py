@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
 from mvq.pretrained import PretrainedMixin
@@ -91,6 +92,17 @@ class TokenizerConfig:
         }
 
 
+def in_order(
+    dataset: Dataset, batch_size: int, generator: torch.Generator | None = None
+) -> DataLoader:
+    """``dataset`` in order, ``batch_size`` items a batch. A loader draws a base seed when it
+    starts: from ``generator`` when that is a CPU generator (else from the global RNG), so the
+    masks drawn after it on the CPU are those the global RNG, seeded alike, drew before
+    generators were passed (token directories stay byte-identical)."""
+    cpu = generator is not None and generator.device.type == "cpu"
+    return DataLoader(dataset, batch_size=batch_size, generator=generator if cpu else None)
+
+
 @dataclass
 class TokenizerOutput:
     """``forward`` result: reconstruction, tokens, total loss and detached logs."""
@@ -104,10 +116,14 @@ class TokenizerOutput:
 class Tokenizer(nn.Module, PretrainedMixin):
     """Base: builds E, E' and D from the config; subclasses add the quantizer.
 
-    Subclasses implement ``quantize(y, y2) -> QuantizerOutput`` (its ``quantized`` is the
-    decoder input), ``decode_latent(tokens, generator) -> decoder input`` and set
+    Subclasses implement ``quantize(y, y2, generator) -> QuantizerOutput`` (its ``quantized``
+    is the decoder input), ``decode_latent(tokens, generator) -> decoder input`` and set
     ``self.token_layout`` (a ``TokenLayout``); ``decoder_in_dim`` when the decoder takes more
     than D channels.
+
+    Randomness is passed, not global: ``encode``, ``forward`` and ``decode`` take an optional
+    ``torch.Generator`` on the model's device (MVQ's mask search and the masks ``decode``
+    draws; None: the global RNG, as in training). The other tokenizers draw nothing.
     """
 
     config: TokenizerConfig
@@ -139,17 +155,19 @@ class Tokenizer(nn.Module, PretrainedMixin):
                 f"got {tuple(x.shape)}: resize the data or build the tokenizer for this size"
             )
 
-    def autoencode(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
+    def autoencode(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, QuantizerOutput]:
         """Encode, quantise and decode ``(B, C, H, W)``: the reconstruction and the quantizer's
         output (tokens, codebook loss, logs)."""
         self.check_images(x)
         y = self.encoder(x)  # (B, D, h, w)
-        q = self.quantize(y, self.secondary_encoder(y))
+        q = self.quantize(y, self.secondary_encoder(y), generator)
         return self.decoder(q.quantized), q  # (B, C, H, W)
 
-    def forward(self, x: Tensor) -> TokenizerOutput:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> TokenizerOutput:
         """Encode, quantise and decode a batch ``(B, C, H, W)``; ``loss`` = rec + quantizer."""
-        recon, q = self.autoencode(x)
+        recon, q = self.autoencode(x, generator)
         rec = F.mse_loss(recon, x)
         logs = {"rec": rec.detach(), "quant_loss": q.loss.detach(), **q.logs}
         return TokenizerOutput(recon, q.tokens, rec + q.loss, logs)
@@ -161,14 +179,15 @@ class Tokenizer(nn.Module, PretrainedMixin):
         return out.loss, out.logs
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tokens:
-        """Images ``(B, C, H, W)`` -> tokens (eval-mode statistics; no codebook updates)."""
+    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tokens:
+        """Images ``(B, C, H, W)`` -> tokens (eval-mode statistics; no codebook updates);
+        ``generator`` draws MVQ's candidate masks (None: the global RNG)."""
         self.check_images(x)
         was_training = self.training
         self.eval()
         try:
             y = self.encoder(x)  # (B, D, h, w); no decoder pass: only the tokens are wanted
-            return self.quantize(y, self.secondary_encoder(y)).tokens
+            return self.quantize(y, self.secondary_encoder(y), generator).tokens
         finally:
             self.train(was_training)
 

@@ -100,10 +100,12 @@ class MVQVAE(Tokenizer):
         """The (primary, secondary) quantizers; None: the masked quantizer's own VQs."""
         return None
 
-    def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
+    def quantize(
+        self, y: Tensor, y2: Tensor, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
         # fp32 with autocast off, as VQ and FSQ do inside: bf16 scores pick other winners.
         with torch.autocast(y.device.type, enabled=False):
-            return self.quantizer(y.float(), y2.float())
+            return self.quantizer(y.float(), y2.float(), generator)
 
     def decode_latent(self, tokens: Tokens, generator: torch.Generator | None = None) -> Tensor:
         return self.quantizer.decode(tokens, generator)

@@ -167,8 +167,10 @@ class QVAE(HierarchicalTokenizer):
         """Indices per position: L for residual VQ, else 1."""
         return getattr(self.quant_bottom, "num_levels", 1)
 
-    def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
-        out = super().quantize(y, y2)
+    def quantize(
+        self, y: Tensor, y2: Tensor, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
+        out = super().quantize(y, y2, generator)
         if self.depth == 1:
             return out
         t = out.tokens  # (B, L, h, w) and (B, L, 1, 1) -> grids of (L·h, w) and (L, 1)

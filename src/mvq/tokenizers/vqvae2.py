@@ -45,7 +45,9 @@ class HierarchicalTokenizer(Tokenizer):
     def decoder_in_dim(self) -> int:
         return self.config.dim + self.config.secondary_dim
 
-    def quantize(self, y: Tensor, y2: Tensor) -> QuantizerOutput:
+    def quantize(
+        self, y: Tensor, y2: Tensor, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
         bottom, top = self.quant_bottom(y), self.quant_top(y2)
         latent = torch.cat(
             [bottom.quantized, self.upsample_top(top.quantized)], 1
