@@ -46,7 +46,7 @@ for _name, _deps in IMPORTS.items():
     )
 
 
-@pytest.mark.parametrize("unit", ["mvq.tokens", "mvq.mask_schedules"])
+@pytest.mark.parametrize("unit", ["mvq.tokens", "mvq.mask_schedules", "mvq.pixels"])
 def test_the_token_contract_and_schedules_import_only_torch(unit: str) -> None:
     deps = set().union(*(d for m, d in IMPORTS.items() if _unit(m) == unit))
     roots = {d.split(".")[0] for d in deps}

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mvq.data.base import DataError
 from mvq.data.folder import EXTENSIONS, list_images, read_image
+from mvq.pixels import float_to_uint8
 from mvq.pretrained import atomic_write_dir, resolve_pretrained
 from mvq.token_files import (
     SUFFIX,
@@ -108,7 +109,7 @@ def image_batches(model: Tokenizer, files: list[Path], batch_size: int) -> Itera
 
 def save_png(image: Tensor, path: Path) -> None:
     """Write one image ``(C, H, W)`` in [-1, 1] (C = 1 or 3) as an 8-bit grayscale/RGB PNG."""
-    pixels = ((image.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    pixels = float_to_uint8(image.detach().float().cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
     array = pixels.permute(1, 2, 0).numpy()  # (H, W, C)
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
 from mvq.data import dataset_info
+from mvq.pixels import to_unit
 from mvq.priors import load_prior
 from mvq.report import write_report as write_page
 from mvq.runconfig import RunConfig
@@ -48,7 +49,6 @@ from mvq.train_tokenizer import (
     build_splits,
     evaluate_tokenizer,
     first_images,
-    to_unit,
     train_tokenizer,
 )
 from mvq.training import checkpoint_path

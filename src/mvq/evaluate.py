@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from mvq.data import build_dataset
 from mvq.data.folder import list_images
 from mvq.errors import MVQError
+from mvq.pixels import float_to_uint8, uint8_to_float
 from mvq.pretrained import atomic_write_file
 from mvq.registry import closest_hint
 
@@ -138,11 +139,6 @@ def parse_metrics(text: str | None, form: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(groups))
 
 
-def to_uint8(images: Tensor) -> Tensor:
-    """Float images in [-1, 1] -> uint8 exactly as ``torchvision.utils.save_image`` writes them."""
-    return ((images + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-
-
 def resolve_split(data: str, split: str) -> str:
     """``test`` is the data set's test split: ``val`` where it has no split named ``test``."""
     from mvq.data import DATASETS
@@ -163,7 +159,7 @@ def load_reference(request: EvalRequest) -> tuple[Tensor, Tensor]:
     ):
         return dataset.images, dataset.labels
     items = [dataset[i] for i in range(len(dataset))]
-    return to_uint8(torch.stack([x for x, _ in items])), torch.tensor([y for _, y in items])
+    return float_to_uint8(torch.stack([x for x, _ in items])), torch.tensor([y for _, y in items])
 
 
 def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Tensor:
@@ -356,7 +352,7 @@ def reconstruct(
     generator = torch.Generator(device).manual_seed(seed)  # the random masks decode draws
     recon, random, primary, secondary = [], [], [], []
     for i in range(0, len(images), batch_size):
-        x = (images[i : i + batch_size].float() / 127.5 - 1.0).to(device)
+        x = uint8_to_float(images[i : i + batch_size]).to(device)
         tokens = tokenizer.encode(x, searched)
         recon.append(tokenizer.decode(tokens).clamp(-1, 1).cpu())
         if random_mask and tokens.mask is not None:  # the tokens with a random Bernoulli(0.5) mask
@@ -400,10 +396,10 @@ def reconstruction_form(
     recon, random, codes = reconstruct(
         tokenizer, reference, request.batch_size, request.seed, random_mask
     )
-    target = reference.float() / 127.5 - 1.0
+    target = uint8_to_float(reference)
     features = FeatureCache(nets, request.batch_size)
     out = pixel_metrics(recon, target, nets.lpips, request.batch_size)
-    out |= frechet_metrics(features, "recon", to_uint8(recon), reference, "", request.seed)
+    out |= frechet_metrics(features, "recon", float_to_uint8(recon), reference, "", request.seed)
     layout = tokenizer.token_layout
     out |= codebook_metrics(codes["primary"], layout.primary_vocab, "primary")
     if "secondary" in codes and layout.secondary_vocab:
@@ -412,7 +408,7 @@ def reconstruction_form(
     if random is not None:
         out |= pixel_metrics(random, target, nets.lpips, request.batch_size, "random_mask_")
         out |= frechet_metrics(
-            features, "random_mask", to_uint8(random), reference, "random_mask_", request.seed
+            features, "random_mask", float_to_uint8(random), reference, "random_mask_", request.seed
         )
     return out
 
@@ -436,7 +432,7 @@ def sample_from_prior(
     labels = torch.arange(n) % classes if classes else None
     options = SampleOptions(batch_size=request.batch_size)
     images, _ = sample_images(tokenizer, prior, n, options, labels, request.seed)
-    return to_uint8(images.cpu())
+    return float_to_uint8(images.cpu())
 
 
 PIXEL = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist")
@@ -556,7 +552,7 @@ def encode_codes(tokenizer: nn.Module, images: Tensor, batch_size: int, seed: in
     generator = torch.Generator(device).manual_seed(seed)
     parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": []}
     for i in range(0, len(images), batch_size):
-        x = (images[i : i + batch_size].float() / 127.5 - 1.0).to(device)
+        x = uint8_to_float(images[i : i + batch_size]).to(device)
         tokens = tokenizer.encode(x, generator)
         parts["primary"].append(tokens.indices.cpu())
         if tokens.secondary is not None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from mvq.errors import ConfigError
+from mvq.pixels import to_unit
 from mvq.pretrained import CheckpointError, resolve_pretrained
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
 from mvq.sampling import SCHEDULES, sample_autoregressive, sample_maskgit, sample_pixelcnn
@@ -26,7 +27,6 @@ from mvq.token_files import tokenizer_identity
 from mvq.tokenizers import Tokenizer, load_tokenizer
 from mvq.tokens import Tokens
 from mvq.train_prior import TOKENIZER_FILE
-from mvq.train_tokenizer import to_unit
 
 SAMPLERS: dict[type, Callable[..., dict[str, Tensor]]] = {
     TransformerPrior: sample_autoregressive,

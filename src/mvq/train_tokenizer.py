@@ -21,6 +21,7 @@ from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset, data_channels
 from mvq.errors import ConfigError, MVQError
+from mvq.pixels import to_unit
 from mvq.pretrained import config_from_dict
 from mvq.runconfig import RunConfig, check_keys, check_types
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
@@ -128,11 +129,6 @@ class ReconstructionGrid:
         save_image(grid, run_dir / "samples" / f"recon_{step:07d}.png")
         if writer is not None:
             writer.add_image("reconstructions", grid, step)
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """Images in [-1, 1] -> [0, 1] for saving."""
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def first_images(dataset: Dataset, n: int) -> Tensor:

@@ -31,6 +31,7 @@ from torchvision.utils import make_grid, save_image
 
 from mvq.data import build_dataset
 from mvq.errors import MVQError
+from mvq.pixels import to_unit
 from mvq.pretrained import read_pretrained_meta
 from mvq.quantizers.base import to_channel_first, to_channel_last
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
@@ -380,7 +381,7 @@ def block_grid(images: Tensor, blocks_per_row: int = 1, padding: int = 2) -> Ten
     ``(N, R, K, C, H, W)`` (N blocks, ``blocks_per_row`` of them per row, 4x the padding
     between blocks). Padding is white.
     """
-    unit = ((images + 1) / 2).clamp(0, 1).cpu()
+    unit = to_unit(images).cpu()
     if unit.dim() == 5:
         return make_grid(unit.flatten(0, 1), nrow=unit.shape[1], padding=padding, pad_value=1.0)
     blocks = torch.stack([block_grid(b, padding=padding) for b in images])  # (N, 3, h, w)

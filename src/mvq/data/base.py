@@ -1,8 +1,8 @@
 """What every data set shares: the error type, the info record, pixel mapping and resizing.
 
 Every item is ``(image, label)``: ``image`` a float32 ``(C, H, W)`` tensor in ``[-1, 1]``
-(uint8 ``v`` maps to ``v / 127.5 - 1``, so 0 → -1 and 255 → 1 exactly), ``label`` a Python int
-(-1 where the data set has no classes).
+(uint8 ``v`` maps to ``v / 127.5 - 1``, so 0 → -1 and 255 → 1 exactly: ``mvq.pixels``'s
+``uint8_to_float``), ``label`` a Python int (-1 where the data set has no classes).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from mvq.errors import MVQError
+from mvq.pixels import uint8_to_float
 
 
 class DataError(MVQError, ValueError):
@@ -45,11 +46,6 @@ class DataInfo:
 def default_root(name: str) -> Path:
     """The per-user cache folder for data set ``name``: ``$XDG_CACHE_HOME/mvq/<name>``."""
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "mvq" / name
-
-
-def uint8_to_float(images: Tensor) -> Tensor:
-    """Map uint8 pixels ``[0, 255]`` to float32 ``[-1, 1]`` (0 → -1, 255 → 1 exactly)."""
-    return images.to(torch.float32) / 127.5 - 1.0
 
 
 def fit_square(images: Tensor, size: int) -> Tensor:

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from mvq.errors import MVQError
 from mvq.metrics.frechet import frechet_distance
+from mvq.pixels import uint8_to_float
 
 FEATURE_LAYER = "fc1 (penultimate, after ReLU)"
 ARCH_VERSION = 1
@@ -162,7 +163,7 @@ def images_to_input(images: Tensor) -> Tensor:
             f"fd_fmnist needs uint8 images (N, 1, 28, 28) like Fashion-MNIST, got "
             f"{images.dtype} {tuple(images.shape)}"
         )
-    return images.float() / 127.5 - 1.0
+    return uint8_to_float(images)
 
 
 @torch.no_grad()
