@@ -4,10 +4,11 @@ import json
 from dataclasses import asdict, fields
 
 import pytest
+import torch
 
 from mvq.priors import PriorLayout, create_prior
 from mvq.tokenizers import create_tokenizer
-from mvq.tokens import LAYOUT_FIELDS, TokenLayout, layout_overrides
+from mvq.tokens import LAYOUT_FIELDS, TokenLayout, Tokens, layout_overrides
 
 
 def test_a_prior_layout_is_the_tokenizers_layout_plus_its_own_fields() -> None:
@@ -39,3 +40,17 @@ def test_a_bad_layout_is_one_clear_error(kwargs: dict, message: str) -> None:
 def test_a_model_mask_needs_mask_bits() -> None:
     with pytest.raises(ValueError, match="model_mask=True"):
         PriorLayout(model_mask=True)
+
+
+def test_tokens_and_the_prior_batch_convert_both_ways() -> None:
+    """``Tokens.to_batch`` / ``from_batch``: the one conversion to the prior's dict form."""
+    t = Tokens(torch.randint(8, (3, 2, 2)), torch.randint(8, (3, 1, 1)), torch.zeros(3, 2).byte())
+    batch = t.to_batch()
+    assert list(batch) == ["primary", "secondary", "mask"]
+    back = Tokens.from_batch(batch | {"label": torch.zeros(3)})
+    pairs = zip(vars(t).values(), vars(back).values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert list(Tokens(t.indices).to_batch()) == ["primary"]
+    joined = Tokens.cat([t[:1], t[1:]])
+    assert torch.equal(joined.indices, t.indices) and torch.equal(joined.mask, t.mask)
+    assert Tokens.cat([Tokens(t.indices)]).secondary is None

@@ -29,7 +29,7 @@ from mvq.token_files import (
     save_token_file,
     tokenizer_identity,
 )
-from mvq.tokenizers import Tokenizer, load_tokenizer
+from mvq.tokenizers import Tokenizer, encode_images, load_tokenizer
 from mvq.tokens import Tokens
 
 
@@ -115,18 +115,13 @@ def save_png(image: Tensor, path: Path) -> None:
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
 
 
-@torch.no_grad()
-def encode_images(
+def encode_files(
     model: Tokenizer, files: list[Path], batch_size: int = 32, seed: int = 0
 ) -> Tokens:
-    """Tokens of the image files (MVQ's mask search seeded with ``seed``), on the CPU."""
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    parts = [model.encode(x.to(device), generator).to("cpu")
-             for x in image_batches(model, files, batch_size)]  # fmt: skip
-    secondary = None if parts[0].secondary is None else torch.cat([t.secondary for t in parts])
-    mask = None if parts[0].mask is None else torch.cat([t.mask for t in parts])
-    return Tokens(torch.cat([t.indices for t in parts]), secondary, mask)
+    """Tokens of the image files (``encode_images``, MVQ's mask search seeded with ``seed``),
+    on the CPU."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    return encode_images(model, image_batches(model, files, batch_size), batch_size, generator)
 
 
 @torch.no_grad()
@@ -162,7 +157,7 @@ def reconstruct(
     pngs = png_names(names)
     out = check_out_dir(out, images)
     model, _, folder = load_for_images(tokenizer, device)
-    tokens = encode_images(model, files, batch_size, seed)
+    tokens = encode_files(model, files, batch_size, seed)
     decode_to_folder(model, tokens, pngs, out, batch_size)
     return {"images": len(files), "out": str(out), "tokenizer": str(folder),
             "bits_per_image": model.bits_per_image}  # fmt: skip
@@ -185,7 +180,7 @@ def tokenize(
         raise DataError(f"--out {out} exists and is not a token file; choose another name")
     files, names = find_images(images)
     model, identity, folder = load_for_images(tokenizer, device)
-    tokens = encode_images(model, files, batch_size, seed)
+    tokens = encode_files(model, files, batch_size, seed)
     save_token_file(out, tokens, names, identity, model.token_layout)
     return {"images": len(files), "out": str(out), "tokenizer": str(folder),
             "tokens_per_image": model.token_layout.num_tokens}  # fmt: skip

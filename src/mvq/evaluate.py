@@ -62,6 +62,8 @@ from mvq.errors import MVQError
 from mvq.pixels import float_to_uint8, uint8_to_float
 from mvq.pretrained import atomic_write_file
 from mvq.registry import closest_hint
+from mvq.tokenizers import encode_images
+from mvq.tokens import Tokens
 
 RECON_GROUPS = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist", "usage", "perplexity",
                 "bits_per_image", "random_mask")  # fmt: skip
@@ -339,32 +341,22 @@ def codebook_metrics(indices: Tensor, vocab: int, name: str) -> dict[str, float]
 
 
 @torch.no_grad()
-def reconstruct(
+def eval_reconstructions(
     tokenizer: nn.Module, images: Tensor, batch_size: int, seed: int, random_mask: bool = True
-) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-    """Reconstructions ``(N, C, H, W)`` in [-1, 1], random-mask ones (MVQ, when asked) and the
-    tokens."""
-    from mvq.tokens import Tokens
-
+) -> tuple[Tensor, Tensor | None, Tokens]:
+    """Reconstructions ``(N, C, H, W)`` in [-1, 1] of uint8 images, random-mask ones (MVQ,
+    when asked) and the tokens (``encode_images``, MVQ's mask search seeded with ``seed``)."""
     device = next(tokenizer.parameters()).device
-    tokenizer.eval()
-    searched = torch.Generator(device).manual_seed(seed)  # MVQ's mask search: candidate masks
+    tokens = encode_images(tokenizer, images, batch_size, torch.Generator(device).manual_seed(seed))
     generator = torch.Generator(device).manual_seed(seed)  # the random masks decode draws
-    recon, random, primary, secondary = [], [], [], []
+    recon, random = [], []
     for i in range(0, len(images), batch_size):
-        x = uint8_to_float(images[i : i + batch_size]).to(device)
-        tokens = tokenizer.encode(x, searched)
-        recon.append(tokenizer.decode(tokens).clamp(-1, 1).cpu())
-        if random_mask and tokens.mask is not None:  # the tokens with a random Bernoulli(0.5) mask
-            bare = Tokens(tokens.indices, tokens.secondary)
+        t = tokens[i : i + batch_size].to(device)
+        recon.append(tokenizer.decode(t).clamp(-1, 1).cpu())
+        if random_mask and t.mask is not None:  # the tokens with a random Bernoulli(0.5) mask
+            bare = Tokens(t.indices, t.secondary)
             random.append(tokenizer.decode(bare, generator=generator).clamp(-1, 1).cpu())
-        primary.append(tokens.indices.cpu())
-        if tokens.secondary is not None:
-            secondary.append(tokens.secondary.cpu())
-    codes = {"primary": torch.cat(primary)} | (
-        {"secondary": torch.cat(secondary)} if secondary else {}
-    )
-    return torch.cat(recon), (torch.cat(random) if random else None), codes
+    return torch.cat(recon), (torch.cat(random) if random else None), tokens
 
 
 @torch.no_grad()
@@ -393,7 +385,7 @@ def reconstruction_form(
     random_mask: bool = True,
 ) -> dict[str, float]:
     """Every reconstruction metric the loaded networks allow (see the module docstring)."""
-    recon, random, codes = reconstruct(
+    recon, random, tokens = eval_reconstructions(
         tokenizer, reference, request.batch_size, request.seed, random_mask
     )
     target = uint8_to_float(reference)
@@ -401,9 +393,9 @@ def reconstruction_form(
     out = pixel_metrics(recon, target, nets.lpips, request.batch_size)
     out |= frechet_metrics(features, "recon", float_to_uint8(recon), reference, "", request.seed)
     layout = tokenizer.token_layout
-    out |= codebook_metrics(codes["primary"], layout.primary_vocab, "primary")
-    if "secondary" in codes and layout.secondary_vocab:
-        out |= codebook_metrics(codes["secondary"], layout.secondary_vocab, "secondary")
+    out |= codebook_metrics(tokens.indices, layout.primary_vocab, "primary")
+    if tokens.secondary is not None and layout.secondary_vocab:
+        out |= codebook_metrics(tokens.secondary, layout.secondary_vocab, "secondary")
     out["bits_per_image"] = float(tokenizer.bits_per_image)
     if random is not None:
         out |= pixel_metrics(random, target, nets.lpips, request.batch_size, "random_mask_")
@@ -546,20 +538,11 @@ def ordered(metrics: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def encode_codes(tokenizer: nn.Module, images: Tensor, batch_size: int, seed: int) -> dict:
-    """The tokenizer's ``primary`` (and ``secondary``, and MVQ's packed uint8 ``mask``) tokens
-    of uint8 images: the batch format of ``mvq.priors``."""
+    """The tokens of uint8 images (``encode_images``, MVQ's mask search seeded with ``seed``)
+    in the batch form of ``mvq.priors``."""
     device = next(tokenizer.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": []}
-    for i in range(0, len(images), batch_size):
-        x = uint8_to_float(images[i : i + batch_size]).to(device)
-        tokens = tokenizer.encode(x, generator)
-        parts["primary"].append(tokens.indices.cpu())
-        if tokens.secondary is not None:
-            parts["secondary"].append(tokens.secondary.cpu())
-        if tokens.mask is not None:
-            parts["mask"].append(tokens.mask.cpu())
-    return {k: torch.cat(v) for k, v in parts.items() if v}
+    return encode_images(tokenizer, images, batch_size, generator).to_batch()
 
 
 def reference_subset(reference: Tensor, n: int, seed: int) -> Tensor:

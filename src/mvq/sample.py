@@ -107,7 +107,7 @@ def sample_images(
     device = next(prior.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     drawn = sampler(prior, n, labels=labels, generator=generator, **options.for_prior(prior))
-    tokens = Tokens(drawn["primary"], drawn.get("secondary"), drawn.get("mask"))
+    tokens = Tokens.from_batch(drawn)
     tokenizer.eval()
     images = torch.cat([
         tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)

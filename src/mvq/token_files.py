@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,23 +92,24 @@ def encode_split(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Tokens of every image of ``dataset`` (eval mode, MVQ's masks drawn from ``generator``)."""
-    from mvq.tokenizers.base import in_order
+    """The tensors of a token directory's split: the tokens of every image of ``dataset``
+    (``encode_images``, MVQ's masks drawn from ``generator``) in the prior's batch form, indices
+    in their stored types, and the labels."""
+    from mvq.tokenizers.base import encode_images, in_order
 
-    model.eval()
-    device = next(model.parameters()).device
+    labels: list[Tensor] = []
+
+    def images() -> Iterator[Tensor]:
+        loader = in_order(dataset, batch_size, generator)
+        for x, y in tqdm(loader, desc="encode", leave=False, disable=None):
+            labels.append(torch.as_tensor(y).to(torch.int64))
+            yield x
+
+    batch = encode_images(model, images(), batch_size, generator).to_batch()
     layout = model.token_layout
-    parts: dict[str, list[Tensor]] = {"primary": [], "secondary": [], "mask": [], "label": []}
-    for x, y in tqdm(
-        in_order(dataset, batch_size, generator), desc="encode", leave=False, disable=None
-    ):
-        t = model.encode(x.to(device), generator)
-        parts["primary"].append(t.indices.cpu().to(index_dtype(layout.primary_vocab)))
-        parts["secondary"].append(t.secondary.cpu().to(index_dtype(layout.secondary_vocab)))
-        if t.mask is not None:
-            parts["mask"].append(t.mask.cpu())
-        parts["label"].append(torch.as_tensor(y).to(torch.int64))
-    return {k: torch.cat(v) for k, v in parts.items() if v}
+    batch["primary"] = batch["primary"].to(index_dtype(layout.primary_vocab))
+    batch["secondary"] = batch["secondary"].to(index_dtype(layout.secondary_vocab))
+    return batch | {"label": torch.cat(labels)}
 
 
 def encode_dataset(

@@ -5,7 +5,8 @@ indices on an ``h2 x w2`` grid (vocabulary K2; ``1 x 1`` for MVQ and VQ-VAE-2) a
 only, a D'-bit mask, or with a mask codebook (a fixed list of J masks) the mask's index in
 log2 J bits. This module owns
 
-- ``Tokens``: a batch of them (primary and secondary indices, MVQ's packed mask);
+- ``Tokens``: a batch of them (primary and secondary indices, MVQ's packed mask), and the one
+  conversion to and from a prior's batch dict (``to_batch`` / ``from_batch``);
 - ``TokenLayout``: their shape (vocabularies, grids, mask bits) and its checks; a tokenizer's
   ``token_layout`` is one, a prior's config (``mvq.priors.PriorLayout``) extends it;
 - ``layout_overrides``: a layout as config overrides for ``mvq.priors.create_prior``;
@@ -18,7 +19,7 @@ Tokens on disk (token files, token directories) are ``mvq.token_files``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,26 @@ class Tokens:
         """Select instances along the batch dimension."""
         pick = lambda t: None if t is None else t[item]  # noqa: E731
         return Tokens(pick(self.indices), pick(self.secondary), pick(self.mask))
+
+    @staticmethod
+    def cat(parts: Sequence[Tokens]) -> Tokens:
+        """Batches of tokens joined along the batch dimension."""
+        join = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        return Tokens(
+            *(join([getattr(t, n) for t in parts]) for n in ("indices", "secondary", "mask"))
+        )
+
+    def to_batch(self) -> dict[str, Tensor]:
+        """The batch form of ``mvq.priors``: ``{"primary", "secondary", "mask"}``, the keys of
+        the tensors present (add ``"label"`` for a conditional prior)."""
+        batch = {"primary": self.indices, "secondary": self.secondary, "mask": self.mask}
+        return {k: v for k, v in batch.items() if v is not None}
+
+    @classmethod
+    def from_batch(cls, batch: Mapping[str, Tensor]) -> Tokens:
+        """Inverse of ``to_batch`` (a prior's batch or a sampler's output; ``"label"`` is
+        ignored)."""
+        return cls(batch["primary"], batch.get("secondary"), batch.get("mask"))
 
 
 @dataclass

@@ -12,7 +12,7 @@ Imports ``mvq.tokens`` (``TokenLayout`` is re-exported here), ``mvq.quantizers``
 or samplers.
 """
 
-from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput
+from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput, encode_images
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN, FSQGANConfig, MVQGANConfig, VQGANConfig
 from mvq.tokenizers.mvqvae import MFSQVAE, MVQVAE, MFSQVAEConfig, MVQVAEConfig
@@ -74,6 +74,7 @@ __all__ = [
     "TokenizerOutput",
     "VQVAE2Config",
     "create_tokenizer",
+    "encode_images",
     "list_tokenizers",
     "load_tokenizer",
 ]

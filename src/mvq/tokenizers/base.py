@@ -8,6 +8,7 @@ primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-b
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
+from mvq.pixels import uint8_to_float
 from mvq.pretrained import PretrainedMixin
 from mvq.quantizers import QuantizerOutput
 from mvq.tokens import TokenLayout, Tokens
@@ -101,6 +103,28 @@ def in_order(
     generators were passed (token directories stay byte-identical)."""
     cpu = generator is not None and generator.device.type == "cpu"
     return DataLoader(dataset, batch_size=batch_size, generator=generator if cpu else None)
+
+
+@torch.no_grad()
+def encode_images(
+    tokenizer: Tokenizer,
+    images: Tensor | Iterable[Tensor],
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> Tokens:
+    """Tokens (on the CPU) of images ``(N, C, H, W)``, or of an iterable of such batches, in
+    [-1, 1] or uint8 (mapped by ``mvq.pixels``): ``batch_size`` rows at a time, in eval mode,
+    on the tokenizer's device; MVQ's candidate masks come from ``generator`` (on that device).
+    The one way mvq turns images into tokens."""
+    device = next(tokenizer.parameters()).device
+    batches = [images] if isinstance(images, Tensor) else images
+    tokenizer.eval()
+    parts = []
+    for batch in batches:
+        for x in batch.split(batch_size):  # (b, C, H, W)
+            x = uint8_to_float(x) if x.dtype == torch.uint8 else x
+            parts.append(tokenizer.encode(x.to(device), generator).to("cpu"))
+    return Tokens.cat(parts)
 
 
 @dataclass
