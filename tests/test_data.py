@@ -17,9 +17,11 @@ from mvq.data import (
     DATASETS,
     DataError,
     DataInfo,
+    Table2,
     build_dataset,
     data_channels,
     dataset_info,
+    paper_data,
     uint8_to_float,
 )
 
@@ -162,6 +164,14 @@ def test_dataset_info_values() -> None:
     assert dataset_info("celeba64") == DataInfo(3, 64, 0)
     assert dataset_info("imagenet64") == DataInfo(3, 64, 1000)
     assert dataset_info("folder") == DataInfo(3, None, 0)
+
+
+def test_paper_data_is_the_table_2_row_of_a_tag() -> None:
+    assert paper_data("fmnist") == ("fashion_mnist", DataInfo(1, 28, 10), Table2("fmnist", 16, 350))
+    assert paper_data("cifar10")[2] == Table2("cifar10", 96, 650)
+    assert [s.paper for s in DATASETS.values()].count(None) == 1  # only folder is not the paper's
+    with pytest.raises(DataError, match="did you mean 'fmnist'"):
+        paper_data("fmnis")
 
 
 # ---------------------------------------------------------------- Fashion-MNIST

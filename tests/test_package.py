@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import mvq
-from mvq.priors import list_priors
-from mvq.tokenizers import ARCHITECTURES, VARIANTS, list_tokenizers
+from mvq.priors import PRIORS, list_priors
+from mvq.registry import Registry
+from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, VARIANTS, list_tokenizers
 
 SRC = Path(mvq.__file__).parent
 
@@ -95,3 +96,23 @@ def test_each_tokenizer_variant_row_matches_its_name() -> None:
     for name, cls, dataset, s, k in VARIANTS:
         assert name == f"{arch[cls]}_{dataset}_s{s}_k{k}"
     assert sorted(row[0] for row in VARIANTS) == list_tokenizers()
+
+
+@pytest.mark.parametrize(
+    ("registry", "tiny"),
+    [(TOKENIZERS, {"channels": 16, "res_channels": 8}), (PRIORS, {"primary_grid": (2, 2)})],
+    ids=["tokenizers", "priors"],
+)
+def test_each_registry_entry_names_the_class_its_factory_builds(
+    registry: Registry, tiny: dict
+) -> None:
+    for name in registry.names():
+        entry = registry.entry(name)
+        model = entry.factory(**tiny)
+        assert (type(model), type(model.config)) == (entry.cls, entry.config_class), name
+
+
+def test_no_caller_reads_a_class_from_a_variant_name() -> None:
+    """The registry entry says what a name builds (``entry(name).cls``), not its prefix."""
+    readers = [p.name for p in SRC.rglob("*.py") if 'split("_")[0]' in p.read_text()]
+    assert not readers

@@ -213,6 +213,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_cells_are_checked_by_the_builders_checks(tmp_path, capsys) -> None:
+    """A value ``mvq train`` would refuse (a wrong type) is refused before any cell runs."""
+    path = str(prior_per_entry(tmp_path, set=['model_config.channels="8"']))
+    expect_error(capsys, ["sweep", path], "cell 0 (method=")
+    expect_error(capsys, ["sweep", path], "model_config.channels must be an integer, got '8'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_killed_cell_resumes_and_finished_cells_are_not_rerun(
     tmp_path, capsys, monkeypatch, fake_mvq
 ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from mvq.errors import ConfigError
-from mvq.registry import closest_hint
+from mvq.registry import Entry, Registry, closest_hint
 
 __all__ = ["ConfigError", "RunConfig", "apply_override", "check_types", "load_run_config"]
 
@@ -52,6 +52,17 @@ def check_keys(values: dict[str, Any], valid: list[str] | tuple[str, ...], where
     for key in values:
         if key not in valid:
             raise ConfigError(f"{where}: unknown key '{key}'{closest_hint(key, list(valid))}")
+
+
+def check_model_config(cfg: RunConfig, registry: Registry, where: str = "") -> Entry:
+    """What a builder refuses before it builds ``cfg.model``: a name ``registry`` lacks (naming
+    the closest one), a ``model_config`` key its config class lacks, or a value of the wrong
+    type; ``where`` prefixes the messages. Returns the name's registry entry."""
+    entry = registry.entry(cfg.model)
+    fields = [f.name for f in dataclasses.fields(entry.config_class)]
+    check_keys(cfg.model_config, fields, f"{where}model_config of {cfg.model}")
+    check_types(entry.config_class, cfg.model_config, f"{where}model_config")
+    return entry
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -176,15 +187,6 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
     getattr(cfg, section)[key] = parsed
 
 
-# registry dataset tag -> (data set name, Table 2 epochs)
-PAPER_DATA: dict[str, tuple[str, int]] = {
-    "fmnist": ("fashion_mnist", 350),
-    "cifar10": ("cifar10", 650),
-    "celeba64": ("celeba64", 250),
-    "imagenet64": ("imagenet64", 650),
-}
-
-
 # model_config written into every config of an architecture: MVQ's J (256 for MVQVAE as in the
 # authors' configs and for Masked FSQ, 2048 for MVQGAN as in the paper's §4.3) and the VQGAN
 # objective, spelled out (taming's disc_start 10,000 batches and disc_weight 0.8; Table 2 gives
@@ -203,20 +205,23 @@ def paper_run_configs() -> dict[str, dict[str, Any]]:
     """The paper's settings: dataset x tokens {1,4,16}+1 x K {16,256} x {VQVAE2, MVQVAE, FSQVAE,
     VQGAN, MVQGAN, FSQGAN}.
 
-    Table 2 training (Adam 5e-4, betas 0.5/0.9, batch 32, its epochs; both optimizers of a GAN);
-    ``PAPER_MODEL_CONFIG`` for J and the GAN objective.
+    Table 2 training (Adam 5e-4, betas 0.5/0.9, batch 32, the data set's epochs in its Table 2
+    row, ``mvq.data.DATASETS``; both optimizers of a GAN); ``PAPER_MODEL_CONFIG`` for J and the
+    GAN objective.
     """
-    from mvq.tokenizers import list_tokenizers
+    from mvq.data import paper_data
+    from mvq.tokenizers import ARCHITECTURES, VARIANTS
 
+    arch_of = {cls: arch for arch, cls in ARCHITECTURES.items()}
     configs = {}
-    for name in list_tokenizers():
-        arch, tag = name.split("_")[:2]
-        data_name, epochs = PAPER_DATA[tag]
+    for name, cls, tag, _, _ in sorted(VARIANTS, key=lambda row: row[0]):
+        data_name, _, table2 = paper_data(tag)
+        train = {"epochs": table2.epochs, "batch_size": 32, "lr": 5.0e-4, "betas": [0.5, 0.9]}
         configs[name] = {
             "model": name,
-            "model_config": dict(PAPER_MODEL_CONFIG.get(arch, {})),
+            "model_config": dict(PAPER_MODEL_CONFIG.get(arch_of[cls], {})),
             "data": {"name": data_name, "root": None},
-            "train": {"epochs": epochs, "batch_size": 32, "lr": 5.0e-4, "betas": [0.5, 0.9]},
+            "train": train,
         }
     return configs
 

@@ -72,7 +72,14 @@ from typing import Any
 import yaml
 
 from mvq.pretrained import atomic_write_file
-from mvq.runconfig import ConfigError, RunConfig, apply_override, check_keys, load_run_config
+from mvq.runconfig import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    check_keys,
+    check_model_config,
+    load_run_config,
+)
 from mvq.sweep_results import is_number, order_columns, summary_tables, to_csv, to_markdown
 from mvq.training.interrupt import STOP_STATUS
 
@@ -359,33 +366,24 @@ def _overridden(path: Path, sets: list[str]) -> RunConfig:
 
 
 def check_tokenizer_config(cfg: RunConfig, where: str) -> None:
-    """What ``mvq train`` would refuse at its start: unknown model, model or train keys."""
-    from mvq.tokenizers import ARCHITECTURES, TOKENIZERS
+    """What ``mvq train`` would refuse at its start: unknown model, model or train keys, values
+    of the wrong type."""
+    from mvq.tokenizers import TOKENIZERS
     from mvq.train_tokenizer import build_train_config
 
-    TOKENIZERS.get(cfg.model)
-    fields = [
-        f.name for f in dataclasses.fields(ARCHITECTURES[cfg.model.split("_")[0]].config_class)
-    ]
-    check_keys(cfg.model_config, fields, f"{where}: model_config of {cfg.model}")
+    check_model_config(cfg, TOKENIZERS, f"{where}: ")
     if "name" not in cfg.data:
         raise SweepError(f"{where}: data.name is missing (e.g. data: {{name: fashion_mnist}})")
     build_train_config(cfg)
 
 
 def check_prior_config(cfg: RunConfig, where: str) -> None:
-    """What ``mvq train-prior`` would refuse at its start: unknown prior, model or train keys."""
-    from mvq.priors import PRIOR_CLASSES, PRIORS
+    """What ``mvq train-prior`` would refuse at its start: unknown prior, model or train keys,
+    values of the wrong type."""
+    from mvq.priors import PRIORS
     from mvq.train_tokenizer import build_train_config
 
-    PRIORS.get(cfg.model)
-    family = cfg.model.split("_")[0]
-    cls = next(c for n, c in PRIOR_CLASSES.items() if n.lower().startswith(family))
-    check_keys(
-        cfg.model_config,
-        [f.name for f in dataclasses.fields(cls.config_class)],
-        f"{where}: model_config of {cfg.model}",
-    )
+    check_model_config(cfg, PRIORS, f"{where}: ")
     build_train_config(cfg)
 
 

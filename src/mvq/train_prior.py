@@ -7,7 +7,6 @@ tokenizer its tokens came from (``tokenizer.json``), so ``mvq sample`` can refus
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mvq.priors import PRIOR_CLASSES, PRIORS, create_prior
-from mvq.runconfig import ConfigError, RunConfig, check_keys, check_types
+from mvq.priors import PRIORS, create_prior
+from mvq.runconfig import ConfigError, RunConfig, check_model_config
 from mvq.token_files import TokenDataset, read_token_meta
 from mvq.tokens import layout_overrides
 from mvq.train_tokenizer import config_values, runnable_train_config
@@ -39,12 +38,7 @@ def prior_overrides(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
 
 def build_prior(cfg: RunConfig, meta: dict[str, Any]) -> nn.Module:
     """The registered prior ``cfg.model`` for the tokens described by ``meta``."""
-    PRIORS.get(cfg.model)  # an unknown name raises, naming the closest one
-    family = cfg.model.split("_")[0]  # transformer_4p1 -> TransformerPrior, ...
-    cls = next(c for n, c in PRIOR_CLASSES.items() if n.lower().startswith(family))
-    fields = [f.name for f in dataclasses.fields(cls.config_class)]
-    check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
-    check_types(cls.config_class, cfg.model_config, "model_config")
+    check_model_config(cfg, PRIORS)
     with config_values(f"model_config of {cfg.model}"):
         return create_prior(cfg.model, **prior_overrides(cfg, meta))
 

@@ -23,8 +23,8 @@ from mvq.data import build_dataset, data_channels
 from mvq.errors import ConfigError, MVQError
 from mvq.pixels import to_unit
 from mvq.pretrained import config_from_dict
-from mvq.runconfig import RunConfig, check_keys, check_types
-from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, Tokenizer, create_tokenizer
+from mvq.runconfig import RunConfig, check_keys, check_model_config, check_types
+from mvq.tokenizers import TOKENIZERS, Tokenizer, create_tokenizer
 from mvq.tokenizers.base import in_order
 from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
@@ -34,11 +34,7 @@ from mvq.training.distributed import resolve_device
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
     """The registered variant ``cfg.model`` with ``cfg.model_config`` overrides; for an image
     folder its ``in_channels`` are those of the images (see ``channels_from_data``)."""
-    TOKENIZERS.get(cfg.model)  # an unknown name raises, naming the closest one
-    config_class = ARCHITECTURES[cfg.model.split("_")[0]].config_class
-    fields = [f.name for f in dataclasses.fields(config_class)]
-    check_keys(cfg.model_config, fields, f"model_config of {cfg.model}")
-    check_types(config_class, cfg.model_config, "model_config")
+    check_model_config(cfg, TOKENIZERS)
     with config_values(f"model_config of {cfg.model}"):
         return create_tokenizer(cfg.model, **(cfg.model_config | channels_from_data(cfg)))
 

@@ -6,17 +6,27 @@ Imports ``mvq.registry`` only.
 """
 
 from mvq.data.base import DataError, DataInfo, TensorImageDataset, fit_square, uint8_to_float
-from mvq.data.build import DATASETS, DatasetSpec, build_dataset, data_channels, dataset_info
+from mvq.data.build import (
+    DATASETS,
+    DatasetSpec,
+    Table2,
+    build_dataset,
+    data_channels,
+    dataset_info,
+    paper_data,
+)
 
 __all__ = [
     "DATASETS",
     "DataError",
     "DataInfo",
     "DatasetSpec",
+    "Table2",
     "TensorImageDataset",
     "build_dataset",
     "data_channels",
     "dataset_info",
     "fit_square",
+    "paper_data",
     "uint8_to_float",
 ]

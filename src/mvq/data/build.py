@@ -1,4 +1,10 @@
-"""The data set registry: names → builders, and ``build_dataset``."""
+"""The data set registry: names → builders and the paper's settings, and ``build_dataset``.
+
+``DATASETS`` is the one table of data sets: what each yields (C, image size, classes), its
+splits and builder, and for the paper's four its Table 2 row (the tag in variant names, D = D',
+epochs) that the tokenizer variants (``mvq.tokenizers.variants``) and the run configs
+(``mvq.runconfig``) read through ``paper_data``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,21 @@ from mvq.registry import closest_hint
 
 
 @dataclass(frozen=True)
+class Table2:
+    """A data set's row of the paper's Table 2.
+
+    Attributes:
+        tag: its short name in variant names (``fmnist`` in ``mvqvae_fmnist_s4_k16``).
+        dim: D = D', the width of the primary and secondary codes.
+        epochs: training epochs.
+    """
+
+    tag: str
+    dim: int
+    epochs: int
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A registered data set.
 
@@ -27,21 +48,47 @@ class DatasetSpec:
         build: ``build(root, split, image_size, download[, channels])`` → Dataset.
         channels: the channel counts it can produce (the first is the default; ``None``: the
             files decide).
+        paper: its Table 2 row; ``None`` for a data set the paper does not use.
     """
 
     info: DataInfo
     splits: tuple[str, ...]
     build: Callable[..., Dataset]
     channels: tuple[int | None, ...]
+    paper: Table2 | None = None
 
 
+TRAIN_VAL = ("train", "val")
 DATASETS: dict[str, DatasetSpec] = {
-    "fashion_mnist": DatasetSpec(DataInfo(1, 28, 10), ("train", "val"), fashion_mnist, (1,)),
-    "cifar10": DatasetSpec(DataInfo(3, 32, 10), ("train", "val"), cifar10, (3,)),
-    "celeba64": DatasetSpec(DataInfo(3, 64, 0), ("train", "val", "test"), celeba64, (3,)),
-    "imagenet64": DatasetSpec(DataInfo(3, 64, 1000), ("train", "val"), imagenet64, (3,)),
-    "folder": DatasetSpec(DataInfo(3, None, 0), ("train", "val"), image_folder, (None, 1, 3)),
+    # name: DataInfo(C, size, classes), splits, builder, channels, Table2(tag, D = D', epochs)
+    "fashion_mnist": DatasetSpec(
+        DataInfo(1, 28, 10), TRAIN_VAL, fashion_mnist, (1,), Table2("fmnist", 16, 350)
+    ),
+    "cifar10": DatasetSpec(
+        DataInfo(3, 32, 10), TRAIN_VAL, cifar10, (3,), Table2("cifar10", 96, 650)
+    ),
+    "celeba64": DatasetSpec(
+        DataInfo(3, 64, 0), (*TRAIN_VAL, "test"), celeba64, (3,), Table2("celeba64", 256, 250)
+    ),
+    "imagenet64": DatasetSpec(
+        DataInfo(3, 64, 1000), TRAIN_VAL, imagenet64, (3,), Table2("imagenet64", 256, 650)
+    ),
+    "folder": DatasetSpec(DataInfo(3, None, 0), TRAIN_VAL, image_folder, (None, 1, 3)),
 }
+
+
+def paper_data(tag: str) -> tuple[str, DataInfo, Table2]:
+    """The data set whose Table 2 tag is ``tag`` (``fmnist``): its name (``fashion_mnist``),
+    what it yields and its Table 2 row; an unknown tag is a ``DataError``."""
+    tags = {spec.paper.tag: name for name, spec in DATASETS.items() if spec.paper is not None}
+    if tag not in tags:
+        raise DataError(
+            f"unknown data set tag '{tag}'{closest_hint(tag, sorted(tags))}; "
+            f"available: {', '.join(sorted(tags))}"
+        )
+    spec = DATASETS[tags[tag]]
+    assert spec.paper is not None
+    return tags[tag], spec.info, spec.paper
 
 
 def _spec(name: str) -> DatasetSpec:

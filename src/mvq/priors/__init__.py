@@ -21,9 +21,8 @@ from mvq.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig
 from mvq.priors.transformer import KVCache, TransformerPrior, TransformerPriorConfig
 from mvq.tokens import layout_overrides
 
-PRIOR_CLASSES: dict[str, type] = {
-    cls.__name__: cls for cls in (TransformerPrior, PixelCNNPrior, MaskGITPrior)
-}
+# class name -> class, for load_prior: the classes the registered priors build
+PRIOR_CLASSES: dict[str, type] = {cls.__name__: cls for cls in PRIORS.classes()}
 
 
 def create_prior(name: str, **overrides: Any) -> nn.Module:

@@ -166,13 +166,13 @@ def _maskgit(size: tuple[int, int, int], **overrides) -> MaskGITPrior:
     return MaskGITPrior(MaskGITPriorConfig(**{**values, **overrides}))
 
 
-@PRIORS.register("maskgit_small")
+@PRIORS.register("maskgit_small", MaskGITPrior)
 def maskgit_small(**overrides) -> MaskGITPrior:
     """4 layers, 4 heads, 128 units (about 0.8 M parameters)."""
     return _maskgit((4, 4, 128), **overrides)
 
 
-@PRIORS.register("maskgit_base")
+@PRIORS.register("maskgit_base", MaskGITPrior)
 def maskgit_base(**overrides) -> MaskGITPrior:
     """12 layers, 8 heads, 256 units (about 9.5 M parameters, the size of transformer_16p1)."""
     return _maskgit((12, 8, 256), **overrides)

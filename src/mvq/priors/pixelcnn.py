@@ -165,13 +165,13 @@ def _pixelcnn(size: tuple[int, int, int], **overrides) -> PixelCNNPrior:
     return PixelCNNPrior(PixelCNNPriorConfig(**{**values, **overrides}))
 
 
-@PRIORS.register("pixelcnn_small")
+@PRIORS.register("pixelcnn_small", PixelCNNPrior)
 def pixelcnn_small(**overrides) -> PixelCNNPrior:
     """64 channels, 6 gated layers, kernel 5, head 256."""
     return _pixelcnn((64, 6, 256), **overrides)
 
 
-@PRIORS.register("pixelcnn_base")
+@PRIORS.register("pixelcnn_base", PixelCNNPrior)
 def pixelcnn_base(**overrides) -> PixelCNNPrior:
     """128 channels, 12 gated layers, kernel 5, head 512."""
     return _pixelcnn((128, 12, 512), **overrides)

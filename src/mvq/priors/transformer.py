@@ -283,19 +283,19 @@ def _table4(primary: tuple[int, int, int], secondary: tuple[int, int, int], grid
     return TransformerPrior(TransformerPriorConfig(**{**values, **kw}))
 
 
-@PRIORS.register("transformer_1p1")
+@PRIORS.register("transformer_1p1", TransformerPrior)
 def transformer_1p1(**overrides) -> TransformerPrior:
     """Table 4, 1 + 1 tokens: primary 4 layers / 4 heads / 64 units, secondary 4/4/64."""
     return _table4((4, 4, 64), (4, 4, 64), 1, **overrides)
 
 
-@PRIORS.register("transformer_4p1")
+@PRIORS.register("transformer_4p1", TransformerPrior)
 def transformer_4p1(**overrides) -> TransformerPrior:
     """Table 4, 4 + 1 tokens: primary 8 layers / 8 heads / 128 units, secondary 4/4/128."""
     return _table4((8, 8, 128), (4, 4, 128), 2, **overrides)
 
 
-@PRIORS.register("transformer_16p1")
+@PRIORS.register("transformer_16p1", TransformerPrior)
 def transformer_16p1(**overrides) -> TransformerPrior:
     """Table 4, 16 + 1 tokens: primary 12 layers / 8 heads / 256 units, secondary 4/4/256."""
     return _table4((12, 8, 256), (4, 4, 256), 4, **overrides)

@@ -8,8 +8,8 @@ Fashion-MNIST with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secon
 ``mvqgan_fmnist_s4_k16`` the same networks trained with the VQGAN objective.
 
 Imports ``mvq.tokens`` (``TokenLayout`` is re-exported here), ``mvq.quantizers``, ``mvq.nets``,
-``mvq.losses`` (the GAN objective), ``mvq.pretrained`` and ``mvq.registry``; never the priors
-or samplers.
+``mvq.losses`` (the GAN objective), ``mvq.data`` (the paper's data set table), ``mvq.pretrained``
+and ``mvq.registry``; never the priors or samplers.
 """
 
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput, encode_images
@@ -30,7 +30,6 @@ from mvq.tokenizers.qvae import (
 )
 from mvq.tokenizers.variants import (
     ARCHITECTURES,
-    DATASET_SHAPES,
     TOKENIZERS,
     VARIANTS,
     create_tokenizer,
@@ -54,7 +53,6 @@ __all__ = [
     "RVQVAEConfig",
     "SimVQVAE",
     "SimVQVAEConfig",
-    "DATASET_SHAPES",
     "FSQGAN",
     "FSQVAE",
     "MVQGAN",

@@ -4,7 +4,8 @@ Names read ``<arch>_<dataset>_s<S>_k<K>``: ``mvqvae_fmnist_s4_k16`` is MVQVAE on
 with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary); ``mvqgan_fmnist_s4_k16``
 the same networks trained with the VQGAN objective. Every name is written out in ``VARIANTS``
 (so ``grep -r mvqvae_fmnist_s4_k16 src`` finds it); a variant's config is the dataset's image
-shape and D = D' (``DATASET_SHAPES``, Table 2), ``factor = image_size / sqrt(S)`` and K.
+shape and D = D' (its Table 2 row in ``mvq.data.DATASETS``), ``factor = image_size / sqrt(S)``
+and K. Each name's registry entry carries its class and config class (``TOKENIZERS.entry``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mvq.data import paper_data
 from mvq.pretrained import (
     CheckpointError,
     config_from_dict,
@@ -35,17 +37,9 @@ ARCHITECTURES: dict[str, type[Tokenizer]] = {
     "mfsqvae": MFSQVAE,
 }  # fmt: skip
 
-# dataset -> (image channels, image size, D = D') from Table 2
-DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
-    "fmnist": (1, 28, 16),
-    "cifar10": (3, 32, 96),
-    "celeba64": (3, 64, 256),
-    "imagenet64": (3, 64, 256),
-}
-
 # fmt: off
 VARIANTS: tuple[tuple[str, type[Tokenizer], str, int, int], ...] = (
-    # name                         class   dataset        S    K
+    # name                         class   data set tag   S    K
     ("vqvae2_fmnist_s1_k16",       VQVAE2, "fmnist",      1,  16),
     ("vqvae2_fmnist_s1_k256",      VQVAE2, "fmnist",      1, 256),
     ("vqvae2_fmnist_s4_k16",       VQVAE2, "fmnist",      4,  16),
@@ -332,8 +326,9 @@ def _factory(
     name: str, cls: type[Tokenizer], dataset: str, s: int, k: int
 ) -> Callable[..., Tokenizer]:
     """The factory of one ``VARIANTS`` row: its config, then ``overrides``."""
-    channels, size, dim = DATASET_SHAPES[dataset]
-    base = dict(in_channels=channels, image_size=size, factor=size // math.isqrt(s),
+    _, info, table2 = paper_data(dataset)
+    size, dim = info.image_size, table2.dim
+    base = dict(in_channels=info.channels, image_size=size, factor=size // math.isqrt(s),
                 codebook_size=k, dim=dim, secondary_dim=dim)  # fmt: skip
 
     def factory(**overrides: Any) -> Tokenizer:
@@ -344,7 +339,7 @@ def _factory(
 
 
 for _row in VARIANTS:
-    TOKENIZERS.register(_row[0])(_factory(*_row))
+    TOKENIZERS.register(_row[0], _row[1])(_factory(*_row))
 
 
 def create_tokenizer(name: str, **overrides: Any) -> Tokenizer:
