@@ -110,9 +110,10 @@ def test_the_resume_check_has_teeth(tmp_path) -> None:
     assert not dc.compare_resume(full, same, killed_at=8, steps=8)["ok"]
 
 
-def tiny_sweep(tmp_path: Path) -> Path:
+def tiny_sweep(tmp_path: Path, max_steps: int = 4) -> Path:
     """A one-cell sweep of the study's form (train, encode, prior, eval, sample eval) with tiny
-    networks and budgets, in a folder that is a git repository with the study's .gitignore."""
+    networks and budgets (``max_steps`` tokenizer steps), in a folder that is a git repository
+    with the study's .gitignore."""
     study = tmp_path / "study"
     study.mkdir()
     shutil.copy(ROOT / "results" / "fmnist" / ".gitignore", study / ".gitignore")
@@ -128,7 +129,7 @@ def tiny_sweep(tmp_path: Path) -> Path:
         "name": "tiny", "out": str(study / "tiny"),
         "configs": [{"config": "configs/mvqvae_fmnist_s4_k16.yaml", "method": "mvqvae",
                      "prior": "configs/priors/transformer_4p1.yaml"}],
-        "seeds": [0], "budget": {"max_steps": 4, "batch_size": 8}, "set": tiny,
+        "seeds": [0], "budget": {"max_steps": max_steps, "batch_size": 8}, "set": tiny,
         "prior": {"max_steps": 2, "set": prior},
         "eval": {"split": "val", "n": 32, "metrics": ["mse"], "sample_metrics": ["fd_fmnist"]},
     }  # fmt: skip
@@ -182,7 +183,7 @@ def test_study_dry_run_brings_back_the_cell_that_collect_takes_up(tmp_path) -> N
 
 
 def test_cells_still_running_at_the_deadline_are_interrupted_and_not_packed(tmp_path) -> None:
-    sweep = tiny_sweep(tmp_path)
+    sweep = tiny_sweep(tmp_path, max_steps=100_000)  # still training at the 3 s deadline
     work, out = tmp_path / "work", sweep.parent / "late"
     script = [sys.executable, "benchmarks/device_study.py"]
     proc = run(
