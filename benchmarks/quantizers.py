@@ -24,6 +24,9 @@ measured in the same run:
      gradient; SimVQ adds K·D·D products for its codes C·W and their gradient, 1/128 of it
      here), and the same GEMM alone, timed in the run, gives this machine's rate; every VQ row
      reports the GEMM's time over its own.
+     Residual VQ: ``ResidualVQ`` with 4 levels of the VQ case's codebook, EMA (decay 0.99,
+     commitment 0.25), against ``vector_quantize_pytorch.ResidualVQ(num_quantizers=4)`` with
+     the same layers (straight-through, no quantizer dropout): 4 distance GEMMs, the limit.
   2. FSQ, levels (8, 5, 5, 5), input (32, 256, 4): ``FSQ`` (ours, channel-first view again) and
      ``vector_quantize_pytorch.FSQ``; like for like, our ``bound="vqpytorch"`` computes their
      formula. Ours also checks its input for NaN/Inf and computes usage and perplexity (timed
@@ -59,6 +62,7 @@ from mvq.quantizers.base import check_feature_map, codebook_stats
 from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
 from mvq.quantizers.lfq import LFQ
+from mvq.quantizers.residual import ResidualVQ
 from mvq.quantizers.vq import VectorQuantizer
 
 try:
@@ -129,6 +133,14 @@ def simvq_settings(vq: torch.nn.Module) -> dict[str, object]:
     }
 
 
+RVQ_LEVELS = 4
+
+
+def rvq_loss(out: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """vector-quantize-pytorch's ResidualVQ returns (quantized, indices, per-level losses)."""
+    return out[0], out[2].sum()
+
+
 def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, object]]]:
     """Forward+backward steps of our VQs, vector-quantize-pytorch's and cdist, and the GEMM;
     with the settings of each vector-quantize-pytorch layer."""
@@ -148,6 +160,8 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
     ours_rotation = VectorQuantizer(K, D, ema=True, decay=0.99, rotation_trick=True)
     ours_cosine = VectorQuantizer(K, D, ema=True, decay=0.99, cosine=True)
     ours_simvq = VectorQuantizer(K, D, simvq=True)
+    ours_rvq = ResidualVQ(K, D, levels=RVQ_LEVELS, ema=True, decay=0.99)
+    rvq_theirs = vqp.ResidualVQ(num_quantizers=RVQ_LEVELS, **like, decay=0.99)
     ours_eval, cdist = VectorQuantizer(K, D).eval(), CdistVQ()
     flat, codebook_t = torch.randn(B * N, D), torch.randn(D, K)
 
@@ -166,6 +180,8 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
         "vq_ours_cosine": fwd_bwd(lambda: ours_out(ours_cosine)),
         "simvq_ours": fwd_bwd(lambda: ours_out(ours_simvq)),
         "simvq_vqpytorch": fwd_bwd(lambda: simvq_theirs(x)[::2]),
+        "rvq_ours": fwd_bwd(lambda: ours_out(ours_rvq)),
+        "rvq_vqpytorch": fwd_bwd(lambda: rvq_loss(rvq_theirs(x))),
         "vq_cdist": fwd_bwd(lambda: cdist(x)),
         "vq_forward_ours": forward_only,
         "vq_distance_matmul": lambda: torch.mm(flat, codebook_t),
@@ -173,6 +189,7 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
     for name, vq in theirs.items():  # (quantized, indices, loss) -> (quantized, loss)
         cases[name] = fwd_bwd(lambda vq=vq: vq(x)[::2])
     used = {name: settings(vq) for name, vq in theirs.items()}
+    used["rvq_vqpytorch"] = settings(rvq_theirs.layers[0]) | {"num_quantizers": RVQ_LEVELS}
     return cases, used | {"simvq_vqpytorch": simvq_settings(simvq_theirs)}
 
 
@@ -270,6 +287,8 @@ ROWS = [
      "vq_cosine_time_over_vqpytorch"),
     ("SimVQ vs vqpytorch SimVQ, no rotation", "simvq_ours", "simvq_vqpytorch",
      "simvq_time_over_vqpytorch"),
+    ("Residual VQ, 4 EMA levels vs vqpytorch ResidualVQ", "rvq_ours", "rvq_vqpytorch",
+     "rvq_time_over_vqpytorch"),
     ("VQ no EMA vs cdist+argmin", "vq_ours", "vq_cdist", "vq_time_over_cdist"),
     ("VQ forward (eval, no grad) vs distance GEMM", "vq_forward_ours", "vq_distance_matmul",
      "vq_forward_time_over_matmul"),
@@ -300,7 +319,8 @@ def report(ms: dict[str, float], vqpytorch_settings: dict[str, object]) -> dict[
         "vq_distance_gemm_flops": flops,
         "matmul_gflops": gemm_gflops,  # this run's measured GEMM rate: the arithmetic limit
         # GEMM time / step time: the fraction of the limit each VQ step reaches
-        "fraction_of_gemm_limit": {n: ms["vq_distance_matmul"] / ms[n] for n in VQ_STEPS},
+        "fraction_of_gemm_limit": {n: ms["vq_distance_matmul"] / ms[n] for n in VQ_STEPS}
+        | {n: RVQ_LEVELS * ms["vq_distance_matmul"] / ms[n] for n in ("rvq_ours", "rvq_vqpytorch")},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "vector_quantize_pytorch": importlib.metadata.version("vector-quantize-pytorch"),
