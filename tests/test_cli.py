@@ -149,7 +149,15 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert "random_mask_fd_fmnist" in metrics["mvqvae"]
     assert (out / "eval_mvqvae_samples" / "eval.json").is_file()
     assert (out / "report.html").is_file()  # the demo ends with its page
-    assert "| mvqvae |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| mvqvae |" in printed
+    # the stage times end the output, with the machine they were measured on
+    table = printed.split("Stage times on ")[1]
+    stages = ["vqvae2 tokenizer", "vqvae2 encode + prior + 64 samples", "vqvae2 mvq eval",
+              "mvqvae tokenizer", "mvqvae encode + prior + 64 samples", "mvqvae mvq eval",
+              "reconstruction grid", "report page", "total"]  # fmt: skip
+    rows = [ln.split(" | ")[0][2:] for ln in table.splitlines() if ln.startswith("| ")]
+    assert rows[1:] == stages  # after the header row
     assert f"{tiny.meta['key']} (accuracy" in (out / "metrics.md").read_text()  # not the shipped
     assert main(argv) == 0  # a re-run reuses the finished runs
 

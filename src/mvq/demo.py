@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ from mvq.report import write_report as write_page
 from mvq.runconfig import RunConfig
 from mvq.sample import SampleOptions, sample_images
 from mvq.token_files import encode_dataset, read_token_meta, tokenizer_identity
-from mvq.tokenizers import Tokenizer, load_tokenizer
+from mvq.tokenizers import MVQVAE, TOKENIZERS, Tokenizer, load_tokenizer
 from mvq.train_prior import train_prior
 from mvq.train_tokenizer import (
     build_splits,
@@ -63,7 +65,8 @@ def demo_config(
     model: str, steps: int, num_hypotheses: int, data_root: str | None, device: str = "auto"
 ) -> RunConfig:
     """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
-    model_config = {"num_hypotheses": num_hypotheses} if model.startswith("mvqvae") else {}
+    masked = issubclass(TOKENIZERS.entry(model).cls, MVQVAE)
+    model_config = {"num_hypotheses": num_hypotheses} if masked else {}
     train = {"max_steps": steps, "batch_size": 32, "log_every": 50, "ckpt_every": 250,
              "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0,
              "device": device}  # fmt: skip
@@ -144,7 +147,7 @@ def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str,
     tokenizer, prior = out / name / "model", out / f"{name}_prior" / "model"
     common = {"root": args.data_root, "seed": 0, "device": args.device}
     recon_metrics = "mse,psnr,ssim,fd_fmnist"  # no FID/LPIPS: minutes on a CPU
-    if MODELS[name].startswith("mvqvae"):
+    if issubclass(TOKENIZERS.entry(MODELS[name]).cls, MVQVAE):
         recon_metrics += ",random_mask"  # only MVQ has a mask
     recon = run_eval(EvalRequest(out / f"eval_{name}", tokenizer, n=args.subset,
                                  metrics=recon_metrics, **common))  # fmt: skip
@@ -235,22 +238,56 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def stage_table(stages: dict[str, float], device: str) -> str:
+    """The demo's wall time per stage, for the end of its output."""
+    rows = [f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items()]
+    total = sum(stages.values())
+    head = [f"Stage times on {device} ({torch.get_num_threads()} threads):", "",
+            "| stage | seconds |", "|---|---|"]  # fmt: skip
+    return "\n".join([*head, *rows, f"| total | {total:.0f} |"])
+
+
 def run(args: argparse.Namespace) -> None:
-    """Train, evaluate and report both tokenizers and their priors."""
+    """Train, evaluate and report both tokenizers and their priors; print the stage times."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(args.out)
     t0 = time.perf_counter()
-    metrics = {}
+    metrics: dict[str, dict[str, float]] = {}
+    stages: dict[str, float] = {}
+
+    def timed(stage: str, fn: Callable[..., Any], *a: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*a)
+        finally:
+            stages[stage] = time.perf_counter() - start
+
     for name, registered in MODELS.items():
         print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
         cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root, args.device)
-        metrics[name] = run_tokenizer(name, cfg, out, args.subset)
+        metrics[name] = timed(f"{name} tokenizer", run_tokenizer, name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
-        metrics[name] |= run_prior(name, cfg, args.prior_steps, out, args.subset)
+        metrics[name] |= timed(f"{name} encode + prior + 64 samples", run_prior, name, cfg,
+                               args.prior_steps, out, args.subset)  # fmt: skip
         print(f"== {name}: mvq eval (reconstructions, samples)", flush=True)
-        metrics[name] |= evaluate_models(name, out, args)
-    write_grid(out, cfg)
+        metrics[name] |= timed(f"{name} mvq eval", evaluate_models, name, out, args)
+    timed("reconstruction grid", write_grid, out, cfg)
     print(write_report(out, metrics, args))
-    page = write_page(out)  # the runs side by side on one self-contained HTML page
+    page = timed("report page", write_page, out)  # the runs side by side on one HTML page
+    device = cpu_model() if resolve_device(args.device).type == "cpu" else args.device
+    print(stage_table(stages, device))
     print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
           f"in {time.perf_counter() - t0:.0f} s; open {page}")  # fmt: skip
