@@ -47,6 +47,81 @@ for _name, _deps in IMPORTS.items():
     )
 
 
+# The allowed arrows between the library's units (a package or a top-level module; "(top)"
+# is mvq/__init__), read "unit: what it may import". A new import across units, or a new
+# unit, is a deliberate edit of this table; imports must not form a circle.
+ALLOWED = {
+    "(top)": "quantizers tokens",
+    "apply_tokenizer": "data pixels pretrained token_files tokenizers tokens training",
+    "cli": (
+        "apply_tokenizer data demo errors evaluate priors report runconfig sample sweep "
+        "token_files tokenizers train_prior train_tokenizer training viz"
+    ),
+    "data": "errors pixels registry",
+    "demo": (
+        "data evaluate metrics pixels priors report runconfig sample token_files tokenizers "
+        "train_prior train_tokenizer training"
+    ),
+    "errors": "",
+    "evaluate": (
+        "data errors metrics pixels pretrained priors registry sample tokenizers tokens training"
+    ),
+    "losses": "metrics",
+    "mask_schedules": "",
+    "metrics": "data errors pixels",
+    "model_card": "",
+    "nets": "",
+    "pixels": "",
+    "pretrained": "errors model_card registry",
+    "priors": "mask_schedules pretrained registry tokens",
+    "quantizers": "nets registry tokens",
+    "registry": "errors",
+    "report": "data pretrained training viz",
+    "runconfig": "data errors priors registry tokenizers training",
+    "sample": "errors pixels pretrained priors sampling token_files tokenizers tokens train_prior",
+    "sampling": "mask_schedules priors tokens",
+    "sweep": (
+        "metrics pretrained priors runconfig sweep_results tokenizers train_tokenizer training"
+    ),
+    "sweep_results": "",
+    "token_files": "pretrained tokenizers tokens",
+    "tokenizers": "data losses nets pixels pretrained quantizers registry tokens",
+    "tokens": "",
+    "train_prior": "priors runconfig token_files tokens train_tokenizer training",
+    "train_tokenizer": "data errors pixels pretrained runconfig tokenizers training",
+    "training": "errors pretrained",
+    "viz": "data errors pixels pretrained quantizers tokenizers tokens training",
+}
+
+
+def _full(unit: str) -> str:
+    return "mvq" if unit == "(top)" else f"mvq.{unit}"
+
+
+def test_every_unit_imports_only_what_the_table_allows() -> None:
+    """The table covers every unit, and each imports no unit beyond its arrows."""
+    assert set(UNITS) == {_full(u) for u in ALLOWED}, "add the new unit to ALLOWED"
+    for unit, deps in ALLOWED.items():
+        extra = UNITS[_full(unit)] & set(UNITS) - {_full(d) for d in deps.split()}
+        assert not extra, f"{unit} imports {sorted(extra)}, which ALLOWED does not let it"
+
+
+def test_the_allowed_arrows_form_no_circle() -> None:
+    graph = {_full(u): {_full(d) for d in deps.split()} for u, deps in ALLOWED.items()}
+    done: set[str] = set()
+
+    def visit(unit: str, path: tuple[str, ...]) -> None:
+        assert unit not in path, f"circle: {' -> '.join((*path, unit))}"
+        if unit in done:
+            return
+        for dep in graph.get(unit, ()):
+            visit(dep, (*path, unit))
+        done.add(unit)
+
+    for unit in graph:
+        visit(unit, ())
+
+
 @pytest.mark.parametrize("unit", ["mvq.tokens", "mvq.mask_schedules", "mvq.pixels"])
 def test_the_token_contract_and_schedules_import_only_torch(unit: str) -> None:
     deps = set().union(*(d for m, d in IMPORTS.items() if _unit(m) == unit))
