@@ -178,3 +178,16 @@ def device(test_device: torch.device):
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before[:2]
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+
+
+def expect_error(capsys, argv: list, fragment: str, nothing_in: Path | None = None) -> None:
+    """``mvq ARGV`` fails as bad input must: exit 2, one line ``mvq: error: ...`` naming
+    ``fragment``, and (``nothing_in``) nothing written there. Shared by the CLI tests."""
+    from mvq.cli import main
+
+    capsys.readouterr()  # drop earlier output (progress bars)
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mvq: error:") and fragment in err and "\n" not in err, err
+    if nothing_in is not None:
+        assert not nothing_in.exists()  # nothing written

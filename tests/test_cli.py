@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import expect_error
 
 from mvq.cli import main
 from mvq.runconfig import paper_run_configs, render_yaml
@@ -28,13 +29,6 @@ def test_committed_configs_are_the_generated_ones() -> None:
     assert len(configs) == 4 * 3 * 2 * 11  # data sets x tokens x K x architectures
     for name, config in configs.items():
         assert (ROOT / "configs" / f"{name}.yaml").read_text() == render_yaml(config), name
-
-
-def expect_error(capsys, argv: list[str], fragment: str) -> None:
-    capsys.readouterr()  # drop earlier output (progress bars)
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mvq: error:") and fragment in err and "\n" not in err, err
 
 
 def test_config_errors_are_one_line_with_a_suggestion(tmp_path, capsys) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import expect_error
 from torch.utils.data import Subset
 from torchvision.utils import save_image
 
@@ -80,14 +81,6 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def expect_error(argv: list, capsys, fragment: str, out_dir: Path) -> None:
-    code, _, err = run(argv, capsys)
-    err = err.strip()
-    assert code == 2 and err.startswith("mvq: error:") and "\n" not in err, err
-    assert fragment in err, err
-    assert not out_dir.exists()  # nothing written
-
-
 def test_reconstruction_metrics_end_to_end(models, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
     argv = ["eval", "--tokenizer", models["tok"], "--data", "fashion_mnist", "--split", "test",
@@ -125,7 +118,7 @@ def test_metrics_by_name_and_vqvae2_has_no_random_mask(models, tmp_path, capsys)
     assert result["unavailable"] == {}
     assert run(argv, capsys)[0] == 0  # by default: random_mask listed as not applicable
     assert "no mask" in json.loads((out / "eval.json").read_text())["unavailable"]["random_mask"]
-    expect_error([*argv[:-1], tmp_path / "e", "--metrics", "random_mask"], capsys, "no mask",
+    expect_error(capsys, [*argv[:-1], tmp_path / "e", "--metrics", "random_mask"], "no mask",
                  tmp_path / "e")  # fmt: skip
 
 
@@ -196,31 +189,31 @@ def test_the_shipped_classifier_by_default_another_one_named(
     assert not other["shipped"] and other["id"] == tiny_classifier.meta["key"] != SHIPPED_KEY
     assert f"NOT mvq's shipped {SHIPPED_KEY}" in printed["tiny"]
     out = tmp_path / "e"
-    expect_error(["eval", "--images", folder, "--fd-classifier", tmp_path / "none.json",
-                  "--out", out], capsys, "no such classifier record", out)  # fmt: skip
+    expect_error(capsys, ["eval", "--images", folder, "--fd-classifier", tmp_path / "none.json",
+                  "--out", out], "no such classifier record", out)  # fmt: skip
     (tmp_path / "broken.json").write_text("{}")  # a record without weights beside it
-    expect_error(["eval", "--images", folder, "--fd-classifier", tmp_path / "broken.json",
-                  "--out", out], capsys, "broken.safetensors not found", out)  # fmt: skip
+    expect_error(capsys, ["eval", "--images", folder, "--fd-classifier", tmp_path / "broken.json",
+                  "--out", out], "broken.safetensors not found", out)  # fmt: skip
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(models, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     big = write_pngs(torch.rand(3, 1, 32, 32), tmp_path / "big")
-    expect_error(["eval", "--images", big, "--out", out], capsys, "32x32", out)
+    expect_error(capsys, ["eval", "--images", big, "--out", out], "32x32", out)
     colour = write_pngs(torch.rand(3, 3, 28, 28), tmp_path / "colour")
-    expect_error(["eval", "--images", colour, "--out", out], capsys, "colour image", out)
+    expect_error(capsys, ["eval", "--images", colour, "--out", out], "colour image", out)
     (tmp_path / "empty").mkdir()
-    expect_error(["eval", "--images", tmp_path / "empty", "--out", out], capsys, "no images", out)
-    expect_error(["eval", "--tokenizer", models["other"], "--prior", models["prior"], "--out", out],
-                 capsys, "trained on tokens of another tokenizer", out)  # fmt: skip
-    expect_error(["eval", "--tokenizer", models["tok"], "--metrics", "fdi", "--out", out], capsys,
+    expect_error(capsys, ["eval", "--images", tmp_path / "empty", "--out", out], "no images", out)
+    argv = ["eval", "--tokenizer", models["other"], "--prior", models["prior"], "--out", out]
+    expect_error(capsys, argv, "trained on tokens of another tokenizer", out)
+    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--metrics", "fdi", "--out", out],
                  "unknown metric 'fdi' (did you mean 'fid'?)", out)  # fmt: skip
-    expect_error(["eval", "--tokenizer", models["tok"], "--metrics", "fid", "--out", out], capsys,
+    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--metrics", "fid", "--out", out],
                  "weights-inception-2015-12-05-6726825d.pth", out)  # fmt: skip
-    expect_error(["eval", "--tokenizer", models["tok"], "--metrics", "prior_nll", "--out", out],
-                 capsys, "does not apply", out)  # fmt: skip
-    expect_error(["eval", "--tokenizer", models["tok"], "--data", "cifar10", "--out", out],
-                 capsys, "", out)  # fmt: skip
+    argv = ["eval", "--tokenizer", models["tok"], "--metrics", "prior_nll", "--out", out]
+    expect_error(capsys, argv, "does not apply", out)
+    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--data", "cifar10", "--out", out],
+                 "", out)  # fmt: skip
 
 
 def readme_eval_commands() -> list[list[str]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import expect_error
 from PIL import Image
 
 from mvq.cli import main
@@ -42,13 +43,6 @@ def train_on(tmp_path: Path, folder: Path, name: str, **data: object) -> Path:
     run = tmp_path / name
     assert main(["train", "--config", str(path), "--out", str(run), "--max-steps", "2"]) == 0
     return run
-
-
-def expect_error(capsys, argv: list[str], fragment: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mvq: error:") and fragment in err and "\n" not in err, err
 
 
 @pytest.fixture(scope="module")

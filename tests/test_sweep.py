@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import expect_error
 
 from mvq import sweep as sweep_mod
 from mvq.cli import build_parser, main
@@ -121,13 +122,6 @@ def calls_of(path: Path) -> list[dict]:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-def expect_error(capsys, argv: list[str], fragment: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mvq: error:") and fragment in err and "\n" not in err, err
 
 
 def prior_per_entry(tmp_path: Path, **changes) -> Path:
