@@ -20,6 +20,7 @@ from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
 from mvq.pixels import uint8_to_float
 from mvq.pretrained import PretrainedMixin
 from mvq.quantizers import QuantizerOutput
+from mvq.quantizers.fsq import levels_for_codebook_size
 from mvq.tokens import TokenLayout, Tokens
 
 VQ_OPTIONS = ("cosine", "codebook_dim", "rotation_trick", "simvq", "decay", "kmeans_iters")
@@ -125,6 +126,41 @@ def encode_images(
             x = uint8_to_float(x) if x.dtype == torch.uint8 else x
             parts.append(tokenizer.encode(x.to(device), generator).to("cpu"))
     return Tokens.cat(parts)
+
+
+CODEBOOK_FIELDS = ("ema", "init", "dead_code_threshold", "vq_options")  # VectorQuantizer's
+
+
+def refuse_codebook_options(config: TokenizerConfig, what: str) -> None:
+    """One-line ``ValueError`` when a tokenizer without VQ codebooks (``what``: "Masked FSQ",
+    "the lfq quantizer", ...) is given codebook options: refused, not silently ignored."""
+    defaults = TokenizerConfig()
+    changed = [n for n in CODEBOOK_FIELDS if getattr(config, n) != getattr(defaults, n)]
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)} apply to VQ codebooks; {what} has none: leave them at their "
+            "defaults"
+        )
+
+
+@dataclass
+class FSQLevels:
+    """The FSQ fields of a config (FSQVAE, Masked FSQ); ``resolve_levels`` fills empty ones.
+
+    Attributes:
+        levels: primary FSQ levels; empty -> ``levels_for_codebook_size(K/2)``.
+        secondary_levels: secondary FSQ levels; empty -> the same rule.
+        bound: FSQ bound variant ("reference" = the FSQ paper's formula).
+    """
+
+    levels: tuple[int, ...] = ()
+    secondary_levels: tuple[int, ...] = ()
+    bound: str = "reference"
+
+    def resolve_levels(self, entries: int) -> None:
+        """Empty levels become ``levels_for_codebook_size(entries)``."""
+        self.levels = tuple(self.levels) or levels_for_codebook_size(entries)
+        self.secondary_levels = tuple(self.secondary_levels) or levels_for_codebook_size(entries)
 
 
 @dataclass

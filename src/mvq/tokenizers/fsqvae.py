@@ -11,32 +11,18 @@ import math
 from dataclasses import dataclass
 
 from mvq.quantizers import FSQ
-from mvq.quantizers.fsq import levels_for_codebook_size
-from mvq.tokenizers.base import TokenizerConfig
+from mvq.tokenizers.base import FSQLevels, TokenizerConfig
 from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
 from mvq.tokens import TokenLayout
 
 
 @dataclass
-class FSQVAEConfig(TokenizerConfig):
-    """FSQVAE config: the shared fields plus FSQ levels.
-
-    Attributes:
-        levels: primary FSQ levels; empty -> ``levels_for_codebook_size(K/2)``.
-        secondary_levels: secondary FSQ levels; empty -> the same rule.
-        bound: FSQ bound variant ("reference" = the FSQ paper's formula).
-    """
-
-    levels: tuple[int, ...] = ()
-    secondary_levels: tuple[int, ...] = ()
-    bound: str = "reference"
+class FSQVAEConfig(FSQLevels, TokenizerConfig):  # FSQLevels first: its fields come last
+    """FSQVAE config: the shared fields plus FSQ levels (``FSQLevels``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.levels = tuple(self.levels) or levels_for_codebook_size(self.half_codebook)
-        self.secondary_levels = tuple(self.secondary_levels) or levels_for_codebook_size(
-            self.half_codebook
-        )
+        self.resolve_levels(self.half_codebook)
 
 
 class FSQVAE(HierarchicalTokenizer):

@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from mvq.nets import MHNetwork, table3_kernels
 from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput
-from mvq.quantizers.fsq import levels_for_codebook_size
-from mvq.tokenizers.base import Tokenizer, TokenizerConfig
+from mvq.tokenizers.base import FSQLevels, Tokenizer, TokenizerConfig, refuse_codebook_options
 from mvq.tokens import TokenLayout, Tokens
 
 
@@ -111,36 +110,14 @@ class MVQVAE(Tokenizer):
         return self.quantizer.decode(tokens, generator)
 
 
-VQ_FIELDS = ("ema", "init", "dead_code_threshold", "vq_options")  # codebook options FSQ lacks
-
-
 @dataclass
-class MFSQVAEConfig(MVQVAEConfig):
-    """MFSQVAE config: MVQVAE's fields plus FSQ levels (as ``FSQVAEConfig``).
-
-    Attributes:
-        levels: primary FSQ levels; empty -> ``levels_for_codebook_size(K/2)``.
-        secondary_levels: secondary FSQ levels; empty -> the same rule.
-        bound: FSQ bound variant ("reference" = the FSQ paper's formula).
-    """
-
-    levels: tuple[int, ...] = ()
-    secondary_levels: tuple[int, ...] = ()
-    bound: str = "reference"
+class MFSQVAEConfig(FSQLevels, MVQVAEConfig):  # FSQLevels first: its fields come last
+    """MFSQVAE config: MVQVAE's fields plus FSQ levels (``FSQLevels``, as ``FSQVAEConfig``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.levels = tuple(self.levels) or levels_for_codebook_size(self.half_codebook)
-        self.secondary_levels = tuple(self.secondary_levels) or levels_for_codebook_size(
-            self.half_codebook
-        )
-        defaults = TokenizerConfig()
-        changed = [n for n in VQ_FIELDS if getattr(self, n) != getattr(defaults, n)]
-        if changed:
-            raise ValueError(
-                f"{', '.join(changed)} apply to VQ codebooks; Masked FSQ has none: leave them "
-                "at their defaults"
-            )
+        self.resolve_levels(self.half_codebook)
+        refuse_codebook_options(self, "Masked FSQ")
 
 
 class MFSQVAE(MVQVAE):

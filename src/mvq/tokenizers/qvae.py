@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mvq.quantizers import FSQ, QuantizerOutput, VectorQuantizer
 from mvq.quantizers.fsq import levels_for_codebook_size
 from mvq.quantizers.residual import ResidualVQ
-from mvq.tokenizers.base import TokenizerConfig
+from mvq.tokenizers.base import TokenizerConfig, refuse_codebook_options
 from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
 from mvq.tokens import TokenLayout, Tokens
 
@@ -113,14 +113,7 @@ class QVAEConfig(TokenizerConfig):
         super().__post_init__()
         self.quantizer = check_quantizer_spec(self.quantizer, self.half_codebook)
         if self.family not in CODEBOOK_FAMILIES:
-            defaults = TokenizerConfig()
-            changed = [n for n in ("ema", "init", "dead_code_threshold", "vq_options")
-                       if getattr(self, n) != getattr(defaults, n)]  # fmt: skip
-            if changed:
-                raise ValueError(
-                    f"{', '.join(changed)} apply to codebooks; the {self.family} quantizer has "
-                    "none: leave them at their defaults"
-                )
+            refuse_codebook_options(self, f"the {self.family} quantizer")
 
     @property
     def family(self) -> str:
