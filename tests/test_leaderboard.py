@@ -11,8 +11,8 @@ import pytest
 from mvq.sweep import expand, load_sweep
 
 BOARD = Path(__file__).resolve().parents[1] / "results" / "leaderboard"
-CELLS = {"vq_screen": 32, "lfq_screen": 16, "families": 32, "masked": 24, "masked_prior": 28, "fsq_claims": 48,
-         "fsq_maskgit": 4}  # fmt: skip
+CELLS = {"vq_screen": 32, "lfq_screen": 16, "families": 32, "masked": 24, "masked_prior": 28,
+         "fsq_claims": 48, "fsq_maskgit": 4}  # fmt: skip
 STEPS = {"vq_screen": 1000, "lfq_screen": 1000}  # short screens; the rest the study's 2 epochs
 
 
