@@ -29,22 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mvq.sweep import last_json_object
+
 RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-5  # the stated tolerance of a resumed run's weights
 PARTS_DIR = "parts"  # WORK/parts/NAME.json: one record per finished part
-
-
-def last_json(text: str) -> dict[str, Any]:
-    """The last line of ``text`` that is a JSON object (``{}`` when none is)."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return {}
 
 
 def run_mvq(argv: list[str]) -> int:
@@ -133,13 +121,13 @@ def e2e_report(runs: Path) -> dict[str, Any]:
     rec = json.loads((runs / "eval_rec" / "eval.json").read_text())
     smp = json.loads((runs / "eval_samples" / "eval.json").read_text())
     pngs = [p for p in (runs / "samples").glob("*.png") if p.name != "grid.png"]
-    prior = last_json((runs / "train_prior.log").read_text())
+    prior = last_json_object((runs / "train_prior.log").read_text())
     resume = json.loads((runs / "resume.json").read_text())
     out = {
         "resume_ok": resume["ok"],
         "resume_exact": resume["exact"],
         "resume_max_abs_diff": resume["max_abs_diff"],
-        "train_images_per_s": last_json((runs / "full.log").read_text()).get("images_per_s"),
+        "train_images_per_s": last_json_object((runs / "full.log").read_text()).get("images_per_s"),
         "prior_val_nll_nats_per_token": prior.get("val_nll_nats_per_token"),
         "samples_written": len(pngs),
         "rec": {k: rec.get(k) for k in ("mse", "psnr", "fd_fmnist", "fd_fmnist_floor")},
@@ -163,7 +151,8 @@ def summarize(work: Path, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     for path in sorted((work / PARTS_DIR).glob("*.json")):
         record = json.loads(path.read_text())
         log = work / "logs" / f"{path.stem}.log"
-        record["result"] = last_json(log.read_text(errors="replace")) if log.is_file() else {}
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        record["result"] = last_json_object(text)
         parts[path.stem] = record
     failed = [name for name, r in parts.items() if r["status"] != "ok"]
     summary = {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "torchrun":
         return run_torchrun(args.args)
     if args.command == "claims":
-        return 1 if last_json(args.log.read_text(errors="replace")).get("ok") is False else 0
+        return 1 if last_json_object(args.log.read_text(errors="replace")).get("ok") is False else 0
     if args.command == "summarize":
         meta = json.loads(args.meta.read_text()) if args.meta and args.meta.is_file() else {}
         summary = summarize(args.work, args.out, meta)

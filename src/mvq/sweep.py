@@ -775,6 +775,7 @@ def file_lock(path: Path, wait: bool) -> Iterator[bool]:
 def last_json_object(text: str) -> dict[str, Any]:
     """The last line of ``text`` that is a JSON object (the commands' one-line summary)."""
     for line in reversed(re.split(r"[\r\n]", text)):
+        line = line.strip()
         if line.startswith("{"):
             try:
                 value = json.loads(line)
