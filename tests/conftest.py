@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,24 @@ def expect_error(capsys, argv: list, fragment: str, nothing_in: Path | None = No
     assert err.startswith("mvq: error:") and fragment in err and "\n" not in err, err
     if nothing_in is not None:
         assert not nothing_in.exists()  # nothing written
+
+
+def torchrun(source: str, tmp_path: Path) -> list[dict]:
+    """Run ``source`` (a template of ``{tests}``, the tests folder) on 2 gloo processes with
+    ``tmp_path`` as its argument; returns what each rank saved to ``rank<r>.pt``."""
+    script = tmp_path / "ddp.py"
+    script.write_text(source.format(tests=str(Path(__file__).parent)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # own process group: on a timeout the workers die with torchrun instead of lingering
+    proc = subprocess.Popen(
+        [*cmd, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-4000:]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]

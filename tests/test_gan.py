@@ -5,14 +5,12 @@ LPIPS weights from a file, the offline message, DDP on 2 gloo processes, save/lo
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import torchrun
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
@@ -264,21 +262,7 @@ torch.save({{"full": full.state_dict(), "resumed": resumed.state_dict(),
 
 
 def test_ddp_two_processes_on_gloo(tmp_path) -> None:
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*cmd, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = torchrun(DDP_SCRIPT, tmp_path)
     for name in ("full", "resumed"):
         assert r0[name].keys() == r1[name].keys()
         for key in r0[name]:  # generator and discriminator weights agree across ranks; BatchNorm

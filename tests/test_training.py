@@ -10,14 +10,13 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -539,27 +538,6 @@ dist.destroy_process_group()
 states = {{"plain": plain.state_dict(), "full": full.state_dict(), "resumed": resumed.state_dict()}}
 torch.save({{**states, "val": result.last_val_loss}}, out / f"rank{{rank}}.pt")
 """
-
-
-def torchrun(source: str, tmp_path: Path) -> list[dict]:
-    """Run ``source`` (a template of ``{tests}``) on 2 gloo processes with ``tmp_path`` as its
-    argument; returns what each rank saved to ``rank<r>.pt``."""
-    script = tmp_path / "ddp.py"
-    script.write_text(source.format(tests=str(Path(__file__).parent)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # own process group: on a timeout the workers die with torchrun instead of lingering
-    proc = subprocess.Popen(
-        [*cmd, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
 
 def test_ddp_two_processes_on_gloo(tmp_path):

@@ -6,14 +6,11 @@ errors, and codebooks identical on two gloo ranks.
 """
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import torchrun
 
 from mvq.quantizers import VectorQuantizer
 
@@ -320,22 +317,7 @@ torch.save(results, out / f"rank{{rank}}.pt")
 
 
 def test_codebooks_stay_identical_on_two_gloo_ranks(tmp_path):
-    script = tmp_path / "ddp_vq.py"
-    script.write_text(DDP_SCRIPT.format())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # own process group: on a timeout the workers die with torchrun instead of lingering
-    proc = subprocess.Popen(
-        [*cmd, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-4000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = torchrun(DDP_SCRIPT, tmp_path)
     for name, result in r0.items():
         other = r1[name]
         # the ranks saw different data: their own commitment logs differ
