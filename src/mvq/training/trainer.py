@@ -356,7 +356,10 @@ class Trainer:
         if self.ema is not None and not (has_checkpoint and self._ema_loaded):
             update_ema(self.ema, self.model, decay=0.0)  # start from the (broadcast) weights
         if cfg.compile:
-            self.forward = torch.compile(self.forward)
+            # Inductor's channels-last layout choice for convolutions predicts NHWC strides for
+            # convolution_backward that CUDA's kernel does not return (assert_size_stride fails
+            # in the backward; pytorch#171622, seen with torch 2.11 on an H200): keep the layout.
+            self.forward = torch.compile(self.forward, options={"layout_optimization": False})
         self.logger = RunLogger(self.run_dir, self.step, logs_exist, ctx.is_main)
         if not has_checkpoint:
             seed_everything(cfg.seed * ctx.world_size + ctx.rank)
