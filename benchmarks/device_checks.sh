@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU acceptance run (issue 30): one prepared run proving training, sampling and evaluation
-# on CUDA in at most BUDGET_S = 480 s of one GPU, with logs and a summary JSON. NOT YET RUN ON A
-# GPU: no session so far was lent one (the figures below are estimates).
+# on CUDA in at most BUDGET_S = 480 s of one GPU, with logs and a summary JSON. First run on an
+# H200 with torch 2.11 on 2026-12-04 (results/device/README.md).
 #
 # Parts (PARTS, default all; the first four at once, then the benchmarks one by one, alone):
 #   tests         pytest -m device with MVQ_TEST_DEVICE=$DEVICE (quantizers, the MH-Dropout
@@ -37,8 +37,8 @@
 # puts .device/site on PYTHONPATH; the machine's own python3 runs everything (PYTHON to change).
 # The speed benchmarks use synthetic tensors.
 #
-# Budget (estimates, not measured: no GPU so far): machine start 1-2 min, outside the budget;
-# the parallel parts ~3 min (three torch.compile builds at once), the benchmarks ~3.5 min.
+# Budget, measured on the H200 (2026-12-04): machine start ~35 s, outside the budget; the
+# parallel parts 71-87 s, the benchmarks 33-65 s each: 283 s in all.
 # Dry run on the CPU (tiny sizes, no compile; tests/test_device_scripts.py runs it):
 #   DEVICE=cpu OUT=/tmp/dc bash benchmarks/device_checks.sh
 set -uo pipefail

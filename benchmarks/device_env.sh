@@ -5,7 +5,8 @@
 #   - PYTHONPATH: src/ (mvq) and .device/site (lpips, torch_fidelity: mvq eval imports them);
 #   - Fashion-MNIST: when mvq finds none, .device/fashion-mnist/*.gz (or $FMNIST_DIR) linked
 #     into mvq's user cache, $XDG_CACHE_HOME/mvq/fashion_mnist, where it looks by default;
-#   - git: when the copy has no repository, .device/git/head.tar.gz (a shallow clone of HEAD)
+#   - git: when the copy has no repository, or one at another HEAD than .device/git/HEAD_COMMIT,
+#     .device/git/head.tar.gz (a shallow clone of HEAD)
 #     becomes .git, with .device/git/bin/git when the machine has no git: sweep records name
 #     the commit (and +dirty for uncommitted changes) as they do here.
 ROOT=${ROOT:-$PWD}
@@ -26,6 +27,14 @@ if ! ls /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte* \
   fi
 fi
 
+# The tool may send a .git from the session's start: a HEAD other than the one prepared would
+# name the wrong commit in the records (seen on the first GPU run), so that one is set aside.
+prepared=$(cat "$ROOT/.device/git/HEAD_COMMIT" 2> /dev/null)
+sent=$(git -C "$ROOT" rev-parse HEAD 2> /dev/null)
+if [[ -n $prepared && -n $sent && $sent != "$prepared" ]]; then
+  echo "device_env: the copy's .git is at ${sent:0:7}, prepared ${prepared:0:7}: using the prepared"
+  mv "$ROOT/.git" "$ROOT/.git.sent"
+fi
 if ! git -C "$ROOT" rev-parse HEAD > /dev/null 2>&1 && [[ -f $ROOT/.device/git/head.tar.gz ]]; then
   command -v git > /dev/null || export PATH="$ROOT/.device/git/bin:$PATH"
   # a copied tree: another owner, and file modes the copy may not keep

@@ -26,6 +26,7 @@ trap 'rm -rf "$tmp"' EXIT
 git clone -q --depth 1 --filter=blob:none --no-checkout \
   --upload-pack='git -c uploadpack.allowFilter=true upload-pack' "file://$PWD" "$tmp/head"
 tar czf "$D/git/head.tar.gz" -C "$tmp/head" .git
+git rev-parse HEAD > "$D/git/HEAD_COMMIT"
 echo "$D: $(du -sh "$D" | cut -f1) (HEAD $(git rev-parse --short HEAD)); the working tree that" \
   "travels: $(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)" \
   "bytes; together at most 64 MiB. Carry: [\".device\"]"

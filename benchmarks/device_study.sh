@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A sweep's pending cells on a lent GPU machine for MINUTES, several at once, brought back as
-# one archive (issue 30). NOT YET RUN ON A GPU: no session so far was lent one.
+# one archive (issue 30). First run on an H200 on 2026-12-04 (results/device/README.md).
 #
 #   bash benchmarks/device_study.sh SWEEP_FILE MINUTES
 #     JOBS=4        cells at once (the machine's 16 CPUs split between them; one GPU shared)

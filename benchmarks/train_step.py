@@ -27,8 +27,9 @@ from mvq.training import TrainConfig, train
 
 def images_per_second(
     args: argparse.Namespace, precision: str, compiled: bool, fused: bool = False
-) -> float:
-    """The trainer's throughput over ``args.steps`` steps of one setting."""
+) -> tuple[float, bool]:
+    """The trainer's throughput over ``args.steps`` steps of one setting, and whether the run
+    ended compiled (the trainer falls back to eager when inductor's stride check fails)."""
     torch.manual_seed(0)
     extra = {"num_hypotheses": args.j} if args.model.startswith("mvqvae") else {}
     model = create_tokenizer(args.model, **extra)
@@ -40,7 +41,8 @@ def images_per_second(
         compile=compiled, tf32=True, fused_optimizer=fused,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as run_dir:
-        return train(model, data, None, cfg, os.path.join(run_dir, "run")).items_per_second
+        result = train(model, data, None, cfg, os.path.join(run_dir, "run"))
+    return result.items_per_second, result.compiled
 
 
 def main() -> None:
@@ -61,11 +63,14 @@ def main() -> None:
     for compiled in (False, True) if args.compile else (False,):
         for precision in args.precisions.split(","):
             name = f"{precision}{'_compile' if compiled else ''}"
-            rate = images_per_second(args, precision, compiled)
+            rate, ran_compiled = images_per_second(args, precision, compiled)
             res[f"images_per_s_{name}"] = round(rate, 1)
-            print(f"{name:<16}{rate:>10.1f}")
+            if compiled:  # False: the compiled graph failed its first step, this ran eager
+                res[f"ran_compiled_{name}"] = ran_compiled
+            note = "" if ran_compiled == compiled else "  (fell back to eager)"
+            print(f"{name:<16}{rate:>10.1f}{note}")
     if "fp32" in args.precisions.split(","):  # train.fused_optimizer, against the loop above
-        rate = images_per_second(args, "fp32", False, fused=True)
+        rate, _ = images_per_second(args, "fp32", False, fused=True)
         res["images_per_s_fp32_fused_adam"] = round(rate, 1)
         res["fused_adam_over_loop_fp32"] = round(rate / res["images_per_s_fp32"], 3)
         print(f"{'fp32_fused_adam':<16}{rate:>10.1f}")

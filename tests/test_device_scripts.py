@@ -215,3 +215,33 @@ def test_cells_still_running_at_the_deadline_are_interrupted_and_not_packed(tmp_
     assert proc.returncode == 0, proc.stdout[-3000:]
     with tarfile.open(archive) as tar:
         assert tar.getnames() == ["manifest.json"]
+
+
+def test_a_stale_repository_in_the_copy_gives_way_to_the_prepared_head(tmp_path) -> None:
+    """The device tool sent a .git at the session's first commit while the tree was a later
+    one (the first GPU run's records said 89d11d3+dirty): device_env.sh sets a .git whose HEAD
+    is not .device/git/HEAD_COMMIT aside and uses the prepared clone, so records name the tree."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    subprocess.run([*git, "init", "-q", str(copy)], check=True)
+    heads = []
+    for text in ("old", "new"):
+        (copy / "f.txt").write_text(text)
+        subprocess.run([*git, "-C", str(copy), "add", "f.txt"], check=True)
+        subprocess.run([*git, "-C", str(copy), "commit", "-qm", text], check=True)
+        heads.append(subprocess.run(["git", "-C", str(copy), "rev-parse", "HEAD"], check=True,
+                                    capture_output=True, text=True).stdout.strip())  # fmt: skip
+    prepared = copy / ".device" / "git"
+    prepared.mkdir(parents=True)
+    (prepared / "HEAD_COMMIT").write_text(heads[1] + "\n")
+    with tarfile.open(prepared / "head.tar.gz", "w:gz") as tar:
+        tar.add(copy / ".git", arcname=".git")
+    subprocess.run(["git", "-C", str(copy), "reset", "-q", "--soft", heads[0]], check=True)
+    script = f"ROOT={copy}; source {ROOT}/benchmarks/device_env.sh; git -C {copy} rev-parse HEAD"
+    proc = run(["bash", "-c", script], 60)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.split()[-1] == heads[1] and "using the prepared" in proc.stdout
+    assert (copy / ".git.sent").is_dir()
+    proc = run(["bash", "-c", script], 60)  # now at the prepared HEAD: nothing to do
+    assert proc.stdout.split()[-1] == heads[1] and "using the prepared" not in proc.stdout

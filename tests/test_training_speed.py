@@ -372,6 +372,54 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path, monkeypatch):
     assert_same_state(compiled.state_dict(), eager.state_dict())
 
 
+class _StrideCheckFails(torch.autograd.Function):
+    """Identity whose backward fails as inductor's assert_size_stride did on an H200."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AssertionError(
+            "expected size 128==128, stride 196==1 at dim=1\n"
+            "Error in op: torch.ops.aten.convolution_backward.default"
+        )
+
+
+def failing_compile(message_ok: bool = True):
+    """A stand-in for torch.compile whose graph fails its first backward like inductor's
+    stride check (or, ``message_ok=False``, with an unrelated AssertionError)."""
+
+    def compile_(module, **kwargs):
+        def forward(*args):
+            loss, logs = module(*args)
+            if not message_ok:
+                raise AssertionError("a bug of ours")
+            return _StrideCheckFails.apply(loss), logs
+
+        return forward
+
+    return compile_
+
+
+def test_a_compiled_step_failing_inductors_stride_check_falls_back_to_eager(
+    tmp_path, monkeypatch, capsys
+):
+    """The first compiled step's backward fails (as torch 2.11's did on CUDA): the step is
+    undone (BatchNorm statistics and RNG included) and redone eagerly; the run equals an
+    eager run bit for bit and says so once. Another AssertionError keeps its traceback."""
+    train(fresh(), TRAIN, VAL, config(max_steps=6), tmp_path / "eager")
+    monkeypatch.setattr(torch, "compile", failing_compile())
+    train(fresh(), TRAIN, VAL, config(max_steps=6, compile=True), tmp_path / "fallback")
+    err = capsys.readouterr().err
+    assert err.count("failed inductor's stride check") == 1 and "pytorch#171622" in err
+    assert_same_checkpoint(final_state(tmp_path / "eager"), final_state(tmp_path / "fallback"))
+    monkeypatch.setattr(torch, "compile", failing_compile(message_ok=False))
+    with pytest.raises(AssertionError, match="a bug of ours"):
+        train(fresh(), TRAIN, VAL, config(max_steps=6, compile=True), tmp_path / "bug")
+
+
 def test_tf32_switch_is_scoped():
     matmul = torch.backends.cuda.matmul
     before = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -180,6 +180,8 @@ class TrainResult:
         items_per_second: global training throughput after the first warm-up steps (nan when
             the call ran too few steps to measure).
         run_dir: the run directory.
+        compiled: whether the run ended under torch.compile (False when ``compile`` was off,
+            or when its first step failed inductor's stride check and the run fell back).
     """
 
     steps: int
@@ -189,3 +191,4 @@ class TrainResult:
     wall_time: float
     items_per_second: float
     run_dir: Path
+    compiled: bool = False

@@ -317,6 +317,7 @@ class Trainer:
         self._ema_loaded = False  # the EMA weights came from a checkpoint
         self.forward: nn.Module = _LossModule(model)  # wrapped by DDP / compile in ``start``
         self.ddp: DistributedDataParallel | None = None
+        self._unchecked: set[str] = set()  # optimizers whose first compiled step is to come
         self.logger: RunLogger | None = None
         self.vote: StopVote | None = None  # the ranks' agreement on a stop request
         # Where the run is, and what it has measured.
@@ -355,11 +356,10 @@ class Trainer:
             self.forward = self.ddp
         if self.ema is not None and not (has_checkpoint and self._ema_loaded):
             update_ema(self.ema, self.model, decay=0.0)  # start from the (broadcast) weights
-        if cfg.compile:
-            # Inductor's channels-last layout choice for convolutions predicts NHWC strides for
-            # convolution_backward that CUDA's kernel does not return (assert_size_stride fails
-            # in the backward; pytorch#171622, seen with torch 2.11 on an H200): keep the layout.
-            self.forward = torch.compile(self.forward, options={"layout_optimization": False})
+        self._eager_forward = self.forward
+        if cfg.compile:  # each optimizer's first compiled step is checked (_checked_backward)
+            self.forward = torch.compile(self.forward)
+            self._unchecked = set(self.optimizers)
         self.logger = RunLogger(self.run_dir, self.step, logs_exist, ctx.is_main)
         if not has_checkpoint:
             seed_everything(cfg.seed * ctx.world_size + ctx.rank)
@@ -429,7 +429,11 @@ class Trainer:
         NaN/Inf on the device, step. Returns its detached loss, logs and gradient norm."""
         set_lr(opt, self.lr)
         opt.zero_grad(set_to_none=True)  # also drops what another group's pass put there
-        loss, logs = self._backward(parts, () if len(self.optimizers) == 1 else (self.step, name))
+        args = () if len(self.optimizers) == 1 else (self.step, name)
+        if name in self._unchecked:
+            loss, logs = self._checked_backward(name, parts, args)
+        else:
+            loss, logs = self._backward(parts, args)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         params = [p for group in opt.param_groups for p in group["params"]]
@@ -442,6 +446,35 @@ class Trainer:
         else:
             opt.step()
         return {"loss": loss, **logs, "grad_norm": norm.detach()}
+
+    def _checked_backward(
+        self, name: str, parts: list[Any], args: tuple[Any, ...]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``_backward`` of optimizer ``name``'s first compiled step. When inductor's stride
+        check fails in it (CUDA's convolution_backward returns other strides than inductor
+        predicted: pytorch#171622 and #197517; seen with torch 2.11 on an H200, where Table 3's
+        decoder hit it), the step is undone (weights, buffers, RNG, gradients) and redone
+        without torch.compile, which the run then keeps, saying so once."""
+        self._unchecked.discard(name)
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        rng = capture_rng()
+        try:
+            return self._backward(parts, args)
+        except AssertionError as err:
+            if "stride" not in str(err) or self.forward is self._eager_forward:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else "AssertionError"
+            print(
+                f"torch.compile: the compiled step failed inductor's stride check ({first}); "
+                "training on without torch.compile (pytorch#171622)",
+                file=sys.stderr,
+            )
+            self.model.load_state_dict(state)
+            restore_rng(rng)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            self.forward, self._unchecked = self._eager_forward, set()
+            return self._backward(parts, args)
 
     def _backward(
         self, parts: list[Any], args: tuple[Any, ...] = ()
@@ -700,4 +733,5 @@ class Trainer:
             wall_time=wall_time,
             items_per_second=self.meter.rate,
             run_dir=self.run_dir,
+            compiled=self.forward is not self._eager_forward,
         )
