@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mvq.sweep import last_json_object
+from mvq.experiments.sweep import last_json_object
 
 RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-5  # the stated tolerance of a resumed run's weights
 PARTS_DIR = "parts"  # WORK/parts/NAME.json: one record per finished part
@@ -68,8 +68,18 @@ def run_torchrun(argv: list[str]) -> int:
     kept = dist.is_initialized()
     dist.destroy_process_group()
     ok = code == 0 and reduced and kept
-    print(json.dumps({"backend": backend, "world_size": world, "all_reduce_ok": reduced,
-                      "group_left_to_caller": kept, "mvq_exit": code, "ok": ok}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "world_size": world,
+                "all_reduce_ok": reduced,
+                "group_left_to_caller": kept,
+                "mvq_exit": code,
+                "ok": ok,
+            }
+        )
+    )
     return 0 if ok else 1
 
 
@@ -134,7 +144,7 @@ def e2e_report(runs: Path) -> dict[str, Any]:
         "samples": {
             k: smp.get(k)
             for k in ("sample_fd_fmnist", "sample_f8", "sample_f1_8", "prior_nll_nats_per_token")
-        },  # fmt: skip
+        },
         "eval_device": rec["meta"]["device"],
         "fd_fmnist_classifier": rec["meta"].get("fd_fmnist_classifier"),
         "unavailable": sorted(rec.get("unavailable", {})),
@@ -155,8 +165,13 @@ def summarize(work: Path, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
         record["result"] = last_json_object(text)
         parts[path.stem] = record
     failed = [name for name, r in parts.items() if r["status"] != "ok"]
-    summary = {**meta, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "parts": parts, "failed": failed, "ok": bool(parts) and not failed}  # fmt: skip
+    summary = {
+        **meta,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parts": parts,
+        "failed": failed,
+        "ok": bool(parts) and not failed,
+    }
     tmp = out / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")

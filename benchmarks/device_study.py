@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mvq.sweep import (
+from mvq.experiments.sweep import (
     Cell,
     SweepConfig,
     cell_stages,
@@ -82,8 +82,18 @@ def to_run(sweep: SweepConfig, cells: list[Cell], wanted: list[int] | None) -> l
 def sweep_command(file: str, out: str | None, cell: Cell, threads: int) -> list[str]:
     """``mvq sweep FILE --cell I`` with this job's share of the CPUs."""
     extra = [] if out is None else ["--out", out]
-    return [sys.executable, "-m", "mvq.cli", "sweep", file, "--cell", str(cell.index),
-            "--threads", str(threads), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "mvq.cli",
+        "sweep",
+        file,
+        "--cell",
+        str(cell.index),
+        "--threads",
+        str(threads),
+        *extra,
+    ]
 
 
 def stop(procs: list[subprocess.Popen], grace: float) -> None:
@@ -122,15 +132,19 @@ def run_cells(args: argparse.Namespace, sweep: SweepConfig, queue: list[Cell]) -
             cell = waiting.pop(0)
             with open(logs / f"cell_{cell.index}.log", "w") as log:  # the child keeps its copy
                 proc = subprocess.Popen(
-                    sweep_command(args.sweep, args.out, cell, threads), stdout=log,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    sweep_command(args.sweep, args.out, cell, threads),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
                     start_new_session=True,
-                )  # fmt: skip
+                )
             running.append((proc, cell, time.monotonic()))
             print(f"cell {cell.index} ({cell.name}) started, {left / 60:.1f} min left", flush=True)
         if left <= 60 * args.min_start and waiting:
-            records += [{"index": c.index, "name": c.name, "status": "not_started"}
-                        for c in waiting]  # fmt: skip
+            records += [
+                {"index": c.index, "name": c.name, "status": "not_started"} for c in waiting
+            ]
             waiting = []
         time.sleep(0.5)
     return records
@@ -142,8 +156,13 @@ def outcome(
     """What became of one started cell (``stopped``: interrupted at the deadline)."""
     status = "finished" if finished(sweep, cell) else "interrupted" if stopped else "failed"
     print(f"cell {cell.index} {status} after {wall / 60:.1f} min (exit {code})", flush=True)
-    return {"index": cell.index, "name": cell.name, "status": status, "exit_code": code,
-            "wall_s": round(wall, 1)}  # fmt: skip
+    return {
+        "index": cell.index,
+        "name": cell.name,
+        "status": status,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+    }
 
 
 # --- what git would commit ---------------------------------------------------------------------
@@ -154,10 +173,22 @@ def committed_files(folder: Path) -> list[str]:
     in a work tree, else ``ignored`` over the ``.gitignore`` files above and inside it."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(folder), "ls-files", "-z", "--cached", "--others",
-             "--exclude-standard", "--", "."],
-            capture_output=True, check=True, timeout=60,
-        )  # fmt: skip
+            [
+                "git",
+                "-C",
+                str(folder),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+                "--",
+                ".",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
         names = {p for p in out.stdout.decode().split("\0") if p}
         return sorted(p for p in names if (folder / p).is_file())  # tracked but deleted: no
     except (OSError, subprocess.SubprocessError):
@@ -223,9 +254,12 @@ def machine() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
-            "cpus": os.cpu_count()}  # fmt: skip
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cpus": os.cpu_count(),
+    }
 
 
 def pack(args: argparse.Namespace, sweep: SweepConfig) -> dict[str, Any]:
@@ -246,10 +280,16 @@ def pack(args: argparse.Namespace, sweep: SweepConfig) -> dict[str, Any]:
                     tar.add(folder / f, arcname=f"cells/{name}/{f}", recursive=False)
                 packed.append(name)
                 total += size
-            manifest = {"sweep": sweep.name, "sweep_file": args.sweep, "cells": packed,
-                        "left_out_over_size": left_out, "run": run, "machine": machine(),
-                        "commit": repo_commit(Path(__file__).resolve()),  # the code that ran
-                        "packed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+            manifest = {
+                "sweep": sweep.name,
+                "sweep_file": args.sweep,
+                "cells": packed,
+                "left_out_over_size": left_out,
+                "run": run,
+                "machine": machine(),
+                "commit": repo_commit(Path(__file__).resolve()),  # the code that ran
+                "packed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             data = json.dumps(manifest, indent=2).encode()
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mtime = len(data), int(time.time())
@@ -279,8 +319,10 @@ def unpack(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=sweep.out) as tmp, tarfile.open(args.archive) as tar:
         tar.extractall(tmp, filter="data")
         manifest = json.loads((Path(tmp) / MANIFEST).read_text())
-        print(f"{args.archive}: {len(manifest['cells'])} cells of sweep {manifest['sweep']}, "
-              f"run on {manifest['machine']['device']} at {manifest['commit']}")  # fmt: skip
+        print(
+            f"{args.archive}: {len(manifest['cells'])} cells of sweep {manifest['sweep']}, "
+            f"run on {manifest['machine']['device']} at {manifest['commit']}"
+        )
         taken = 0
         for name in manifest["cells"]:
             taken += place(sweep, cells.get(name), name, Path(tmp) / "cells" / name)
@@ -359,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     records = run_cells(args, sweep, queue)
     run = {"minutes": args.minutes, "jobs": args.jobs, "cells": records}
     (Path(args.work) / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    counts = {s: sum(r["status"] == s for r in records) for s in
-              ("finished", "failed", "interrupted", "not_started")}  # fmt: skip
+    counts = {
+        s: sum(r["status"] == s for r in records)
+        for s in ("finished", "failed", "interrupted", "not_started")
+    }
     print(json.dumps(counts))
     return 0
 

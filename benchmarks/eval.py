@@ -50,12 +50,19 @@ def bench_fd_fmnist() -> dict[str, float]:
     t0, c0 = time.perf_counter(), time.process_time()
     value = fd_fmnist(classifier.model, images, reference)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"fd_fmnist 10k vs test split: {seconds:.2f} s ({cpu:.2f} CPU s), value {value:.3f}, "
-          f"shipped classifier {classifier.meta['key']}, accuracy "
-          f"{classifier.meta['accuracy']:.4f}")  # fmt: skip
-    out = {"fd_fmnist_10k_seconds": seconds, "fd_fmnist_10k_cpu_seconds": cpu,
-           "fd_fmnist_10k_train_vs_test": value, "classifier_accuracy": classifier.meta["accuracy"],
-           "classifier_id": classifier.meta["key"], "classifier_load_seconds": setup}  # fmt: skip
+    print(
+        f"fd_fmnist 10k vs test split: {seconds:.2f} s ({cpu:.2f} CPU s), value {value:.3f}, "
+        f"shipped classifier {classifier.meta['key']}, accuracy "
+        f"{classifier.meta['accuracy']:.4f}"
+    )
+    out = {
+        "fd_fmnist_10k_seconds": seconds,
+        "fd_fmnist_10k_cpu_seconds": cpu,
+        "fd_fmnist_10k_train_vs_test": value,
+        "classifier_accuracy": classifier.meta["accuracy"],
+        "classifier_id": classifier.meta["key"],
+        "classifier_load_seconds": setup,
+    }
     return out
 
 

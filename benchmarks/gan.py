@@ -52,8 +52,9 @@ def make_model(j: int, adversarial: bool, lpips: torch.nn.Module | None, device)
     """The benchmarked MVQGAN: adversarial term on (``disc_start=0``) or off; LPIPS or none."""
     torch.manual_seed(0)
     perceptual = "lpips" if lpips is not None else "none"
-    model = create_tokenizer(NAME, num_hypotheses=j, perceptual=perceptual,
-                             disc_start=0 if adversarial else 10**9)  # fmt: skip
+    model = create_tokenizer(
+        NAME, num_hypotheses=j, perceptual=perceptual, disc_start=0 if adversarial else 10**9
+    )
     if lpips is not None:
         model.gan_loss.set_perceptual(lpips)
     return model.to(device).train()
@@ -136,13 +137,20 @@ def main() -> None:
     base, _ = time_steps(make_model(j, False, None, device), x, repeats)
     flops = step_flops(make_model(j, True, lpips, device), x)
     res = {
-        "device": str(device), "threads": args.threads, "J": j, "batch": len(x),
-        "lpips_backbone": backbone, "step_s": full, "images_per_s": len(x) / full,
-        "search_share": search / full, "lpips_share": (full - no_lpips) / full,
-        "discriminator_share": (no_lpips - base) / full, "rest_share": (base - search) / full,
+        "device": str(device),
+        "threads": args.threads,
+        "J": j,
+        "batch": len(x),
+        "lpips_backbone": backbone,
+        "step_s": full,
+        "images_per_s": len(x) / full,
+        "search_share": search / full,
+        "lpips_share": (full - no_lpips) / full,
+        "discriminator_share": (no_lpips - base) / full,
+        "rest_share": (base - search) / full,
         "step_gflop": flops / 1e9,
         "achieved_gflop_per_s": flops / 1e9 / full,
-    }  # fmt: skip
+    }
     print(f"MVQGAN step, 64x64, batch {len(x)}, J = {j}, {device} ({args.threads} threads)")
     print(f"  {len(x) / full:8.1f} images/s   ({full * 1e3:.0f} ms per step)")
     print(f"  {res['search_share']:8.1%} MH-Dropout search")

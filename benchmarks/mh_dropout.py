@@ -53,8 +53,11 @@ def build(kind: str, j: int, device: str) -> tuple[torch.nn.Module, torch.optim.
         model = create_tokenizer("vqvae2_fmnist_s4_k16")
     else:  # "chunked", "chunked_bf16", "compiled_bf16" = per-instance masks; "per_code",
         # "shared" (chunked search), "all_in_graph"
-        search = {"all_in_graph": "all_in_graph", "chunked_bf16": "chunked_bf16",
-                  "compiled_bf16": "chunked_bf16"}.get(kind, "chunked")  # fmt: skip
+        search = {
+            "all_in_graph": "all_in_graph",
+            "chunked_bf16": "chunked_bf16",
+            "compiled_bf16": "chunked_bf16",
+        }.get(kind, "chunked")
         model = create_tokenizer(
             "mvqvae_fmnist_s4_k16",
             num_hypotheses=j,
@@ -174,8 +177,11 @@ def gemm_peak_gflops(device: str, dtype: torch.dtype) -> float:
 
 def report_j2048(x: torch.Tensor, repeats: int, res: dict, peaks: dict[str, float]) -> None:
     """Search time, FLOPs and share of the GEMM peak at J = 2048 (fp32 and bf16 first pass)."""
-    for kind, dtype, tag in (("chunked", "fp32", ""), ("chunked_bf16", "bf16", "_bf16"),
-                             ("compiled_bf16", "bf16", "_compiled_bf16")):  # fmt: skip
+    for kind, dtype, tag in (
+        ("chunked", "fp32", ""),
+        ("chunked_bf16", "bf16", "_bf16"),
+        ("compiled_bf16", "bf16", "_compiled_bf16"),
+    ):
         t, flops = search_cost(kind, 2048, x, repeats)
         res[f"search{tag}_ms_j2048"] = 1e3 * t
         res[f"search{tag}_gflop_j2048"] = flops / 1e9
@@ -217,14 +223,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = torch.rand(32, 1, 28, 28, device=args.device) * 2 - 1
     res: dict[str, float | str | list] = {
-        "device": args.device, "threads": args.threads, "repeats": args.repeats
-    }  # fmt: skip
+        "device": args.device,
+        "threads": args.threads,
+        "repeats": args.repeats,
+    }
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {k: gemm_peak_gflops(args.device, d) for k, d in dtypes.items()}
     res |= {f"gemm_peak_gflops_{k}": v for k, v in peaks.items()}
     res["vq_peak_mb"] = peak_memory("vq", 0, x) / 2**20
-    heads = ("inst ms", "inst+c ms", "code ms", "shared ms", "graph ms", "speedup", "spd code",
-             "MVQ/VQ", "peak MiB", "graph MiB")  # fmt: skip
+    heads = (
+        "inst ms",
+        "inst+c ms",
+        "code ms",
+        "shared ms",
+        "graph ms",
+        "speedup",
+        "spd code",
+        "MVQ/VQ",
+        "peak MiB",
+        "graph MiB",
+    )
     print(f"{'J':>5} " + " ".join(f"{h:>9}" for h in heads))
     for j in js:
         t = time_steps(["vq", *KINDS], j, x, args.repeats)
@@ -243,18 +261,22 @@ def main() -> None:
             f"speedup_vs_all_in_graph_j{j}": median_ratio(graph, t[best]),
             f"speedup_runs_j{j}": [round(a / b, 3) for a, b in zip(graph, t[best], strict=True)],
             f"mvq_over_vq_j{j}": median_ratio(t[best], t["vq"]),
-            **{f"speedup_vs_all_in_graph_j{j}_{k}": median_ratio(graph, t[k])
-               for k in PER_INSTANCE},
+            **{
+                f"speedup_vs_all_in_graph_j{j}_{k}": median_ratio(graph, t[k]) for k in PER_INSTANCE
+            },
             **{f"mvq_over_vq_j{j}_{k}": median_ratio(t[k], t["vq"]) for k in PER_INSTANCE},
             f"speedup_vs_all_in_graph_j{j}_per_code": median_ratio(graph, t["per_code"]),
             f"mvq_over_vq_j{j}_per_code": median_ratio(t["per_code"], t["vq"]),
             f"peak_mb_j{j}": m_c / 2**20,
             f"all_in_graph_peak_mb_j{j}": m_g / 2**20,
-        }  # fmt: skip
+        }
         cells = [1e3 * med[k] for k in KINDS] + [
-            res[f"speedup_vs_all_in_graph_j{j}"], res[f"speedup_vs_all_in_graph_j{j}_per_code"],
-            res[f"mvq_over_vq_j{j}"], m_c / 2**20, m_g / 2**20,
-        ]  # fmt: skip
+            res[f"speedup_vs_all_in_graph_j{j}"],
+            res[f"speedup_vs_all_in_graph_j{j}_per_code"],
+            res[f"mvq_over_vq_j{j}"],
+            m_c / 2**20,
+            m_g / 2**20,
+        ]
         print(f"{j:>5} " + " ".join(f"{v:>9.2f}" for v in cells))
     if 16 in js and 2048 in js:
         res["mem_ratio_j2048_over_j16"] = res["peak_mb_j2048"] / res["peak_mb_j16"]

@@ -154,8 +154,9 @@ def vq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, obj
         "vq_vqpytorch_rotation": vqp.VectorQuantize(**dict(like, rotation_trick=True), decay=0.99),
         "vq_vqpytorch_cosine": vqp.VectorQuantize(**like, decay=0.99, use_cosine_sim=True),
     }
-    simvq_theirs = vqp.SimVQ(dim=D, codebook_size=K, rotation_trick=False,
-                             input_to_quantize_commit_loss_weight=0.25)  # fmt: skip
+    simvq_theirs = vqp.SimVQ(
+        dim=D, codebook_size=K, rotation_trick=False, input_to_quantize_commit_loss_weight=0.25
+    )
     ours, ours_ema = VectorQuantizer(K, D), VectorQuantizer(K, D, ema=True, decay=0.99)
     ours_rotation = VectorQuantizer(K, D, ema=True, decay=0.99, rotation_trick=True)
     ours_cosine = VectorQuantizer(K, D, ema=True, decay=0.99, cosine=True)
@@ -225,8 +226,11 @@ def lfq_bsq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str
     ours = {"lfq_ours": LFQ(LFQ_DIM), "bsq_ours": BSQ(LFQ_DIM)}  # their defaults
     theirs = {}
     for name, q in ours.items():
-        options = dict(entropy_loss_weight=q.entropy_weight, diversity_gamma=q.diversity_gamma,
-                       commitment_loss_weight=q.commitment_weight)  # fmt: skip
+        options = dict(
+            entropy_loss_weight=q.entropy_weight,
+            diversity_gamma=q.diversity_gamma,
+            commitment_loss_weight=q.commitment_weight,
+        )
         ref = vqp.LFQ(dim=LFQ_DIM, spherical=isinstance(q, BSQ), **options)
         theirs[name.replace("ours", "vqpytorch")] = ref, 1 / q.temperature
 
@@ -240,11 +244,20 @@ def lfq_bsq_cases() -> tuple[dict[str, Callable[[], object]], dict[str, dict[str
     for name, (ref, inv_t) in theirs.items():  # (quantized, indices, loss) -> (quantized, loss)
         cases[name] = fwd_bwd(lambda ref=ref, inv_t=inv_t: ref(x, inv_temperature=inv_t)[::2])
     used = {
-        name: {key: getattr(ref, key) for key in ("spherical", "entropy_loss_weight",
-               "commitment_loss_weight", "diversity_gamma", "codebook_scale",
-               "frac_per_sample_entropy")} | {"dim": LFQ_DIM, "inv_temperature": inv_t}
+        name: {
+            key: getattr(ref, key)
+            for key in (
+                "spherical",
+                "entropy_loss_weight",
+                "commitment_loss_weight",
+                "diversity_gamma",
+                "codebook_scale",
+                "frac_per_sample_entropy",
+            )
+        }
+        | {"dim": LFQ_DIM, "inv_temperature": inv_t}
         for name, (ref, inv_t) in theirs.items()
-    }  # fmt: skip
+    }
     return cases, used
 
 
@@ -275,36 +288,86 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, repeats: int) -
 
 # (label, ours, baseline, JSON name of ours / baseline); every baseline is timed in the same run
 ROWS = [
-    ("VQ no EMA vs vqpytorch no EMA, no rotation", "vq_ours", "vq_vqpytorch_noema",
-     "vq_noema_time_over_vqpytorch_noema"),
-    ("VQ EMA vs vqpytorch EMA, no rotation", "vq_ours_ema", "vq_vqpytorch_ema",
-     "vq_ema_time_over_vqpytorch_ema"),
-    ("VQ EMA vs vqpytorch DEFAULTS (rotation trick)", "vq_ours_ema", "vq_vqpytorch_defaults",
-     "vq_ema_time_over_vqpytorch_defaults"),
-    ("VQ EMA rotation trick vs vqpytorch EMA rotation", "vq_ours_rotation",
-     "vq_vqpytorch_rotation", "vq_rotation_time_over_vqpytorch"),
-    ("VQ EMA cosine vs vqpytorch EMA cosine", "vq_ours_cosine", "vq_vqpytorch_cosine",
-     "vq_cosine_time_over_vqpytorch"),
-    ("SimVQ vs vqpytorch SimVQ, no rotation", "simvq_ours", "simvq_vqpytorch",
-     "simvq_time_over_vqpytorch"),
-    ("Residual VQ, 4 EMA levels vs vqpytorch ResidualVQ", "rvq_ours", "rvq_vqpytorch",
-     "rvq_time_over_vqpytorch"),
+    (
+        "VQ no EMA vs vqpytorch no EMA, no rotation",
+        "vq_ours",
+        "vq_vqpytorch_noema",
+        "vq_noema_time_over_vqpytorch_noema",
+    ),
+    (
+        "VQ EMA vs vqpytorch EMA, no rotation",
+        "vq_ours_ema",
+        "vq_vqpytorch_ema",
+        "vq_ema_time_over_vqpytorch_ema",
+    ),
+    (
+        "VQ EMA vs vqpytorch DEFAULTS (rotation trick)",
+        "vq_ours_ema",
+        "vq_vqpytorch_defaults",
+        "vq_ema_time_over_vqpytorch_defaults",
+    ),
+    (
+        "VQ EMA rotation trick vs vqpytorch EMA rotation",
+        "vq_ours_rotation",
+        "vq_vqpytorch_rotation",
+        "vq_rotation_time_over_vqpytorch",
+    ),
+    (
+        "VQ EMA cosine vs vqpytorch EMA cosine",
+        "vq_ours_cosine",
+        "vq_vqpytorch_cosine",
+        "vq_cosine_time_over_vqpytorch",
+    ),
+    (
+        "SimVQ vs vqpytorch SimVQ, no rotation",
+        "simvq_ours",
+        "simvq_vqpytorch",
+        "simvq_time_over_vqpytorch",
+    ),
+    (
+        "Residual VQ, 4 EMA levels vs vqpytorch ResidualVQ",
+        "rvq_ours",
+        "rvq_vqpytorch",
+        "rvq_time_over_vqpytorch",
+    ),
     ("VQ no EMA vs cdist+argmin", "vq_ours", "vq_cdist", "vq_time_over_cdist"),
-    ("VQ forward (eval, no grad) vs distance GEMM", "vq_forward_ours", "vq_distance_matmul",
-     "vq_forward_time_over_matmul"),
+    (
+        "VQ forward (eval, no grad) vs distance GEMM",
+        "vq_forward_ours",
+        "vq_distance_matmul",
+        "vq_forward_time_over_matmul",
+    ),
     ("FSQ (8,5,5,5) vs vqpytorch FSQ", "fsq_ours", "fsq_vqpytorch", "fsq_time_over_vqpytorch"),
-    ("FSQ bound='vqpytorch' vs vqpytorch FSQ", "fsq_ours_vqpytorch_bound", "fsq_vqpytorch",
-     "fsq_vqpytorch_bound_time_over_vqpytorch"),
-    ("FSQ quantize() only", "fsq_quantize_ours", "fsq_quantize_vqpytorch",
-     "fsq_quantize_time_over_vqpytorch"),
+    (
+        "FSQ bound='vqpytorch' vs vqpytorch FSQ",
+        "fsq_ours_vqpytorch_bound",
+        "fsq_vqpytorch",
+        "fsq_vqpytorch_bound_time_over_vqpytorch",
+    ),
+    (
+        "FSQ quantize() only",
+        "fsq_quantize_ours",
+        "fsq_quantize_vqpytorch",
+        "fsq_quantize_time_over_vqpytorch",
+    ),
     ("LFQ d=9 vs vqpytorch LFQ", "lfq_ours", "lfq_vqpytorch", "lfq_time_over_vqpytorch"),
-    ("BSQ d=9 vs vqpytorch LFQ(spherical)", "bsq_ours", "bsq_vqpytorch",
-     "bsq_time_over_vqpytorch"),
-]  # fmt: skip
-VQ_STEPS = ["vq_ours", "vq_ours_ema", "vq_vqpytorch_noema", "vq_vqpytorch_ema",
-            "vq_vqpytorch_defaults", "vq_ours_rotation", "vq_vqpytorch_rotation",
-            "vq_ours_cosine", "vq_vqpytorch_cosine", "simvq_ours", "simvq_vqpytorch",
-            "vq_cdist", "vq_forward_ours"]  # fmt: skip
+    ("BSQ d=9 vs vqpytorch LFQ(spherical)", "bsq_ours", "bsq_vqpytorch", "bsq_time_over_vqpytorch"),
+]
+VQ_STEPS = [
+    "vq_ours",
+    "vq_ours_ema",
+    "vq_vqpytorch_noema",
+    "vq_vqpytorch_ema",
+    "vq_vqpytorch_defaults",
+    "vq_ours_rotation",
+    "vq_vqpytorch_rotation",
+    "vq_ours_cosine",
+    "vq_vqpytorch_cosine",
+    "simvq_ours",
+    "simvq_vqpytorch",
+    "vq_cdist",
+    "vq_forward_ours",
+]
 
 
 def report(ms: dict[str, float], vqpytorch_settings: dict[str, object]) -> dict[str, object]:

@@ -40,10 +40,10 @@ from collections.abc import Callable
 
 import torch
 
+from mvq.core.tokens import Tokens
 from mvq.priors import TransformerPrior, create_prior
 from mvq.sampling import sample_autoregressive, sample_autoregressive_naive
 from mvq.tokenizers import create_tokenizer, list_tokenizers
-from mvq.tokens import Tokens
 
 TABLE6 = {  # seconds per image: (GPU RTX2080, CPU i9-9900)
     "1+1": (0.013, 0.014),
@@ -209,16 +209,20 @@ def fmt(x: float | None, spec: str) -> str:
 
 def print_table(rows: list[dict]) -> None:
     """Human-readable summary: seconds per image and speedups vs Table 6, then the speedups."""
-    print(f"{'tokens':>6} {'sampler':>12} {'table6 s':>9} {'tokens s':>10} {'x table6':>9} "
-          f"{'+decode s':>10} {'x table6':>9}")  # fmt: skip
+    print(
+        f"{'tokens':>6} {'sampler':>12} {'table6 s':>9} {'tokens s':>10} {'x table6':>9} "
+        f"{'+decode s':>10} {'x table6':>9}"
+    )
     for r in rows:
         for n in SAMPLERS:
             plus = r.get("tokens_plus_decode_s", {}).get(n)
             plus_x = r.get("speedup_vs_table6_with_decode", {}).get(n)
-            print(f"{r['tokens']:>6} {n:>12} {r['table6_s']:>9.4g} "
-                  f"{fmt(r['seconds_per_image'][n], '.3g'):>10} "
-                  f"{fmt(r['speedup_vs_table6'][n], '.1f'):>9} {fmt(plus, '.3g'):>10} "
-                  f"{fmt(plus_x, '.1f'):>9}")  # fmt: skip
+            print(
+                f"{r['tokens']:>6} {n:>12} {r['table6_s']:>9.4g} "
+                f"{fmt(r['seconds_per_image'][n], '.3g'):>10} "
+                f"{fmt(r['speedup_vs_table6'][n], '.1f'):>9} {fmt(plus, '.3g'):>10} "
+                f"{fmt(plus_x, '.1f'):>9}"
+            )
     print(f"\n{'tokens':>6} " + " ".join(f"{k:>20}" for k in SPEEDUPS) + f" {'of GEMM':>8}")
     for r in rows:
         note = "  (1+1: nothing to cache)" if r["nothing_to_cache"] else ""
@@ -247,8 +251,11 @@ def main() -> None:
     print(f"{setup}, random-init priors; best-of-runs seconds per image (shared machine)")
     print_table(rows)
     b64 = [r["speedup_vs_table6"]["b64_cached"] for r in rows]
-    b64_decode = [r["speedup_vs_table6_with_decode"]["b64_cached"] for r in rows
-                  if "speedup_vs_table6_with_decode" in r]  # fmt: skip
+    b64_decode = [
+        r["speedup_vs_table6_with_decode"]["b64_cached"]
+        for r in rows
+        if "speedup_vs_table6_with_decode" in r
+    ]
     summary = {
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -36,10 +36,17 @@ def images_per_second(
     x = torch.rand(args.batch_size * args.steps, 1, 28, 28) * 2 - 1
     data = TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
     cfg = TrainConfig(
-        batch_size=args.batch_size, max_steps=args.steps, log_every=args.steps,
-        ckpt_every=10**9, sample_every=10**9, device=args.device, precision=precision,
-        compile=compiled, tf32=True, fused_optimizer=fused,
-    )  # fmt: skip
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        log_every=args.steps,
+        ckpt_every=10**9,
+        sample_every=10**9,
+        device=args.device,
+        precision=precision,
+        compile=compiled,
+        tf32=True,
+        fused_optimizer=fused,
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(model, data, None, cfg, os.path.join(run_dir, "run"))
     return result.items_per_second, result.compiled
@@ -56,9 +63,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also each precision compiled")
     args = ap.parse_args()
     res: dict[str, object] = {
-        "model": args.model, "device": args.device, "batch_size": args.batch_size,
+        "model": args.model,
+        "device": args.device,
+        "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
     print(f"{'setting':<16}{'images/s':>10}")
     for compiled in (False, True) if args.compile else (False,):
         for precision in args.precisions.split(","):

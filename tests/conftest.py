@@ -120,13 +120,30 @@ def tiny_mvq_run(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("viz_run")
     cfg = tmp / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "mvqvae_fmnist_s4_k16",
-                                   "data": {"name": "fashion_mnist"}}))  # fmt: skip
-    sets = ["model_config.channels=16", "model_config.res_channels=8",
-            "model_config.num_hypotheses=8", "train.log_every=2", "train.val_every=3",
-            "train.val_batches=1", "train.sample_every=6"]  # fmt: skip
-    argv = ["train", "--config", str(cfg), "--out", str(tmp / "mvq"), "--max-steps", "6",
-            "--batch-size", "8", *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump({"model": "mvqvae_fmnist_s4_k16", "data": {"name": "fashion_mnist"}})
+    )
+    sets = [
+        "model_config.channels=16",
+        "model_config.res_channels=8",
+        "model_config.num_hypotheses=8",
+        "train.log_every=2",
+        "train.val_every=3",
+        "train.val_batches=1",
+        "train.sample_every=6",
+    ]
+    argv = [
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp / "mvq"),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "8",
+        *(a for s in sets for a in ("--set", s)),
+    ]
     assert main(argv) == 0
     return tmp / "mvq"
 
@@ -172,8 +189,12 @@ def device(test_device: torch.device):
         yield test_device
         return
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (matmul.allow_tf32, cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    before = (
+        matmul.allow_tf32,
+        cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     matmul.allow_tf32 = cudnn.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -205,9 +226,13 @@ def torchrun(source: str, tmp_path: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # own process group: on a timeout the workers die with torchrun instead of lingering
     proc = subprocess.Popen(
-        [*cmd, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [*cmd, str(script), str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

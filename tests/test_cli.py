@@ -10,8 +10,8 @@ import yaml
 from conftest import expect_error
 
 from mvq.cli import main
-from mvq.runconfig import paper_run_configs, render_yaml
 from mvq.tokenizers import load_tokenizer
+from mvq.training.runconfig import paper_run_configs, render_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model_config.channels=16", "--set", "model_config.res_channels=8"]
@@ -34,16 +34,26 @@ def test_committed_configs_are_the_generated_ones() -> None:
 def test_config_errors_are_one_line_with_a_suggestion(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     cfg = write_config(tmp_path, model_config={"num_hypothesis": 8})
-    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run)],
-                 "unknown key 'num_hypothesis' (did you mean 'num_hypotheses'?)")  # fmt: skip
+    expect_error(
+        capsys,
+        ["train", "--config", str(cfg), "--out", str(run)],
+        "unknown key 'num_hypothesis' (did you mean 'num_hypotheses'?)",
+    )
     cfg = write_config(tmp_path, trian={"lr": 1})
-    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run)],
-                 "(did you mean 'train'?)")  # fmt: skip
+    expect_error(
+        capsys, ["train", "--config", str(cfg), "--out", str(run)], "(did you mean 'train'?)"
+    )
     cfg = write_config(tmp_path)
-    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(run), "--set",
-                          "train.max_step=3"], "(did you mean 'max_steps'?)")  # fmt: skip
-    expect_error(capsys, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(run)],
-                 "does not exist")  # fmt: skip
+    expect_error(
+        capsys,
+        ["train", "--config", str(cfg), "--out", str(run), "--set", "train.max_step=3"],
+        "(did you mean 'max_steps'?)",
+    )
+    expect_error(
+        capsys,
+        ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(run)],
+        "does not exist",
+    )
     assert not run.exists()  # nothing half-written
 
 
@@ -57,24 +67,30 @@ def test_data_errors_are_one_line(tmp_path, capsys) -> None:
 @pytest.mark.real_data
 def test_image_size_mismatch_and_unwritable_run_dir(tmp_path, capsys) -> None:
     cfg = write_config(tmp_path, model="mvqvae_cifar10_s4_k16")
-    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")],
-                 "expects (3, 32, 32)")  # fmt: skip
+    expect_error(
+        capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")], "expects (3, 32, 32)"
+    )
     blocker = tmp_path / "file"
     blocker.write_text("")
     cfg = write_config(tmp_path)
-    expect_error(capsys, ["train", "--config", str(cfg), "--out", str(blocker / "run"),
-                          "--max-steps", "2", *TINY], "not writable")  # fmt: skip
+    expect_error(
+        capsys,
+        ["train", "--config", str(cfg), "--out", str(blocker / "run"), "--max-steps", "2", *TINY],
+        "not writable",
+    )
 
 
 @pytest.mark.real_data
 def test_train_then_resume_exactly_on_real_data(tmp_path, capsys) -> None:
-    cfg = write_config(tmp_path, model_config={"num_hypotheses": 8},
-                       train={"log_every": 2, "sample_every": 4, "ckpt_every": 2})  # fmt: skip
+    cfg = write_config(
+        tmp_path,
+        model_config={"num_hypotheses": 8},
+        train={"log_every": 2, "sample_every": 4, "ckpt_every": 2},
+    )
     base = ["train", "--config", str(cfg), *TINY, "--set", "train.val_batches=2"]
     assert main([*base, "--out", str(tmp_path / "full"), "--max-steps", "6"]) == 0
     assert main([*base, "--out", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
-    expect_error(capsys, [*base, "--out", str(tmp_path / "cut"), "--max-steps", "6"],
-                 "--resume")  # fmt: skip
+    expect_error(capsys, [*base, "--out", str(tmp_path / "cut"), "--max-steps", "6"], "--resume")
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "cut"), "--max-steps", "6", "--resume"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -100,8 +116,8 @@ def test_corrupted_checkpoint_on_resume_is_a_clear_error(tmp_path, capsys) -> No
 @pytest.mark.real_data
 def test_tiny_mvqvae_trains_stably_on_fashion_mnist(tmp_path) -> None:
     """SPEC: MVQ can diverge (||y|| -> 1e8); with Table 3's BatchNorm losses stay finite, fall."""
-    from mvq.runconfig import RunConfig
-    from mvq.train_tokenizer import train_tokenizer
+    from mvq.training.runconfig import RunConfig
+    from mvq.training.tokenizer_job import train_tokenizer
 
     cfg = RunConfig(
         "mvqvae_fmnist_s4_k16",
@@ -123,12 +139,25 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     """`make demo`'s job with tiny step counts: both tokenizers, priors, grids and the table."""
     from mvq.metrics import ClassifierConfig, load_classifier
 
-    tiny = load_classifier(ClassifierConfig(width=4, feature_dim=16, epochs=1, train_subset=1024),
-                           cache=tmp_path / "classifier")  # fmt: skip
-    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda *a: tiny)
+    tiny = load_classifier(
+        ClassifierConfig(width=4, feature_dim=16, epochs=1, train_subset=1024),
+        cache=tmp_path / "classifier",
+    )
+    monkeypatch.setattr("mvq.eval.evaluate.load_fd_classifier", lambda *a: tiny)
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--steps", "4", "--prior-steps", "3", "--subset", "256",
-            "--num-hypotheses", "8"]  # fmt: skip
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--prior-steps",
+        "3",
+        "--subset",
+        "256",
+        "--num-hypotheses",
+        "8",
+    ]
     assert main(argv) == 0
     for name in ("reconstructions.png", "samples_vqvae2.png", "samples_mvqvae.png", "metrics.md"):
         assert (out / name).is_file(), name
@@ -147,9 +176,17 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert "| mvqvae |" in printed
     # the stage times end the output, with the machine they were measured on
     table = printed.split("Stage times on ")[1]
-    stages = ["vqvae2 tokenizer", "vqvae2 encode + prior + 64 samples", "vqvae2 mvq eval",
-              "mvqvae tokenizer", "mvqvae encode + prior + 64 samples", "mvqvae mvq eval",
-              "reconstruction grid", "report page", "total"]  # fmt: skip
+    stages = [
+        "vqvae2 tokenizer",
+        "vqvae2 encode + prior + 64 samples",
+        "vqvae2 mvq eval",
+        "mvqvae tokenizer",
+        "mvqvae encode + prior + 64 samples",
+        "mvqvae mvq eval",
+        "reconstruction grid",
+        "report page",
+        "total",
+    ]
     rows = [ln.split(" | ")[0][2:] for ln in table.splitlines() if ln.startswith("| ")]
     assert rows[1:] == stages  # after the header row
     assert f"{tiny.meta['key']} (accuracy" in (out / "metrics.md").read_text()  # not the shipped
@@ -177,13 +214,24 @@ def test_torchrun_two_processes_train_a_tokenizer(tmp_path) -> None:
     argv = line.split()[1:]  # torchrun -> python -m torch.distributed.run
     argv = ["--nproc_per_node=2" if a.startswith("--nproc_per_node=") else a for a in argv]
     argv[argv.index("--out") + 1] = str(tmp_path / "ddp")
-    tiny = ["model_config.num_hypotheses=8", "model_config.channels=16",
-            "model_config.res_channels=8", "train.val_batches=1"]  # fmt: skip
+    tiny = [
+        "model_config.num_hypotheses=8",
+        "model_config.channels=16",
+        "model_config.res_channels=8",
+        "train.val_batches=1",
+    ]
     tiny = [a for s in tiny for a in ("--set", s)] + ["--max-steps", "3", "--batch-size", "8"]
     cmd = [sys.executable, "-m", "torch.distributed.run", *argv, *tiny, "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     try:
         out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

@@ -13,19 +13,34 @@ import yaml
 
 from mvq import __version__
 from mvq.cli import build_parser, main
-from mvq.errors import ConfigError, DeviceError, MVQError
-from mvq.runconfig import check_types, fits, parse_value
+from mvq.core.errors import ConfigError, DeviceError, MVQError
 from mvq.training import TrainConfig
+from mvq.training.runconfig import check_types, fits, parse_value
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-COMMANDS = ("train", "encode", "train-prior", "sample", "reconstruct", "tokenize", "decode",
-            "eval", "list", "configs", "demo", "sweep", "viz", "report")  # fmt: skip
+COMMANDS = (
+    "train",
+    "encode",
+    "train-prior",
+    "sample",
+    "reconstruct",
+    "tokenize",
+    "decode",
+    "eval",
+    "list",
+    "configs",
+    "demo",
+    "sweep",
+    "viz",
+    "report",
+)
 
 
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"model": "mvqvae_fmnist_s4_k16",
-                                    "data": {"name": "fashion_mnist"}}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump({"model": "mvqvae_fmnist_s4_k16", "data": {"name": "fashion_mnist"}})
+    )
     return path
 
 
@@ -78,8 +93,12 @@ def test_a_bad_device_is_one_line_for_every_command_that_runs_a_model(tmp_path, 
         ["demo"],
     ]
     for argv in commands:
-        expect_one_line(capsys, [*argv, "--out", str(out), "--device", "gpu0"],
-                        "--device gpu0: not a device name", out)  # fmt: skip
+        expect_one_line(
+            capsys,
+            [*argv, "--out", str(out), "--device", "gpu0"],
+            "--device gpu0: not a device name",
+            out,
+        )
 
 
 def test_cuda_without_a_gpu_says_use_cpu(tmp_path, capsys, monkeypatch):
@@ -87,12 +106,24 @@ def test_cuda_without_a_gpu_says_use_cpu(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     for device in ("cuda", "cuda:1"):
         argv = ["train", "--config", str(write_config(tmp_path)), "--out", str(out)]
-        expect_one_line(capsys, [*argv, "--device", device],
-                        f"--device {device}: CUDA is not available on this machine; use "
-                        "--device cpu", out)  # fmt: skip
+        expect_one_line(
+            capsys,
+            [*argv, "--device", device],
+            f"--device {device}: CUDA is not available on this machine; use --device cpu",
+            out,
+        )
     # the device of the YAML (train.device) is checked before the run directory is made
-    argv = ["train", "--config", str(write_config(tmp_path)), "--out", str(out), "--set",
-            "train.device=cuda", "--max-steps", "1"]  # fmt: skip
+    argv = [
+        "train",
+        "--config",
+        str(write_config(tmp_path)),
+        "--out",
+        str(out),
+        "--set",
+        "train.device=cuda",
+        "--max-steps",
+        "1",
+    ]
     expect_one_line(capsys, argv, "CUDA is not available", out)
 
 
@@ -113,8 +144,9 @@ def run_mvq(code: str) -> subprocess.CompletedProcess:
     """``python -c code`` with this checkout's mvq first on the path."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     env.pop("MVQ_DEBUG", None)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_debug_and_bugs_show_a_traceback(tmp_path):
@@ -200,20 +232,27 @@ def test_every_command_that_runs_a_model_takes_device():
 
 
 def test_project_errors_share_one_base():
+    from mvq.core.pretrained import CheckpointError
+    from mvq.core.registry import Registry
     from mvq.data import DataError
-    from mvq.evaluate import EvalError
+    from mvq.eval.evaluate import EvalError
+    from mvq.experiments.sweep import SweepError
     from mvq.metrics.weights import WeightsUnavailable
-    from mvq.pretrained import CheckpointError
-    from mvq.registry import Registry
-    from mvq.sweep import SweepError
+    from mvq.report.viz import VizError
     from mvq.training import RunDirError, TrainingDiverged
-    from mvq.viz import VizError
 
-    for cls, builtin in ((ConfigError, ValueError), (CheckpointError, ValueError),
-                         (DataError, ValueError), (EvalError, ValueError), (VizError, ValueError),
-                         (SweepError, ValueError), (DeviceError, ValueError),
-                         (RunDirError, RuntimeError), (TrainingDiverged, RuntimeError),
-                         (WeightsUnavailable, FileNotFoundError)):  # fmt: skip
+    for cls, builtin in (
+        (ConfigError, ValueError),
+        (CheckpointError, ValueError),
+        (DataError, ValueError),
+        (EvalError, ValueError),
+        (VizError, ValueError),
+        (SweepError, ValueError),
+        (DeviceError, ValueError),
+        (RunDirError, RuntimeError),
+        (TrainingDiverged, RuntimeError),
+        (WeightsUnavailable, FileNotFoundError),
+    ):
         assert issubclass(cls, MVQError) and issubclass(cls, builtin), cls
     with pytest.raises(KeyError) as err:  # still a KeyError, printed without quotes
         Registry("tokenizer").get("nope")
@@ -237,7 +276,7 @@ def test_values_are_checked_against_the_field_types():
 
 
 def test_resolve_device_names_the_problem(monkeypatch):
-    from mvq.training.distributed import resolve_device
+    from mvq.core.device import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(DeviceError, match="not a device name"):
@@ -261,7 +300,7 @@ def test_resolve_device_names_the_problem(monkeypatch):
 )
 def test_bad_sampling_options_are_config_errors(options, n, label, fragment):
     from mvq.priors import create_prior
-    from mvq.sample import SampleOptions, check_options
+    from mvq.sampling.pipeline import SampleOptions, check_options
 
     prior = create_prior("transformer_1p1", primary_vocab=8, secondary_vocab=8)
     with pytest.raises(ConfigError) as err:
@@ -274,8 +313,9 @@ def test_a_path_the_os_refuses_is_one_line(tmp_path: Path, capsys) -> None:
     without a path (a bug's) keeps its traceback."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    expect_one_line(capsys, ["configs", "--out", str(blocker / "configs")], "a_file",
-                    blocker / "configs")  # fmt: skip
+    expect_one_line(
+        capsys, ["configs", "--out", str(blocker / "configs")], "a_file", blocker / "configs"
+    )
 
 
 def test_an_oserror_without_a_path_is_a_bug(monkeypatch, tmp_path: Path) -> None:

@@ -103,8 +103,12 @@ def fake_imagenet(root: Path, compressed: bool = False) -> None:
     for i in range(1, 11):
         data = imagenet_rows(2, 2 * (i - 1))
         labels = [2 * (i - 1) + 1, 2 * (i - 1) + 2]  # 1-indexed on disk
-        save(root / "Imagenet64_train" / f"train_data_batch_{i}.npz", data=data, labels=labels,
-             mean=data.mean(0))  # fmt: skip
+        save(
+            root / "Imagenet64_train" / f"train_data_batch_{i}.npz",
+            data=data,
+            labels=labels,
+            mean=data.mean(0),
+        )
     save(root / "val_data.npz", data=imagenet_rows(3, 50), labels=[1000, 1, 7])
 
 

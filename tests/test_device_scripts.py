@@ -23,8 +23,15 @@ from safetensors.torch import save_file
 
 pytestmark = [pytest.mark.dry_run, pytest.mark.real_data]
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = {"tests", "e2e_mvqvae", "e2e_mvqgan", "torchrun", "bench_mh_dropout",
-         "bench_train_step", "bench_sampling"}  # fmt: skip
+PARTS = {
+    "tests",
+    "e2e_mvqvae",
+    "e2e_mvqgan",
+    "torchrun",
+    "bench_mh_dropout",
+    "bench_train_step",
+    "bench_sampling",
+}
 
 
 def helpers(name: str):
@@ -52,8 +59,13 @@ def run(argv: list[str], timeout: float, **env: str) -> subprocess.CompletedProc
 
 def test_acceptance_run_dry_run(tmp_path) -> None:
     out = tmp_path / "out"
-    proc = run(["bash", "benchmarks/device_checks.sh"], 240, DEVICE="cpu", OUT=str(out),
-               TMPDIR=str(tmp_path))  # fmt: skip
+    proc = run(
+        ["bash", "benchmarks/device_checks.sh"],
+        240,
+        DEVICE="cpu",
+        OUT=str(out),
+        TMPDIR=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["parts"]) == PARTS and summary["failed"] == [] and summary["ok"]
@@ -69,8 +81,10 @@ def test_acceptance_run_dry_run(tmp_path) -> None:
     assert results["bench_sampling"]["min_speedup_vs_table6_b64_cached"] > 0
     # the device tool brings back at most 8 files: three
     assert sorted(p.name for p in out.iterdir()) == [
-        "device_checks.log", "logs.tar.gz", "summary.json"
-    ]  # fmt: skip
+        "device_checks.log",
+        "logs.tar.gz",
+        "summary.json",
+    ]
     with tarfile.open(out / "logs.tar.gz") as tar:
         assert {Path(n).stem for n in tar.getnames() if n.endswith(".log")} == PARTS
 
@@ -79,9 +93,15 @@ def test_a_failing_part_is_named_and_the_others_still_run(tmp_path) -> None:
     """NCCL asked for on a machine without a GPU: torchrun fails, the benchmark after it runs,
     the summary and the last line name the failure, the exit status is 1."""
     out = tmp_path / "out"
-    proc = run(["bash", "benchmarks/device_checks.sh"], 120, DEVICE="cpu", OUT=str(out),
-               PARTS="torchrun bench_sampling", TORCHRUN_BACKEND="nccl",
-               TMPDIR=str(tmp_path))  # fmt: skip
+    proc = run(
+        ["bash", "benchmarks/device_checks.sh"],
+        120,
+        DEVICE="cpu",
+        OUT=str(out),
+        PARTS="torchrun bench_sampling",
+        TORCHRUN_BACKEND="nccl",
+        TMPDIR=str(tmp_path),
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == ["torchrun"] and not summary["ok"]
@@ -118,21 +138,41 @@ def tiny_sweep(tmp_path: Path, max_steps: int = 4) -> Path:
     study.mkdir()
     shutil.copy(ROOT / "results" / "fmnist" / ".gitignore", study / ".gitignore")
     subprocess.run(["git", "init", "-q", str(study)], check=True)
-    tiny = ["model_config.channels=16", "model_config.res_channels=8",
-            "model_config.num_hypotheses=8", "train.val_batches=1", "train.log_every=2",
-            "train.sample_every=4", "train.ckpt_every=2"]  # fmt: skip
-    prior = ["model_config.primary_layers=1", "model_config.secondary_layers=1",
-             "model_config.primary_dim=32", "model_config.secondary_dim=32",
-             "model_config.primary_heads=2", "model_config.secondary_heads=2",
-             "train.batch_size=16", "train.val_batches=1"]  # fmt: skip
+    tiny = [
+        "model_config.channels=16",
+        "model_config.res_channels=8",
+        "model_config.num_hypotheses=8",
+        "train.val_batches=1",
+        "train.log_every=2",
+        "train.sample_every=4",
+        "train.ckpt_every=2",
+    ]
+    prior = [
+        "model_config.primary_layers=1",
+        "model_config.secondary_layers=1",
+        "model_config.primary_dim=32",
+        "model_config.secondary_dim=32",
+        "model_config.primary_heads=2",
+        "model_config.secondary_heads=2",
+        "train.batch_size=16",
+        "train.val_batches=1",
+    ]
     spec = {
-        "name": "tiny", "out": str(study / "tiny"),
-        "configs": [{"config": "configs/mvqvae_fmnist_s4_k16.yaml", "method": "mvqvae",
-                     "prior": "configs/priors/transformer_4p1.yaml"}],
-        "seeds": [0], "budget": {"max_steps": max_steps, "batch_size": 8}, "set": tiny,
+        "name": "tiny",
+        "out": str(study / "tiny"),
+        "configs": [
+            {
+                "config": "configs/mvqvae_fmnist_s4_k16.yaml",
+                "method": "mvqvae",
+                "prior": "configs/priors/transformer_4p1.yaml",
+            }
+        ],
+        "seeds": [0],
+        "budget": {"max_steps": max_steps, "batch_size": 8},
+        "set": tiny,
         "prior": {"max_steps": 2, "set": prior},
         "eval": {"split": "val", "n": 32, "metrics": ["mse"], "sample_metrics": ["fd_fmnist"]},
-    }  # fmt: skip
+    }
     path = study / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -146,15 +186,32 @@ def test_study_dry_run_brings_back_the_cell_that_collect_takes_up(tmp_path) -> N
     sweep = tiny_sweep(tmp_path)
     study = sweep.parent  # a git repository with the study's .gitignore, like results/fmnist
     out = tmp_path / "out"
-    proc = run(["bash", "benchmarks/device_study.sh", str(sweep), "5"], 240, DEVICE="cpu",
-               OUT=str(out), JOBS="1", THREADS="1", MIN_START="0",
-               TMPDIR=str(tmp_path))  # fmt: skip
+    proc = run(
+        ["bash", "benchmarks/device_study.sh", str(sweep), "5"],
+        240,
+        DEVICE="cpu",
+        OUT=str(out),
+        JOBS="1",
+        THREADS="1",
+        MIN_START="0",
+        TMPDIR=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["study.log", "study.tar.gz",
-                                                     "study_logs.tar.gz"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "study.log",
+        "study.tar.gz",
+        "study_logs.tar.gz",
+    ]
     here = study / "here"
-    unpack = [sys.executable, "benchmarks/device_study.py", "unpack", str(out / "study.tar.gz"),
-              str(sweep), "--out", str(here)]  # fmt: skip
+    unpack = [
+        sys.executable,
+        "benchmarks/device_study.py",
+        "unpack",
+        str(out / "study.tar.gz"),
+        str(sweep),
+        "--out",
+        str(here),
+    ]
     proc = run(unpack, 60)
     assert proc.returncode == 0 and "unpacked 1 of 1 cells" in proc.stdout, proc.stdout
     collect = [sys.executable, "-m", "mvq.cli", "sweep", str(sweep), "--out", str(here)]
@@ -210,8 +267,20 @@ def test_cells_still_running_at_the_deadline_are_interrupted_and_not_packed(tmp_
     record = json.loads((work / "run.json").read_text())
     assert [c["status"] for c in record["cells"]] == ["interrupted"], record
     archive = tmp_path / "late.tar.gz"
-    proc = run([*script, "pack", str(sweep), "--out", str(out), "--record",
-                str(work / "run.json"), "--archive", str(archive)], 60)  # fmt: skip
+    proc = run(
+        [
+            *script,
+            "pack",
+            str(sweep),
+            "--out",
+            str(out),
+            "--record",
+            str(work / "run.json"),
+            "--archive",
+            str(archive),
+        ],
+        60,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     with tarfile.open(archive) as tar:
         assert tar.getnames() == ["manifest.json"]
@@ -230,8 +299,14 @@ def test_a_stale_repository_in_the_copy_gives_way_to_the_prepared_head(tmp_path)
         (copy / "f.txt").write_text(text)
         subprocess.run([*git, "-C", str(copy), "add", "f.txt"], check=True)
         subprocess.run([*git, "-C", str(copy), "commit", "-qm", text], check=True)
-        heads.append(subprocess.run(["git", "-C", str(copy), "rev-parse", "HEAD"], check=True,
-                                    capture_output=True, text=True).stdout.strip())  # fmt: skip
+        heads.append(
+            subprocess.run(
+                ["git", "-C", str(copy), "rev-parse", "HEAD"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
     prepared = copy / ".device" / "git"
     prepared.mkdir(parents=True)
     (prepared / "HEAD_COMMIT").write_text(heads[1] + "\n")

@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 from torchvision.utils import save_image
 
 from mvq.cli import main
-from mvq.evaluate import load_fd_classifier
+from mvq.eval.evaluate import load_fd_classifier
 from mvq.metrics import ClassifierConfig, load_classifier
 from mvq.metrics import weights as weights_module
 
@@ -41,19 +41,20 @@ def offline(tiny_classifier, tmp_path, monkeypatch):
     monkeypatch.delenv("MVQ_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("MVQ_OFFLINE", "1")
     monkeypatch.setattr(weights_module, "_download", lambda *a: pytest.fail("network"))
-    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", lambda *a: tiny_classifier)
+    monkeypatch.setattr("mvq.eval.evaluate.load_fd_classifier", lambda *a: tiny_classifier)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny MVQVAE trained 20 steps, its tokens, a tiny transformer prior trained 20 steps,
     and an untrained VQ-VAE-2 (another tokenizer)."""
+    from mvq.core.token_files import tokenizer_identity
     from mvq.data import build_dataset
-    from mvq.runconfig import RunConfig
-    from mvq.token_files import encode_dataset, tokenizer_identity
     from mvq.tokenizers import create_tokenizer
-    from mvq.train_prior import train_prior
-    from mvq.train_tokenizer import train_tokenizer
+    from mvq.tokenizers.apply import encode_dataset
+    from mvq.training.prior_job import train_prior
+    from mvq.training.runconfig import RunConfig
+    from mvq.training.tokenizer_job import train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     data = {"name": "fashion_mnist"}
@@ -65,8 +66,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
         s: Subset(build_dataset("fashion_mnist", None, s), range(256)) for s in ("train", "val")
     }
     encode_dataset(model, splits, root / "tokens", tokenizer_identity(model, tok), data, 10)
-    sizes = dict(primary_layers=1, primary_heads=2, primary_dim=16, secondary_layers=1,
-                 secondary_heads=2, secondary_dim=16)  # fmt: skip
+    sizes = dict(
+        primary_layers=1,
+        primary_heads=2,
+        primary_dim=16,
+        secondary_layers=1,
+        secondary_heads=2,
+        secondary_dim=16,
+    )
     prior_cfg = RunConfig("transformer_1p1", sizes, {}, {"max_steps": 20, "batch_size": 16})
     train_prior(prior_cfg, root / "tokens", root / "prior")
     torch.manual_seed(1)
@@ -83,14 +90,36 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_reconstruction_metrics_end_to_end(models, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
-    argv = ["eval", "--tokenizer", models["tok"], "--data", "fashion_mnist", "--split", "test",
-            "-n", 300, "--out", out]  # fmt: skip
+    argv = [
+        "eval",
+        "--tokenizer",
+        models["tok"],
+        "--data",
+        "fashion_mnist",
+        "--split",
+        "test",
+        "-n",
+        300,
+        "--out",
+        out,
+    ]
     code, printed, _ = run(argv, capsys)
     assert code == 0
     result = json.loads((out / "eval.json").read_text())
-    for name in ("mse", "psnr", "ssim", "fd_fmnist", "fd_fmnist_floor", "usage_primary",
-                 "usage_secondary", "perplexity_primary", "perplexity_secondary",
-                 "random_mask_mse", "random_mask_ssim", "random_mask_fd_fmnist"):  # fmt: skip
+    for name in (
+        "mse",
+        "psnr",
+        "ssim",
+        "fd_fmnist",
+        "fd_fmnist_floor",
+        "usage_primary",
+        "usage_secondary",
+        "perplexity_primary",
+        "perplexity_secondary",
+        "random_mask_mse",
+        "random_mask_ssim",
+        "random_mask_fd_fmnist",
+    ):
         assert math.isfinite(result[name]), name
     assert result["bits_per_image"] == 31  # 4 log2(8) + log2(8) + 16 mask bits
     assert 0 < result["usage_primary"] <= 1 and 1 <= result["perplexity_primary"] <= 8
@@ -118,14 +147,24 @@ def test_metrics_by_name_and_vqvae2_has_no_random_mask(models, tmp_path, capsys)
     assert result["unavailable"] == {}
     assert run(argv, capsys)[0] == 0  # by default: random_mask listed as not applicable
     assert "no mask" in json.loads((out / "eval.json").read_text())["unavailable"]["random_mask"]
-    expect_error(capsys, [*argv[:-1], tmp_path / "e", "--metrics", "random_mask"], "no mask",
-                 tmp_path / "e")  # fmt: skip
+    expect_error(
+        capsys, [*argv[:-1], tmp_path / "e", "--metrics", "random_mask"], "no mask", tmp_path / "e"
+    )
 
 
 def test_sample_metrics_end_to_end(models, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
-    argv = ["eval", "--tokenizer", models["tok"], "--prior", models["prior"], "-n", 200,
-            "--out", out]  # fmt: skip
+    argv = [
+        "eval",
+        "--tokenizer",
+        models["tok"],
+        "--prior",
+        models["prior"],
+        "-n",
+        200,
+        "--out",
+        out,
+    ]
     assert run(argv, capsys)[0] == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["sample_fd_fmnist"] > 0 and 0 <= result["sample_f8"] <= 1
@@ -168,13 +207,17 @@ def test_the_shipped_classifier_by_default_another_one_named(
     from mvq.data import build_dataset
     from mvq.metrics.fd_fmnist import SHIPPED_KEY
 
-    monkeypatch.setattr("mvq.evaluate.load_fd_classifier", load_fd_classifier)  # the real one
-    folder = write_pngs(build_dataset("fashion_mnist", None, "val").images[:100] / 255,
-                        tmp_path / "images")  # fmt: skip
+    monkeypatch.setattr("mvq.eval.evaluate.load_fd_classifier", load_fd_classifier)  # the real one
+    folder = write_pngs(
+        build_dataset("fashion_mnist", None, "val").images[:100] / 255, tmp_path / "images"
+    )
     study = Path(__file__).resolve().parents[1] / "results/fmnist/cache/fd_fmnist"
     results, printed = {}, {}
-    for name, spec in (("default", None), ("study", study / "ea6ed89205813a6a.json"),
-                       ("tiny", tiny_classifier.meta["source"])):  # fmt: skip
+    for name, spec in (
+        ("default", None),
+        ("study", study / "ea6ed89205813a6a.json"),
+        ("tiny", tiny_classifier.meta["source"]),
+    ):
         argv = ["eval", "--images", folder, "--metrics", "fd_fmnist", "--out", tmp_path / name]
         code, printed[name], _ = run(argv + (["--fd-classifier", spec] if spec else []), capsys)
         assert code == 0
@@ -189,11 +232,19 @@ def test_the_shipped_classifier_by_default_another_one_named(
     assert not other["shipped"] and other["id"] == tiny_classifier.meta["key"] != SHIPPED_KEY
     assert f"NOT mvq's shipped {SHIPPED_KEY}" in printed["tiny"]
     out = tmp_path / "e"
-    expect_error(capsys, ["eval", "--images", folder, "--fd-classifier", tmp_path / "none.json",
-                  "--out", out], "no such classifier record", out)  # fmt: skip
+    expect_error(
+        capsys,
+        ["eval", "--images", folder, "--fd-classifier", tmp_path / "none.json", "--out", out],
+        "no such classifier record",
+        out,
+    )
     (tmp_path / "broken.json").write_text("{}")  # a record without weights beside it
-    expect_error(capsys, ["eval", "--images", folder, "--fd-classifier", tmp_path / "broken.json",
-                  "--out", out], "broken.safetensors not found", out)  # fmt: skip
+    expect_error(
+        capsys,
+        ["eval", "--images", folder, "--fd-classifier", tmp_path / "broken.json", "--out", out],
+        "broken.safetensors not found",
+        out,
+    )
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(models, tmp_path, capsys) -> None:
@@ -206,14 +257,23 @@ def test_bad_inputs_are_one_line_and_write_nothing(models, tmp_path, capsys) -> 
     expect_error(capsys, ["eval", "--images", tmp_path / "empty", "--out", out], "no images", out)
     argv = ["eval", "--tokenizer", models["other"], "--prior", models["prior"], "--out", out]
     expect_error(capsys, argv, "trained on tokens of another tokenizer", out)
-    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--metrics", "fdi", "--out", out],
-                 "unknown metric 'fdi' (did you mean 'fid'?)", out)  # fmt: skip
-    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--metrics", "fid", "--out", out],
-                 "weights-inception-2015-12-05-6726825d.pth", out)  # fmt: skip
+    expect_error(
+        capsys,
+        ["eval", "--tokenizer", models["tok"], "--metrics", "fdi", "--out", out],
+        "unknown metric 'fdi' (did you mean 'fid'?)",
+        out,
+    )
+    expect_error(
+        capsys,
+        ["eval", "--tokenizer", models["tok"], "--metrics", "fid", "--out", out],
+        "weights-inception-2015-12-05-6726825d.pth",
+        out,
+    )
     argv = ["eval", "--tokenizer", models["tok"], "--metrics", "prior_nll", "--out", out]
     expect_error(capsys, argv, "does not apply", out)
-    expect_error(capsys, ["eval", "--tokenizer", models["tok"], "--data", "cifar10", "--out", out],
-                 "", out)  # fmt: skip
+    expect_error(
+        capsys, ["eval", "--tokenizer", models["tok"], "--data", "cifar10", "--out", out], "", out
+    )
 
 
 def readme_eval_commands() -> list[list[str]]:

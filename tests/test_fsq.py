@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import codebook_stats
 from mvq.quantizers.fsq import (
     FSQ,
     RECOMMENDED_LEVELS,
     levels_for_codebook_size,
 )
-from mvq.tokens import Tokens
 
 MIXES = [(3, 4, 6, 7), (5,), (16, 9, 4)]  # odd/even mixes beyond the paper's sets
 ALL_SETS = list(RECOMMENDED_LEVELS.values()) + MIXES

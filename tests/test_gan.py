@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from mvq.cli import main
+from mvq.core.tokens import Tokens
 from mvq.losses import perceptual as perceptual_module
 from mvq.losses.perceptual import VGG16_FILE, VGG16_URL, WeightsUnavailable, build_lpips
 from mvq.tokenizers import MVQGAN, MVQVAE, VQGAN, create_tokenizer, load_tokenizer
-from mvq.tokens import Tokens
 from mvq.training import TrainConfig, checkpoint_path, load_checkpoint, train
 
 TINY = dict(channels=8, res_channels=4, disc_channels=8, disc_layers=2, perceptual="none")
@@ -143,8 +143,11 @@ def test_gan_step_with_lpips_on_the_device(device) -> None:
 
 
 def test_gan_runs_refuse_fp16_grad_accum_and_compile(tmp_path) -> None:
-    refused = {"precision=fp16": {"precision": "fp16"}, "grad_accum=2": {"grad_accum": 2},
-               "compile": {"compile": True}}  # fmt: skip
+    refused = {
+        "precision=fp16": {"precision": "fp16"},
+        "grad_accum=2": {"grad_accum": 2},
+        "compile": {"compile": True},
+    }
     for what, overrides in refused.items():
         with pytest.raises(ValueError, match=f"train.{what}.*2 optimizers") as err:
             train(gan(), DATA, None, config(max_steps=1, **overrides), tmp_path / "r")
@@ -287,8 +290,8 @@ def test_bf16_and_ema_gan_run_trains_with_finite_weights(tmp_path) -> None:
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/recipes/*.yaml")))
 def test_recipes_build_their_gan_tokenizer(path: Path) -> None:
-    from mvq.runconfig import load_run_config
-    from mvq.train_tokenizer import build_tokenizer, build_train_config
+    from mvq.training.runconfig import load_run_config
+    from mvq.training.tokenizer_job import build_tokenizer, build_train_config
 
     cfg = load_run_config(path)
     model = build_tokenizer(cfg)

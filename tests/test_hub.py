@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from mvq.pretrained import CheckpointError, parse_hub_id, resolve_pretrained
+from mvq.core.pretrained import CheckpointError, parse_hub_id, resolve_pretrained
 from mvq.priors import create_prior, load_prior
 from mvq.tokenizers import MVQVAE, create_tokenizer, load_tokenizer
 
@@ -73,9 +73,11 @@ def test_hub_id_found_in_the_local_cache(offline_cache: Path) -> None:
     torch.manual_seed(0)
     model = create_tokenizer("mvqvae_fmnist_s4_k16", **TINY)
     snapshot = fake_cached_repo(offline_cache, "someone/tiny-mvq", model)
-    fake_cached_repo(offline_cache, "someone/tiny-prior",
-                     create_prior("transformer_1p1", primary_vocab=8, secondary_vocab=8,
-                                  primary_grid=(1, 1)))  # fmt: skip
+    fake_cached_repo(
+        offline_cache,
+        "someone/tiny-prior",
+        create_prior("transformer_1p1", primary_vocab=8, secondary_vocab=8, primary_grid=(1, 1)),
+    )
     assert resolve_pretrained("someone/tiny-mvq") == snapshot
     assert resolve_pretrained(f"someone/tiny-mvq@{COMMIT}") == snapshot
     for loaded in (load_tokenizer("someone/tiny-mvq"), MVQVAE.from_pretrained("someone/tiny-mvq")):
@@ -89,8 +91,12 @@ def test_hub_id_offline_and_not_cached_is_one_line(offline_cache: Path) -> None:
         load_tokenizer("someone/missing@v2")
     message = str(info.value)
     assert "\n" not in message
-    for fragment in ("someone/missing@v2", "not in the local Hugging Face cache", "hf download "
-                     "someone/missing --revision v2", "local path"):  # fmt: skip
+    for fragment in (
+        "someone/missing@v2",
+        "not in the local Hugging Face cache",
+        "hf download someone/missing --revision v2",
+        "local path",
+    ):
         assert fragment in message, message
     with pytest.raises(CheckpointError, match="does not exist; pass a saved model folder"):
         load_tokenizer("no/such/folder")
@@ -112,9 +118,16 @@ def test_model_card_and_metrics(tmp_path: Path) -> None:
     (tmp_path / "run" / "eval.json").write_text(json.dumps({"mse": 0.0123, "fid": None}))
     model.save_pretrained(tmp_path / "run" / "model", data={"name": "fashion_mnist"})
     card = (tmp_path / "run" / "model" / "README.md").read_text()
-    for fragment in ("library_name: mvq", "`MVQVAE`", "| bits per image | 31 |", "16-bit mask",
-                     "name: fashion_mnist", "| mse | 0.0123 |", '"num_hypotheses": 256',
-                     "load_tokenizer("):  # fmt: skip
+    for fragment in (
+        "library_name: mvq",
+        "`MVQVAE`",
+        "| bits per image | 31 |",
+        "16-bit mask",
+        "name: fashion_mnist",
+        "| mse | 0.0123 |",
+        '"num_hypotheses": 256',
+        "load_tokenizer(",
+    ):
         assert fragment in card, fragment
     assert "fid" not in card
     reloaded = load_tokenizer(tmp_path / "run" / "model")

@@ -13,7 +13,7 @@ from conftest import expect_error
 from PIL import Image
 
 from mvq.cli import main
-from mvq.token_files import load_token_file, save_token_file
+from mvq.core.token_files import load_token_file, save_token_file
 from mvq.tokenizers import load_tokenizer
 
 TINY = {"channels": 8, "res_channels": 4, "num_hypotheses": 4}
@@ -35,9 +35,12 @@ def image_folder(root: Path, mode: str, sizes: tuple[tuple[int, int], ...]) -> P
 
 def train_on(tmp_path: Path, folder: Path, name: str, **data: object) -> Path:
     """Train a tiny MVQVAE (28×28 variant) for 2 steps on ``folder``; returns the run dir."""
-    cfg = {"model": "mvqvae_fmnist_s4_k16", "model_config": TINY,
-           "data": {"name": "folder", "root": str(folder), **data},
-           "train": {"batch_size": 4, "val_batches": 1, "sample_every": 100}}  # fmt: skip
+    cfg = {
+        "model": "mvqvae_fmnist_s4_k16",
+        "model_config": TINY,
+        "data": {"name": "folder", "root": str(folder), **data},
+        "train": {"batch_size": 4, "val_batches": 1, "sample_every": 100},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / name
@@ -70,16 +73,32 @@ def test_rgb_folder_trains_and_channels_can_be_set(tmp_path: Path, capsys) -> No
     cfg = tmp_path / "as_gray.yaml"
     argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--max-steps", "1"]
     expect_error(capsys, [*argv, "--set", "data.channels=2"], "data.channels must be 1")
-    expect_error(capsys, [*argv, "--set", "model_config.in_channels=3"],
-                 "model_config.in_channels=3 but the folder data gives 1-channel")  # fmt: skip
+    expect_error(
+        capsys,
+        [*argv, "--set", "model_config.in_channels=3"],
+        "model_config.in_channels=3 but the folder data gives 1-channel",
+    )
     assert not (tmp_path / "bad").exists()
 
 
 def test_reconstruct_tokenize_decode_end_to_end(gray_run, tmp_path: Path) -> None:
     folder, run = gray_run
     tok = ["--tokenizer", str(run), "--device", "cpu"]
-    assert main(["reconstruct", *tok, "--images", str(folder), "--out", str(tmp_path / "rec"),
-                 "--batch-size", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "reconstruct",
+                *tok,
+                "--images",
+                str(folder),
+                "--out",
+                str(tmp_path / "rec"),
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     names = sorted(
         p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec").rglob("*.*")
     )
@@ -98,23 +117,30 @@ def test_reconstruct_tokenize_decode_end_to_end(gray_run, tmp_path: Path) -> Non
     val = tmp_path / "rec_val"  # same images, same seed: the same masks are chosen
     assert main(["reconstruct", *tok, "--images", str(folder / "val"), "--out", str(val)]) == 0
     for name in ("im0.png", "im2.png", "sub/im1.png"):  # decoding the tokens = reconstructing
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "dec" / name)),
-                              np.asarray(Image.open(val / name))), name  # fmt: skip
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "dec" / name)), np.asarray(Image.open(val / name))
+        ), name
 
 
 def test_token_file_round_trip(tmp_path: Path) -> None:
-    from mvq.tokens import TokenLayout, Tokens
+    from mvq.core.tokens import TokenLayout, Tokens
 
     layout = TokenLayout(300, (2, 2), 8, mask_bits=16)
-    tokens = Tokens(torch.randint(0, 300, (2, 2, 2)), torch.randint(0, 8, (2, 1, 1)),
-                    torch.randint(0, 256, (2, 2), dtype=torch.uint8))  # fmt: skip
+    tokens = Tokens(
+        torch.randint(0, 300, (2, 2, 2)),
+        torch.randint(0, 8, (2, 1, 1)),
+        torch.randint(0, 256, (2, 2), dtype=torch.uint8),
+    )
     identity = {"class": "MVQVAE", "config": {}, "sha256": "ab" * 32}
     save_token_file(tmp_path / "t.safetensors", tokens, ["a.png", "b/c.jpg"], identity, layout)
     back = load_token_file(tmp_path / "t.safetensors")
     assert back.names == ["a.png", "b/c.jpg"] and back.tokenizer == identity
     assert back.layout["primary_vocab"] == 300
-    for a, b in ((back.tokens.indices, tokens.indices), (back.tokens.secondary, tokens.secondary),
-                 (back.tokens.mask, tokens.mask)):  # fmt: skip
+    for a, b in (
+        (back.tokens.indices, tokens.indices),
+        (back.tokens.secondary, tokens.secondary),
+        (back.tokens.mask, tokens.mask),
+    ):
         assert torch.equal(a, b)
 
 
@@ -130,35 +156,51 @@ def test_bad_inputs_are_one_line_and_write_nothing(gray_run, tmp_path: Path, cap
     out = tmp_path / "out"
     cases = [
         (["decode", "--tokenizer", str(other), "--tokens", str(tokens)], "another tokenizer"),
-        (["decode", *tok, "--tokens", str(run / "model" / "model.safetensors")],
-         "not an mvq token file"),
+        (
+            ["decode", *tok, "--tokens", str(run / "model" / "model.safetensors")],
+            "not an mvq token file",
+        ),
         (["decode", *tok, "--tokens", str(tmp_path / "none.safetensors")], "does not exist"),
         (["reconstruct", *tok, "--images", str(tmp_path / "nope")], "does not exist"),
         (["reconstruct", *tok, "--images", str(folder), "--device", "gpu0"], "--device gpu0"),
         (["reconstruct", *tok, "--images", str(folder), "--batch-size", "0"], "--batch-size"),
-        (["reconstruct", "--tokenizer", str(tmp_path / "none"), "--images", str(folder)],
-         "does not exist"),
+        (
+            ["reconstruct", "--tokenizer", str(tmp_path / "none"), "--images", str(folder)],
+            "does not exist",
+        ),
         (["reconstruct", "--tokenizer", str(folder), "--images", str(folder)], "not a saved model"),
-    ]  # fmt: skip
+    ]
     for argv, fragment in cases:
         expect_error(capsys, [*argv, "--out", str(out)], fragment)
         assert not out.exists(), argv
-    expect_error(capsys, ["tokenize", *tok, "--images", str(folder), "--out", str(out / "t.pt")],
-                 "must end in .safetensors")  # fmt: skip
-    expect_error(capsys, ["reconstruct", *tok, "--images", str(folder), "--out",
-                          str(folder / "rec")], "inside --images")  # fmt: skip
+    expect_error(
+        capsys,
+        ["tokenize", *tok, "--images", str(folder), "--out", str(out / "t.pt")],
+        "must end in .safetensors",
+    )
+    expect_error(
+        capsys,
+        ["reconstruct", *tok, "--images", str(folder), "--out", str(folder / "rec")],
+        "inside --images",
+    )
     assert not out.exists() and not (folder / "rec").exists()
     (folder / "train" / "broken.png").write_bytes(b"not a png")
     try:
-        expect_error(capsys, ["reconstruct", *tok, "--images", str(folder), "--out", str(out)],
-                     "cannot read image")  # fmt: skip
+        expect_error(
+            capsys,
+            ["reconstruct", *tok, "--images", str(folder), "--out", str(out)],
+            "cannot read image",
+        )
     finally:
         (folder / "train" / "broken.png").unlink()
     assert not out.exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    expect_error(capsys, ["reconstruct", *tok, "--images", str(folder), "--out",
-                          str(tmp_path / "full")], "not an empty folder")  # fmt: skip
+    expect_error(
+        capsys,
+        ["reconstruct", *tok, "--images", str(folder), "--out", str(tmp_path / "full")],
+        "not an empty folder",
+    )
 
 
 def test_readme_train_on_your_own_images(tmp_path: Path, monkeypatch) -> None:
@@ -191,14 +233,14 @@ def test_readme_train_on_your_own_images(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_one_pixel_rule_round_trips_and_matches_save_image(tmp_path) -> None:
-    """``mvq.pixels``: uint8 -> [-1, 1] -> uint8 is the identity, floats are clamped, and the
+    """``mvq.core.pixels``: uint8 -> [-1, 1] -> uint8 is the identity, floats are clamped, and the
     PNGs of ``mvq reconstruct`` hold what ``save_image`` writes and the metrics compare."""
     import numpy as np
     from PIL import Image
     from torchvision.utils import save_image
 
-    from mvq.apply_tokenizer import save_png
-    from mvq.pixels import float_to_uint8, to_unit, uint8_to_float
+    from mvq.core.pixels import float_to_uint8, to_unit, uint8_to_float
+    from mvq.tokenizers.apply import save_png
 
     v = torch.arange(256, dtype=torch.uint8)
     assert torch.equal(float_to_uint8(uint8_to_float(v)), v)

@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from mvq.sweep import expand, load_sweep
+from mvq.experiments.sweep import expand, load_sweep
 
 BOARD = Path(__file__).resolve().parents[1] / "results" / "leaderboard"
-CELLS = {"vq_screen": 32, "lfq_screen": 16, "families": 32, "masked": 24, "masked_prior": 28,
-         "fsq_claims": 48, "fsq_maskgit": 4}  # fmt: skip
+CELLS = {
+    "vq_screen": 32,
+    "lfq_screen": 16,
+    "families": 32,
+    "masked": 24,
+    "masked_prior": 28,
+    "fsq_claims": 48,
+    "fsq_maskgit": 4,
+}
 STEPS = {"vq_screen": 1000, "lfq_screen": 1000}  # short screens; the rest the study's 2 epochs
 
 
@@ -34,8 +41,11 @@ def test_bits_per_image_of_the_masked_variants_count_the_mask_index():
     cells = expand(load_sweep(BOARD / "masked.yaml"))
     from mvq.tokenizers import create_tokenizer
 
-    cell = next(c for c in cells if c.axes["method"] == "mvqvae" and c.axes["tokens"] == "4+1"
-                and c.axes["K"] == "16")  # fmt: skip
+    cell = next(
+        c
+        for c in cells
+        if c.axes["method"] == "mvqvae" and c.axes["tokens"] == "4+1" and c.axes["K"] == "16"
+    )
     cfg = cell.run_config.model_config | {"channels": 8, "res_channels": 4}
     assert create_tokenizer(cell.run_config.model, **cfg).bits_per_image == 4 * 3 + 3 + 8
 

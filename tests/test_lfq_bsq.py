@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers import BSQ, LFQ
 from mvq.quantizers.base import codebook_stats
 from mvq.quantizers.lfq import code_stats, indices_to_bits, lfq_entropies
-from mvq.tokens import Tokens
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -76,8 +76,9 @@ def test_entropy_terms_and_loss_equal_vqpytorch_where_definitions_coincide(cls, 
     z = normal(2, d, 8, 8, std=0.15 * temperature, seed=1).requires_grad_()  # (B, d, H, W)
     kw = dict(entropy_weight=0.1, commitment_weight=0.25, diversity_gamma=0.7)
     ours = cls(d, temperature=temperature, **kw).train()
-    ref = theirs(d, cls is BSQ, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
-                 diversity_gamma=0.7).train()  # fmt: skip
+    ref = theirs(
+        d, cls is BSQ, entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=0.7
+    ).train()
     u = z.detach().movedim(1, -1).reshape(-1, d)  # (N, d)
     u = F.normalize(u, dim=-1) if cls is BSQ else u
     scale = 1 / d**0.5 if cls is BSQ else 1.0
@@ -187,8 +188,10 @@ def test_indices_codes_round_trips(cls):
     torch.testing.assert_close(codes.abs(), torch.full_like(codes, s), rtol=0, atol=0)
     z = with_zeros(normal(3, d, 5, 4, seed=6))
     out = q(z)
-    assert torch.equal(q.indices_to_codes(q.codes_to_indices(out.quantized.movedim(1, -1))),
-                       out.quantized.movedim(1, -1))  # fmt: skip
+    assert torch.equal(
+        q.indices_to_codes(q.codes_to_indices(out.quantized.movedim(1, -1))),
+        out.quantized.movedim(1, -1),
+    )
     assert q.bits_per_token == d and q.codebook_size == 2**d
 
 
@@ -218,8 +221,13 @@ def test_forward_backward_tiny(cls, d, in_channels):
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     for p in q.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
-    assert set(out.logs) >= {"usage", "perplexity", "commitment", "per_sample_entropy",
-                             "codebook_entropy"}  # fmt: skip
+    assert set(out.logs) >= {
+        "usage",
+        "perplexity",
+        "commitment",
+        "per_sample_entropy",
+        "codebook_entropy",
+    }
     assert 0 < out.logs["usage"] <= 1 and 1 <= out.logs["perplexity"] <= 2**d
 
 

@@ -13,18 +13,18 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from mvq.cli import main
-from mvq.priors import MaskGITPrior, MaskGITPriorConfig, TransformerPrior, TransformerPriorConfig
-from mvq.quantizers import MaskedVectorQuantizer
-from mvq.quantizers.masked_vq import draw_mask_codebook
-from mvq.sampling import sample_autoregressive, sample_maskgit
-from mvq.tokenizers import create_tokenizer, load_tokenizer
-from mvq.tokens import (
+from mvq.core.tokens import (
     TokenLayout,
     Tokens,
     layout_overrides,
     mask_bytes_to_index,
     mask_index_to_bytes,
 )
+from mvq.priors import MaskGITPrior, MaskGITPriorConfig, TransformerPrior, TransformerPriorConfig
+from mvq.quantizers import MaskedVectorQuantizer
+from mvq.quantizers.masked_vq import draw_mask_codebook
+from mvq.sampling import sample_autoregressive, sample_maskgit
+from mvq.tokenizers import create_tokenizer, load_tokenizer
 
 TINY = dict(channels=16, res_channels=8)
 BOOK = dict(mask_source="codebook", mask_codebook_seed=7)
@@ -83,9 +83,13 @@ def test_decode_of_encode_equals_forward(name: str, extra: dict) -> None:
 
 @pytest.mark.parametrize(
     ("name", "j"),
-    [("mvqvae_fmnist_s4_k16", 256), ("mvqvae_fmnist_s1_k256", 64), ("mfsqvae_fmnist_s4_k16", 256),
-     ("mfsqvae_fmnist_s16_k256", 16)],
-)  # fmt: skip
+    [
+        ("mvqvae_fmnist_s4_k16", 256),
+        ("mvqvae_fmnist_s1_k256", 64),
+        ("mfsqvae_fmnist_s4_k16", 256),
+        ("mfsqvae_fmnist_s16_k256", 16),
+    ],
+)
 def test_the_token_is_the_index_and_the_rate_counts_log2_j(name: str, j: int) -> None:
     torch.manual_seed(0)
     model = create_tokenizer(name, **TINY, num_hypotheses=j, **BOOK)
@@ -118,11 +122,15 @@ def brute_force_winners(q: MaskedVectorQuantizer, z: torch.Tensor, z2: torch.Ten
     mse(e + f(e' * m_j), y), one hypothesis at a time."""
     e = q.primary.decode(q.primary.encode(z).indices)  # (B, D, h, w)
     code = q.norm(q.secondary.decode(q.secondary.encode(z2).indices))  # (B, D', 1, 1)
-    errors = torch.stack([
-        F.mse_loss(e + q._f(code * m[None, :, None, None].float(), e), z, reduction="none")
-        .flatten(1).mean(1)
-        for m in q.mask_codebook
-    ], 1)  # (B, J)  # fmt: skip
+    errors = torch.stack(
+        [
+            F.mse_loss(e + q._f(code * m[None, :, None, None].float(), e), z, reduction="none")
+            .flatten(1)
+            .mean(1)
+            for m in q.mask_codebook
+        ],
+        1,
+    )  # (B, J)
     return errors.argmin(1)
 
 
@@ -172,8 +180,28 @@ def test_random_masks_are_unchanged_and_carry_no_list() -> None:
     z, z2 = torch.randn(5, 4, 2, 2), torch.randn(5, 4, 1, 1)
     out = q(z, z2)
     out.quantized, out.loss = out.quantized.detach(), out.loss.detach()
-    assert out.tokens.indices.flatten().tolist() == [0, 4, 5, 1, 0, 5, 5, 5, 0, 5, 7, 0, 5, 6,
-                                                     7, 7, 5, 3, 6, 0]  # fmt: skip
+    assert out.tokens.indices.flatten().tolist() == [
+        0,
+        4,
+        5,
+        1,
+        0,
+        5,
+        5,
+        5,
+        0,
+        5,
+        7,
+        0,
+        5,
+        6,
+        7,
+        7,
+        5,
+        3,
+        6,
+        0,
+    ]
     assert out.tokens.secondary.flatten().tolist() == [6, 1, 7, 0, 6]
     assert out.tokens.mask.flatten().tolist() == [14, 8, 5, 6, 2]
     assert float(out.quantized.double().sum()) == pytest.approx(-3.8597915023565292, abs=1e-5)
@@ -194,8 +222,13 @@ def test_random_masks_are_unchanged_and_carry_no_list() -> None:
 
 
 def test_layouts_written_before_mask_codebooks_still_load() -> None:
-    old = {"primary_vocab": 8, "primary_grid": [2, 2], "secondary_vocab": 8,
-           "secondary_grid": [1, 1], "mask_bits": 16}  # fmt: skip
+    old = {
+        "primary_vocab": 8,
+        "primary_grid": [2, 2],
+        "secondary_vocab": 8,
+        "secondary_grid": [1, 1],
+        "mask_bits": 16,
+    }
     overrides = layout_overrides(old)
     assert overrides["mask_codebook_size"] == 0 and overrides["mask_bits"] == 16
     prior = TransformerPrior(TransformerPriorConfig(**overrides, model_mask=True))
@@ -204,10 +237,16 @@ def test_layouts_written_before_mask_codebooks_still_load() -> None:
 
 # -- priors ------------------------------------------------------------------------------------
 PRIOR_SIZES = {
-    TransformerPrior: dict(primary_layers=1, primary_heads=2, primary_dim=16,
-                           secondary_layers=1, secondary_heads=2, secondary_dim=32),
+    TransformerPrior: dict(
+        primary_layers=1,
+        primary_heads=2,
+        primary_dim=16,
+        secondary_layers=1,
+        secondary_heads=2,
+        secondary_dim=32,
+    ),
     MaskGITPrior: dict(layers=2, heads=2, dim=32),
-}  # fmt: skip
+}
 
 
 def codebook_tokens(j: int, n: int = 64):
@@ -260,9 +299,14 @@ class Images(Dataset):
 
 
 def test_token_directory_and_cli_prior_carry_the_index(tmp_path: Path, capsys) -> None:
+    from mvq.core.token_files import (
+        TokenDataset,
+        read_token_meta,
+        tokenizer_identity,
+    )
     from mvq.priors import load_prior
-    from mvq.sample import sample_images
-    from mvq.token_files import TokenDataset, encode_dataset, read_token_meta, tokenizer_identity
+    from mvq.sampling.pipeline import sample_images
+    from mvq.tokenizers.apply import encode_dataset
 
     torch.manual_seed(0)
     model = create_tokenizer("mvqvae_fmnist_s4_k16", **TINY, num_hypotheses=16, **BOOK)
@@ -277,9 +321,17 @@ def test_token_directory_and_cli_prior_carry_the_index(tmp_path: Path, capsys) -
     sizes = PRIOR_SIZES[TransformerPrior] | {"model_mask": True}
     cfg = {"model": "transformer_1p1", "model_config": sizes, "train": {"batch_size": 16}}
     (tmp_path / "prior.yaml").write_text(yaml.safe_dump(cfg))
-    argv = ["train-prior", "--tokens", str(tmp_path / "tokens"), "--config",
-            str(tmp_path / "prior.yaml"), "--out", str(tmp_path / "prior"),
-            "--max-steps", "3"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tmp_path / "tokens"),
+        "--config",
+        str(tmp_path / "prior.yaml"),
+        "--out",
+        str(tmp_path / "prior"),
+        "--max-steps",
+        "3",
+    ]
     assert main(argv) == 0
     prior = load_prior(tmp_path / "prior" / "model")
     assert prior.config.mask_codebook_size == 16 and prior.config.mask_len == 1
@@ -294,13 +346,15 @@ def test_token_directory_and_cli_prior_carry_the_index(tmp_path: Path, capsys) -
     ("kwargs", "message"),
     [
         (dict(mask_source="fixed"), "unknown mask_source 'fixed'; choose one of random, codebook"),
-        (dict(mask_source="codebook", mask_codebook_seed=0, num_hypotheses=24),
-         "J a power of 2 >= 2 .* got J=24: pick e.g. 16"),
+        (
+            dict(mask_source="codebook", mask_codebook_seed=0, num_hypotheses=24),
+            "J a power of 2 >= 2 .* got J=24: pick e.g. 16",
+        ),
         (dict(mask_source="codebook"), "needs mask_codebook_seed"),
         (dict(mask_source="codebook", mask_codebook_seed=-1), "needs mask_codebook_seed"),
         (dict(mask_codebook_seed=3), "only used with mask_source='codebook'"),
     ],
-)  # fmt: skip
+)
 def test_bad_options_are_one_line_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as err:
         MaskedVectorQuantizer(4, 8, secondary_dim=8, **{"num_hypotheses": 16, **kwargs})

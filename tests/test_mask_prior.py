@@ -8,6 +8,7 @@ import torch
 from test_pipeline import make_tokens, prior_config
 
 from mvq.cli import main
+from mvq.core.tokens import mask_to_tokens, pack_masks, tokens_to_mask, unpack_masks
 from mvq.priors import (
     MaskGITPrior,
     MaskGITPriorConfig,
@@ -17,21 +18,38 @@ from mvq.priors import (
     create_prior,
 )
 from mvq.sampling import sample_autoregressive, sample_autoregressive_naive, sample_maskgit
-from mvq.tokens import mask_to_tokens, pack_masks, tokens_to_mask, unpack_masks
 
-SIZES = dict(primary_layers=1, primary_heads=2, primary_dim=16,
-             secondary_layers=2, secondary_heads=2, secondary_dim=32)  # fmt: skip
+SIZES = dict(
+    primary_layers=1,
+    primary_heads=2,
+    primary_dim=16,
+    secondary_layers=2,
+    secondary_heads=2,
+    secondary_dim=32,
+)
 
 
 def mask_prior(mask_bits: int = 16, token_bits: int = 4, **kw) -> TransformerPrior:
-    layout = dict(primary_vocab=8, primary_grid=(2, 2), secondary_vocab=8, mask_bits=mask_bits,
-                  model_mask=True, mask_token_bits=token_bits)  # fmt: skip
+    layout = dict(
+        primary_vocab=8,
+        primary_grid=(2, 2),
+        secondary_vocab=8,
+        mask_bits=mask_bits,
+        model_mask=True,
+        mask_token_bits=token_bits,
+    )
     return TransformerPrior(TransformerPriorConfig(**{**layout, **SIZES, **kw}))
 
 
 def maskgit_mask_prior(mask_bits: int = 16, token_bits: int = 4) -> MaskGITPrior:
-    layout = dict(primary_vocab=8, primary_grid=(2, 2), secondary_vocab=8, mask_bits=mask_bits,
-                  model_mask=True, mask_token_bits=token_bits)  # fmt: skip
+    layout = dict(
+        primary_vocab=8,
+        primary_grid=(2, 2),
+        secondary_vocab=8,
+        mask_bits=mask_bits,
+        model_mask=True,
+        mask_token_bits=token_bits,
+    )
     return MaskGITPrior(MaskGITPriorConfig(**layout, layers=2, heads=2, dim=32))
 
 
@@ -194,8 +212,17 @@ def train_mask_prior(tmp_path, steps: int, name: str = "transformer_1p1"):
     tok, tokens = make_tokens(tmp_path, "mvqvae")
     run = tmp_path / "prior"
     cfg = prior_config(tmp_path, name, model_mask=True)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
-            "--max-steps", str(steps)]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tokens),
+        "--config",
+        str(cfg),
+        "--out",
+        str(run),
+        "--max-steps",
+        str(steps),
+    ]
     assert main(argv) == 0
     return tok, run, cfg
 
@@ -203,7 +230,7 @@ def train_mask_prior(tmp_path, steps: int, name: str = "transformer_1p1"):
 @pytest.mark.parametrize("name", ["transformer_1p1", "maskgit_small"])
 def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys, name) -> None:
     from mvq.priors import load_prior
-    from mvq.sample import sample_images
+    from mvq.sampling.pipeline import sample_images
     from mvq.tokenizers import load_tokenizer
 
     tok, run, cfg = train_mask_prior(tmp_path, steps=4, name=name)
@@ -217,8 +244,17 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys, name) -> Non
     assert torch.allclose(images, tokenizer.decode(drawn).clamp(-1, 1))  # the sampled mask decodes
 
     vq_tok, vq_tokens = make_tokens(tmp_path, "vqvae2")
-    argv = ["train-prior", "--tokens", str(vq_tokens), "--config", str(cfg), "--out",
-            str(tmp_path / "vq_prior"), "--max-steps", "2"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(vq_tokens),
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "vq_prior"),
+        "--max-steps",
+        "2",
+    ]
     assert main(argv) == 2
     assert "no MVQ mask" in capsys.readouterr().err
 
@@ -226,7 +262,7 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys, name) -> Non
 def test_eval_prior_nll_of_a_mask_prior(tmp_path, capsys) -> None:
     """``mvq eval --prior``'s NLL feeds a mask-aware prior the tokens' masks (packed uint8):
     it equals the prior's own loss on the same tokens."""
-    from mvq.evaluate import encode_codes, prior_nll
+    from mvq.eval.evaluate import encode_codes, prior_nll
     from mvq.priors import load_prior
     from mvq.tokenizers import load_tokenizer
 

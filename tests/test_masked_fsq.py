@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers import FSQ, MaskedVectorQuantizer
 from mvq.quantizers.fsq import levels_for_codebook_size
 from mvq.tokenizers import MFSQVAE, MVQVAE, create_tokenizer, list_tokenizers, load_tokenizer
-from mvq.tokens import Tokens
 
 TINY = dict(channels=16, res_channels=8, num_hypotheses=16)
 
@@ -41,8 +41,13 @@ def test_forward_backward_encode_decode() -> None:
     assert out.tokens.mask.shape == (6, 2) and float(out.logs["quant_loss"]) > 0  # the mhd term
     out.loss.backward()
     q = model.quantizer
-    parts = {"encoder": model.encoder, "secondary encoder": model.secondary_encoder, "f": q.f,
-             "primary FSQ": q.primary, "secondary FSQ": q.secondary}  # fmt: skip
+    parts = {
+        "encoder": model.encoder,
+        "secondary encoder": model.secondary_encoder,
+        "f": q.f,
+        "primary FSQ": q.primary,
+        "secondary FSQ": q.secondary,
+    }
     for name, module in parts.items():
         grads = [p.grad for p in module.parameters()]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from mvq.core.tokens import Tokens, pack_masks, unpack_masks
 from mvq.quantizers import MaskedVectorQuantizer
 from mvq.quantizers.masked_vq import wta_all_in_graph
+from mvq.quantizers.mh_search import affine_ends
 from mvq.tokenizers import create_tokenizer
-from mvq.tokens import Tokens, pack_masks, unpack_masks
 
 
 def make_mvq(**kw) -> MaskedVectorQuantizer:
@@ -254,9 +255,12 @@ NEEDS_COMPILER = pytest.mark.skipif(
 
 @pytest.mark.parametrize(
     ("search", "compiled"),
-    [("chunked", False), ("chunked_bf16", False),
-     pytest.param("chunked_bf16", True, marks=NEEDS_COMPILER)],
-)  # fmt: skip
+    [
+        ("chunked", False),
+        ("chunked_bf16", False),
+        pytest.param("chunked_bf16", True, marks=NEEDS_COMPILER),
+    ],
+)
 def test_search_picks_the_exact_winner_over_many_seeds(search: str, compiled: bool, device) -> None:
     """At J = 2048 (the largest J of the paper) with D' = 16: the winner equals the argmin of
     the reference's errors computed on the CPU, over random weights and many draws; also with
@@ -342,7 +346,7 @@ def test_search_trunk_in_bf16_products_and_compiled_tracks_f(dtype, compiled) ->
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     with torch.no_grad():
         for _ in range(2):
-            ends = f.affine_ends(dtype, compiled=compiled)
+            ends = affine_ends(f, dtype, compiled=compiled)
             u = ends.trunk(c.flatten(1) @ ends.in_weight.t() + ends.in_bias)  # (N, P)
             out = u @ ends.out_weight.t() + ends.out_bias
             assert u.dtype == ends.dtype == torch.float32
@@ -361,7 +365,7 @@ def test_affine_ends_reproduce_f(grid: int) -> None:
     c = torch.randn(5, 8, 1, 1)
     with torch.no_grad():
         for f in fs:
-            ends = f.affine_ends()
+            ends = affine_ends(f)
             u = ends.trunk(c.flatten(1) @ ends.in_weight.t() + ends.in_bias)  # (N, P)
             out = u @ ends.out_weight.t() + ends.out_bias  # (N, D * g * g)
             torch.testing.assert_close(out, f(c).flatten(1), atol=1e-5, rtol=1e-5)

@@ -227,8 +227,9 @@ def test_eval_feature_extractors_on_the_device(device) -> None:
     assert features.dtype == np.float64 and features.shape == (20, 16) and features.any()
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
     lpips = load_lpips(random_backbone=True)  # cpu
-    a, b = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(s)) * 2 - 1
-            for s in (1, 2))  # fmt: skip
+    a, b = (
+        torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2)
+    )
     with torch.no_grad():
         expected = lpips(a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)).flatten()
     d = lpips_distance(lpips.to(device), a, b, batch_size=3)
@@ -289,8 +290,9 @@ def test_the_shipped_classifier_is_the_one_the_study_measured_with() -> None:
     assert record["accuracy"] == SHIPPED_ACCURACY
     assert record["accuracy"] == json.loads(study.with_suffix(".json").read_text())["accuracy"]
     shipped, cached = shipped_classifier(), load_classifier_file(study.with_suffix(".json"))
-    x = torch.randint(0, 256, (300, 1, 28, 28), generator=torch.Generator().manual_seed(0),
-                      dtype=torch.uint8)  # fmt: skip
+    x = torch.randint(
+        0, 256, (300, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     np.testing.assert_array_equal(
         classifier_features(shipped.model, x), classifier_features(cached.model, x)
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import mvq
+from mvq.core.registry import Registry
 from mvq.priors import PRIORS, list_priors
-from mvq.registry import Registry
 from mvq.tokenizers import ARCHITECTURES, TOKENIZERS, VARIANTS, list_tokenizers
 
 SRC = Path(mvq.__file__).parent
@@ -34,8 +34,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def _unit(module: str) -> str:
-    """The package or top-level module a module belongs to: ``mvq.priors.common`` ->
-    ``mvq.priors``, ``mvq.tokens`` -> ``mvq.tokens``."""
+    """The package (or top-level module) a module belongs to: ``mvq.priors.common`` ->
+    ``mvq.priors``, ``mvq.core.tokens`` -> ``mvq.core``, ``mvq.cli`` -> ``mvq.cli``."""
     return ".".join(module.split(".")[:2])
 
 
@@ -51,46 +51,21 @@ for _name, _deps in IMPORTS.items():
 # is mvq/__init__), read "unit: what it may import". A new import across units, or a new
 # unit, is a deliberate edit of this table; imports must not form a circle.
 ALLOWED = {
-    "(top)": "quantizers tokens",
-    "apply_tokenizer": "data pixels pretrained token_files tokenizers tokens training",
-    "cli": (
-        "apply_tokenizer data demo errors evaluate priors report runconfig sample sweep "
-        "token_files tokenizers train_prior train_tokenizer training viz"
-    ),
-    "data": "errors pixels registry",
-    "demo": (
-        "data evaluate metrics pixels priors report runconfig sample token_files tokenizers "
-        "train_prior train_tokenizer training"
-    ),
-    "errors": "",
-    "evaluate": (
-        "data errors metrics pixels pretrained priors registry sample tokenizers tokens training"
-    ),
+    "(top)": "core quantizers",  # re-exports the quantizers and Tokens
+    "core": "",  # tokens, token files, registry, errors, pixels, devices, saved models
+    "nets": "",  # networks only
+    "data": "core",
+    "quantizers": "core nets",
+    "tokenizers": "core data losses nets quantizers",
+    "priors": "core",
+    "training": "core data priors tokenizers",  # the trainer, the tokenizer and prior jobs
+    "sampling": "core priors tokenizers training",
+    "metrics": "core data",
     "losses": "metrics",
-    "mask_schedules": "",
-    "metrics": "data errors pixels",
-    "model_card": "",
-    "nets": "",
-    "pixels": "",
-    "pretrained": "errors model_card registry",
-    "priors": "mask_schedules pretrained registry tokens",
-    "quantizers": "nets registry tokens",
-    "registry": "errors",
-    "report": "data pretrained training viz",
-    "runconfig": "data errors priors registry tokenizers training",
-    "sample": "errors pixels pretrained priors sampling token_files tokenizers tokens train_prior",
-    "sampling": "mask_schedules priors tokens",
-    "sweep": (
-        "metrics pretrained priors runconfig sweep_results tokenizers train_tokenizer training"
-    ),
-    "sweep_results": "",
-    "token_files": "pretrained tokenizers tokens",
-    "tokenizers": "data losses nets pixels pretrained quantizers registry tokens",
-    "tokens": "",
-    "train_prior": "priors runconfig token_files tokens train_tokenizer training",
-    "train_tokenizer": "data errors pixels pretrained runconfig tokenizers training",
-    "training": "errors pretrained",
-    "viz": "data errors pixels pretrained quantizers tokenizers tokens training",
+    "eval": "core data metrics priors sampling tokenizers",
+    "report": "core data quantizers tokenizers training",
+    "experiments": "core data eval metrics priors report sampling tokenizers training",
+    "cli": "core data eval experiments priors report sampling tokenizers training",
 }
 
 
@@ -122,18 +97,19 @@ def test_the_allowed_arrows_form_no_circle() -> None:
         visit(unit, ())
 
 
-@pytest.mark.parametrize("unit", ["mvq.tokens", "mvq.mask_schedules", "mvq.pixels"])
-def test_the_token_contract_and_schedules_import_only_torch(unit: str) -> None:
-    deps = set().union(*(d for m, d in IMPORTS.items() if _unit(m) == unit))
-    roots = {d.split(".")[0] for d in deps}
+@pytest.mark.parametrize(
+    "module", ["mvq.core.tokens", "mvq.priors.mask_schedules", "mvq.core.pixels"]
+)
+def test_the_token_contract_and_schedules_import_only_torch(module: str) -> None:
+    roots = {d.split(".")[0] for d in IMPORTS[module]}
     assert roots <= set(sys.stdlib_module_names) | {"torch"}, roots
 
 
 @pytest.mark.parametrize(
     ("unit", "forbidden"),
     [
-        ("mvq.quantizers", {"mvq.tokenizers", "mvq.priors", "mvq.sampling", "mvq.token_files"}),
-        ("mvq.tokenizers", {"mvq.priors", "mvq.sampling", "mvq.token_files"}),
+        ("mvq.quantizers", {"mvq.tokenizers", "mvq.priors", "mvq.sampling", "mvq.training"}),
+        ("mvq.tokenizers", {"mvq.priors", "mvq.sampling", "mvq.core.token_files"}),
         ("mvq.priors", {"mvq.sampling", "mvq.tokenizers", "mvq.quantizers"}),
     ],
 )
@@ -191,3 +167,33 @@ def test_no_caller_reads_a_class_from_a_variant_name() -> None:
     """The registry entry says what a name builds (``entry(name).cls``), not its prefix."""
     readers = [p.name for p in SRC.rglob("*.py") if 'split("_")[0]' in p.read_text()]
     assert not readers
+
+
+def test_no_module_shadows_a_package_and_every_package_says_what_it_owns() -> None:
+    """The top level holds packages (the stages of the data flow) and ``cli``; no ``x.py``
+    sits beside a package ``x/`` anywhere; each package opens with a docstring."""
+    assert {p.name for p in SRC.glob("*.py")} == {"__init__.py", "cli.py"}
+    for folder in [SRC, *(p for p in SRC.rglob("*") if (p / "__init__.py").is_file())]:
+        modules = {p.stem for p in folder.glob("*.py")}
+        packages = {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
+        assert not modules & packages, f"{folder}: {sorted(modules & packages)}"
+        assert ast.get_docstring(ast.parse((folder / "__init__.py").read_text())), folder
+
+
+def test_the_readme_map_names_every_package_with_its_allowed_imports() -> None:
+    """The Design notes' package table lists each unit once, with ALLOWED's arrows."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    table = readme.split("The package, in the order data flows through it", 1)[1]
+    table = table.split("\n\n", 2)[1]  # the paragraph after the sentence
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named: dict[str, str] = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for unit, deps in zip(cells[0].split(", "), cells[2].split("; "), strict=False):
+            named[unit.strip("`").removesuffix("/").removesuffix(".py")] = deps
+    units = {u for u in ALLOWED if u != "(top)"}
+    assert set(named) == units, sorted(set(named) ^ units)
+    for unit, deps in named.items():
+        want = set(ALLOWED[unit].split())
+        got = set() if deps == "nothing" else {d.strip() for d in deps.split(",")}
+        assert got == want or deps in ("all", "all of the above"), (unit, got, want)

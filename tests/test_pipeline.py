@@ -10,8 +10,9 @@ import yaml
 from torch.utils.data import Dataset
 
 from mvq.cli import main
-from mvq.token_files import TokenDataset, encode_dataset, read_token_meta, tokenizer_identity
+from mvq.core.token_files import TokenDataset, read_token_meta, tokenizer_identity
 from mvq.tokenizers import create_tokenizer
+from mvq.tokenizers.apply import encode_dataset
 
 TINY = dict(channels=16, res_channels=8)
 
@@ -44,13 +45,22 @@ def make_tokens(tmp_path: Path, arch: str = "mvqvae") -> tuple[Path, Path]:
 
 def prior_config(tmp_path: Path, name: str, **model_config) -> Path:
     sizes = {
-        "transformer_1p1": dict(primary_layers=1, primary_heads=2, primary_dim=16,
-                                secondary_layers=1, secondary_heads=2, secondary_dim=16),
+        "transformer_1p1": dict(
+            primary_layers=1,
+            primary_heads=2,
+            primary_dim=16,
+            secondary_layers=1,
+            secondary_heads=2,
+            secondary_dim=16,
+        ),
         "maskgit_small": dict(layers=1, heads=2, dim=16),
         "pixelcnn_small": dict(dim=16, layers=2),
-    }[name]  # fmt: skip
-    cfg = {"model": name, "model_config": sizes | model_config,
-           "train": {"batch_size": 16, "log_every": 2, "val_every": 4}}  # fmt: skip
+    }[name]
+    cfg = {
+        "model": name,
+        "model_config": sizes | model_config,
+        "train": {"batch_size": 16, "log_every": 2, "val_every": 4},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -74,8 +84,17 @@ def test_token_directory_round_trip(tmp_path) -> None:
 def test_encode_train_prior_sample(prior: str, tmp_path, capsys) -> None:
     tok, tokens = make_tokens(tmp_path)
     run = tmp_path / "prior"
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(prior_config(tmp_path, prior)),
-            "--out", str(run), "--max-steps", "8"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tokens),
+        "--config",
+        str(prior_config(tmp_path, prior)),
+        "--out",
+        str(run),
+        "--max-steps",
+        "8",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 8
@@ -84,8 +103,19 @@ def test_encode_train_prior_sample(prior: str, tmp_path, capsys) -> None:
     bits = summary["nll"] * 5 / math.log(2)  # 4 + 1 tokens, nats/token -> bits/image
     assert summary["bits_per_image"] == pytest.approx(bits, rel=1e-3)  # both rounded to 4 places
     out = tmp_path / "samples"
-    argv = ["sample", "--tokenizer", str(tok), "--prior", str(run / "model"), "-n", "5",
-            "--out", str(out), "--seed", "3"]  # fmt: skip
+    argv = [
+        "sample",
+        "--tokenizer",
+        str(tok),
+        "--prior",
+        str(run / "model"),
+        "-n",
+        "5",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(5)] + [
         "grid.png"
@@ -97,13 +127,20 @@ def test_encode_train_prior_sample(prior: str, tmp_path, capsys) -> None:
 
 def test_sampled_images_have_the_data_shape_and_range(tmp_path) -> None:
     from mvq.priors import create_prior
-    from mvq.sample import sample_images
+    from mvq.sampling.pipeline import sample_images
     from mvq.tokenizers import load_tokenizer
 
     tok, _ = make_tokens(tmp_path)
     tokenizer = load_tokenizer(tok)
-    prior = create_prior("maskgit_small", primary_grid=(2, 2), primary_vocab=8, secondary_vocab=8,
-                         layers=1, heads=2, dim=16)  # fmt: skip
+    prior = create_prior(
+        "maskgit_small",
+        primary_grid=(2, 2),
+        primary_vocab=8,
+        secondary_vocab=8,
+        layers=1,
+        heads=2,
+        dim=16,
+    )
     images, tokens = sample_images(tokenizer, prior, 7, seed=1)
     assert images.shape == (7, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
     assert tokens.indices.shape == (7, 2, 2) and tokens.indices.max() < 8
@@ -116,8 +153,17 @@ def test_prior_from_another_tokenizer_is_refused(tmp_path, capsys) -> None:
     other, _ = make_tokens(tmp_path, "vqvae2")
     run = tmp_path / "prior"
     cfg = prior_config(tmp_path, "transformer_1p1")
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out", str(run),
-            "--max-steps", "2"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tokens),
+        "--config",
+        str(cfg),
+        "--out",
+        str(run),
+        "--max-steps",
+        "2",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     argv = [
@@ -146,8 +192,17 @@ def test_codebook_size_mismatch_is_a_clear_error(tmp_path) -> None:
 def test_conditional_prior_needs_the_tokens_classes(tmp_path, capsys) -> None:
     _, tokens = make_tokens(tmp_path)
     cfg = prior_config(tmp_path, "transformer_1p1", num_classes=5)
-    argv = ["train-prior", "--tokens", str(tokens), "--config", str(cfg), "--out",
-            str(tmp_path / "p"), "--max-steps", "2"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tokens),
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "p"),
+        "--max-steps",
+        "2",
+    ]
     assert main(argv) == 2
     assert "the tokens carry 10 classes" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()

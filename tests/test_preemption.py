@@ -28,16 +28,22 @@ import yaml
 from PIL import Image
 
 from mvq.cli import main
-from mvq.errors import DiskFullError, MVQError
-from mvq.pretrained import atomic_write_file
+from mvq.core.errors import DiskFullError, MVQError
+from mvq.core.pretrained import atomic_write_file
 from mvq.tokenizers import create_tokenizer, load_tokenizer
 from mvq.training import checkpoint_path, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-TINY = ["model_config.channels=16", "model_config.res_channels=8", "model_config.num_hypotheses=4",
-        "train.val_batches=1", "train.log_every=2", "train.ckpt_every=2",
-        "train.sample_every=100000"]  # fmt: skip
+TINY = [
+    "model_config.channels=16",
+    "model_config.res_channels=8",
+    "model_config.num_hypotheses=4",
+    "train.val_batches=1",
+    "train.log_every=2",
+    "train.ckpt_every=2",
+    "train.sample_every=100000",
+]
 SETS = [a for s in TINY for a in ("--set", s)]
 
 
@@ -52,8 +58,11 @@ def folder_config(tmp_path_factory) -> Path:
             pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
             Image.fromarray(pixels).save(root / split / f"{i}.png")
     cfg = root / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "mvqvae_fmnist_s4_k16",
-                                   "data": {"name": "folder", "root": str(root)}}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {"model": "mvqvae_fmnist_s4_k16", "data": {"name": "folder", "root": str(root)}}
+        )
+    )
     return cfg
 
 
@@ -83,8 +92,13 @@ def test_sigterm_from_outside_stops_within_seconds_and_resumes_exactly(
     cut = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = train_argv(folder_config, cut, "--max-steps", "100000")
-    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", *argv], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvq.cli", *argv],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(checkpoint_path(cut), proc)  # step 2's checkpoint
         time.sleep(0.5)  # a few steps after it
@@ -121,13 +135,25 @@ def test_train_prior_checkpoints_on_sigusr1_with_status_75_and_resumes(tmp_path)
 
     _, tokens = make_tokens(tmp_path)
     run = tmp_path / "prior"
-    argv = ["train-prior", "--tokens", str(tokens), "--config",
-            str(prior_config(tmp_path, "transformer_1p1")), "--out", str(run),
-            "--set", "train.ckpt_every=2"]  # fmt: skip
+    argv = [
+        "train-prior",
+        "--tokens",
+        str(tokens),
+        "--config",
+        str(prior_config(tmp_path, "transformer_1p1")),
+        "--out",
+        str(run),
+        "--set",
+        "train.ckpt_every=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", *argv, "--max-steps", "100000"],
-                            env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvq.cli", *argv, "--max-steps", "100000"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(checkpoint_path(run), proc)
         proc.send_signal(signal.SIGUSR1)
@@ -169,15 +195,25 @@ def test_readme_slurm_recipe_checkpoints_on_sigusr1_requeues_and_resumes(tmp_pat
     (tmp_path / "configs").symlink_to(ROOT / "configs")  # the recipe's relative paths
     path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     calls = tmp_path / "scontrol_calls"
-    env = {**os.environ, "PATH": path, "SLURM_JOB_ID": "4242", "OMP_NUM_THREADS": "1",
-           "SCONTROL_CALLS": str(calls)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": path,
+        "SLURM_JOB_ID": "4242",
+        "OMP_NUM_THREADS": "1",
+        "SCONTROL_CALLS": str(calls),
+    }
     run_dir = tmp_path / "runs" / "mvq_s4"
 
     def submit(max_steps: int) -> subprocess.Popen:
         args = " ".join(["--max-steps", str(max_steps), "--batch-size", "8", *SETS])
-        return subprocess.Popen(["bash", str(job)], cwd=tmp_path, text=True,
-                                env=env | {"MVQ_TEST_ARGS": args}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)  # fmt: skip
+        return subprocess.Popen(
+            ["bash", str(job)],
+            cwd=tmp_path,
+            text=True,
+            env=env | {"MVQ_TEST_ARGS": args},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     first = submit(100000)
     try:
@@ -313,7 +349,7 @@ def test_a_full_disk_on_a_write_that_names_no_file_is_one_line_naming_the_output
     def full(out):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("mvq.runconfig.write_paper_configs", full)
+    monkeypatch.setattr("mvq.training.runconfig.write_paper_configs", full)
     assert main(["configs", "--out", str(tmp_path / "configs")]) == 2
     assert one_line_error(capsys) == (
         f"mvq: error: no space left on the device while writing under {tmp_path / 'configs'} "

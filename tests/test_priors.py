@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvq.pretrained import CheckpointError
+from mvq.core.pretrained import CheckpointError
 from mvq.priors import (
     PRIORS,
     MaskGITPrior,
@@ -336,7 +336,7 @@ def test_table4_parameter_counts(name, primary_m, secondary_m, tolerance):
 def test_layout_overrides_from_a_tokenizer_layout():
     from types import SimpleNamespace
 
-    from mvq.tokens import layout_overrides
+    from mvq.core.tokens import layout_overrides
 
     layout = SimpleNamespace(
         primary_vocab=8, primary_grid=[2, 2], secondary_vocab=8, secondary_grid=(1, 1), mask_bits=16

@@ -14,16 +14,24 @@ import torch
 from torchvision.utils import save_image
 
 from mvq.cli import main
-from mvq.report import write_report
+from mvq.report.page import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(),
     reason="Debian's chromium is not installed (make test installs it)",
 )
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         "--host-resolver-rules=MAP * ~NOTFOUND"]  # fmt: skip  # no network, even by mistake
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]  # no network, even by mistake
 # Injected first in <head> of a copy of the page: records every error and, once the page has
 # loaded, writes into the DOM how many images there are and which did not decode.
 CHECK = """<script>
@@ -40,9 +48,13 @@ window.addEventListener("load", () => {
   document.body.appendChild(pre);
 });
 </script>"""
-EVAL = {"mse": 0.1123, "fd_fmnist": 12.7, "bits_per_image": 31,
-        "unavailable": {"fid": "Inception weights not found: put the file in ~/.cache"},
-        "meta": {"split": "val", "images": 10000}}  # fmt: skip
+EVAL = {
+    "mse": 0.1123,
+    "fd_fmnist": 12.7,
+    "bits_per_image": 31,
+    "unavailable": {"fid": "Inception weights not found: put the file in ~/.cache"},
+    "meta": {"split": "val", "images": 10000},
+}
 
 
 def chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -55,8 +67,9 @@ def check_in_browser(page: Path, tmp: Path) -> Path:
     """Every image decoded, no error or console message; returns a screenshot of the page."""
     probe = page.with_name("check.html")
     probe.write_text(page.read_text().replace("<head>", "<head>" + CHECK, 1))
-    run = chromium(probe, tmp, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-                   "--dump-dom")  # fmt: skip
+    run = chromium(
+        probe, tmp, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom"
+    )
     found = re.search(r'<pre id="mvq-check">(.*?)</pre>', run.stdout, flags=re.S)
     assert found, run.stderr[-2000:]
     result = json.loads(html.unescape(found.group(1)))
@@ -93,8 +106,9 @@ def fake_demo(root: Path, run: Path, vqvae2_model: Path) -> Path:
     (demo / "mvqvae_tokens" / "meta.json").write_text("{}")
     save_image(torch.rand(3, 60, 90), demo / "samples_mvqvae.png")
     save_image(torch.rand(3, 40, 90), demo / "reconstructions.png")
-    (demo / "metrics.md").write_text("4+1 tokens.\n\n| model | test MSE |\n|---|---|\n"
-                                     "| vqvae2 | 0.1003 |\n| mvqvae | 0.0982 |\n")  # fmt: skip
+    (demo / "metrics.md").write_text(
+        "4+1 tokens.\n\n| model | test MSE |\n|---|---|\n| vqvae2 | 0.1003 |\n| mvqvae | 0.0982 |\n"
+    )
     return demo
 
 
@@ -107,9 +121,18 @@ def test_report_of_a_run_opens_offline_in_chromium(tiny_mvq_run, tmp_path) -> No
     assert page == run / "report.html"
     text = page.read_text()
     assert_offline(text)
-    for fragment in ("MVQVAE", "num_hypotheses", "fd_fmnist", "Inception weights not found",
-                     "compose:", "transfer:", "dimensions:", "diversity:", "codebook:",
-                     "training reconstructions"):  # fmt: skip
+    for fragment in (
+        "MVQVAE",
+        "num_hypotheses",
+        "fd_fmnist",
+        "Inception weights not found",
+        "compose:",
+        "transfer:",
+        "dimensions:",
+        "diversity:",
+        "codebook:",
+        "training reconstructions",
+    ):
         assert fragment in text, fragment
     check_in_browser(page, tmp_path)
 
@@ -149,10 +172,22 @@ def test_report_of_a_sweep_and_bad_folders(tmp_path, capsys) -> None:
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY_TRAIN = ["--max-steps", "6", "--batch-size", "8",
-              *(a for s in ("model_config.channels=16", "model_config.res_channels=8",
-                            "model_config.num_hypotheses=8", "train.val_batches=1")
-                for a in ("--set", s))]  # fmt: skip
+TINY_TRAIN = [
+    "--max-steps",
+    "6",
+    "--batch-size",
+    "8",
+    *(
+        a
+        for s in (
+            "model_config.channels=16",
+            "model_config.res_channels=8",
+            "model_config.num_hypotheses=8",
+            "train.val_batches=1",
+        )
+        for a in ("--set", s)
+    ),
+]
 
 
 def tour_commands() -> list[list[str]]:
@@ -162,15 +197,20 @@ def tour_commands() -> list[list[str]]:
     return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed")  # fmt: skip
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_readme_tour_commands_run(tmp_path, tiny_vqvae2_model, monkeypatch, capsys) -> None:
     """Every Tour line, as written; training shortened and fewer images (options appended)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     commands = tour_commands()
-    assert [c[:2] for c in commands] == [["mvq", "train"], *[["mvq", "viz"]] * 2,
-                                         *[["mvq", "report"]] * 2]  # fmt: skip
+    assert [c[:2] for c in commands] == [
+        ["mvq", "train"],
+        *[["mvq", "viz"]] * 2,
+        *[["mvq", "report"]] * 2,
+    ]
     for cmd in commands:
         extra = {"train": TINY_TRAIN, "viz": ["--n", "2"]}.get(cmd[1], [])
         if cmd[1] == "report" and "runs/demo" in cmd:  # a demo folder: this run and a VQVAE2

@@ -71,9 +71,11 @@ def test_quantizer_dropout_uses_a_prefix_of_the_levels():
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"levels": 0}, "levels must be an integer >= 1"),
-     ({"quantizer_dropout": 1.0}, "quantizer_dropout must be in [0, 1)")],
-)  # fmt: skip
+    [
+        ({"levels": 0}, "levels must be an integer >= 1"),
+        ({"quantizer_dropout": 1.0}, "quantizer_dropout must be in [0, 1)"),
+    ],
+)
 def test_bad_residual_options_are_one_line_errors(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(")", r"\)")) as err:
         ResidualVQ(8, 4, **kwargs)
@@ -83,8 +85,9 @@ def test_bad_residual_options_are_one_line_errors(kwargs, fragment):
 @pytest.mark.parametrize("prefix", FAMILY_PREFIXES)
 def test_every_family_is_registered_at_the_papers_rates(prefix):
     names = [n for n in list_tokenizers() if n.startswith(prefix + "_fmnist_")]
-    assert sorted(names) == sorted(f"{prefix}_fmnist_s{s}_k{k}" for s in (1, 4, 16)
-                                   for k in (16, 256))  # fmt: skip
+    assert sorted(names) == sorted(
+        f"{prefix}_fmnist_s{s}_k{k}" for s in (1, 4, 16) for k in (16, 256)
+    )
 
 
 @pytest.mark.parametrize("name", [f"{p}_fmnist_s4_k16" for p in FAMILY_PREFIXES])
@@ -107,16 +110,21 @@ def test_each_family_trains_encodes_and_decodes_in_the_table3_networks(name):
 
 @pytest.mark.parametrize(
     ("name", "bits"),
-    [("lfqvae_fmnist_s4_k16", 5 * 3), ("bsqvae_fmnist_s4_k256", 5 * 7),
-     ("rvqvae_fmnist_s4_k16", 2 * 5 * 3), ("simvqvae_fmnist_s1_k16", 2 * 3)],
-)  # fmt: skip
+    [
+        ("lfqvae_fmnist_s4_k16", 5 * 3),
+        ("bsqvae_fmnist_s4_k256", 5 * 7),
+        ("rvqvae_fmnist_s4_k16", 2 * 5 * 3),
+        ("simvqvae_fmnist_s1_k16", 2 * 3),
+    ],
+)
 def test_bits_per_image_count_every_index_the_decoder_reads(name, bits):
     assert create_tokenizer(name, **TINY).bits_per_image == pytest.approx(bits)
 
 
 def test_residual_levels_travel_as_rows_of_one_grid():
-    tok = create_tokenizer("rvqvae_fmnist_s4_k16", quantizer={"family": "rvq", "levels": 3},
-                           **TINY).eval()  # fmt: skip
+    tok = create_tokenizer(
+        "rvqvae_fmnist_s4_k16", quantizer={"family": "rvq", "levels": 3}, **TINY
+    ).eval()
     assert tok.token_layout.primary_grid == (6, 2) and tok.token_layout.secondary_grid == (3, 1)
     assert tok.bits_per_image == pytest.approx(3 * 5 * 3)
     tokens = tok.encode(torch.zeros(1, 1, 28, 28))
@@ -125,12 +133,14 @@ def test_residual_levels_travel_as_rows_of_one_grid():
 
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
-    [({"quantizer": {"family": "pq"}}, "unknown quantizer family 'pq'"),
-     ({"quantizer": {"family": "lfq", "cosine": True}}, "has no option cosine"),
-     ({"quantizer": {"family": "lfq"}, "ema": True}, "the lfq quantizer has none"),
-     ({"quantizer": {"family": "bsq"}, "codebook_size": 12}, "must be a power of 2"),
-     ({"quantizer": {"family": "rvq", "levels": 0}}, "levels must be an integer >= 1")],
-)  # fmt: skip
+    [
+        ({"quantizer": {"family": "pq"}}, "unknown quantizer family 'pq'"),
+        ({"quantizer": {"family": "lfq", "cosine": True}}, "has no option cosine"),
+        ({"quantizer": {"family": "lfq"}, "ema": True}, "the lfq quantizer has none"),
+        ({"quantizer": {"family": "bsq"}, "codebook_size": 12}, "must be a power of 2"),
+        ({"quantizer": {"family": "rvq", "levels": 0}}, "levels must be an integer >= 1"),
+    ],
+)
 def test_bad_quantizer_specs_are_one_line_errors(overrides, fragment):
     with pytest.raises(ValueError) as err:
         QVAE(QVAEConfig(**TINY, **overrides))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mvq.sweep import expand, load_sweep
+from mvq.experiments.sweep import expand, load_sweep
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "fmnist"
 # cells per sweep (issue 24's seeds: 5 at 1+1 and 4+1 tokens, 3 at 16+1, in the J ablation and
@@ -59,7 +59,7 @@ def test_queue_runs_every_cell_not_finished_exactly_once():
     assert max(queued.values()) == 1
     for sweep in CELLS:
         for cell in expand(load_sweep(STUDY / f"{sweep}.yaml")):
-            finished = (STUDY / sweep / "cells" / cell.name / "markers" / "sample_eval.json")
+            finished = STUDY / sweep / "cells" / cell.name / "markers" / "sample_eval.json"
             if (sweep, cell.index) not in queued:
                 assert finished.is_file(), f"{sweep} cell {cell.index} is neither run nor queued"
             queued.pop((sweep, cell.index), None)
@@ -69,10 +69,17 @@ def test_queue_runs_every_cell_not_finished_exactly_once():
 def _rows(method, tokens, k, fd, **extra):
     """Two seeds of a cell whose sample fd_fmnist is ``fd`` ± 1."""
     return [
-        {"method": method, "tokens": tokens, "K": k, "seed": str(seed),
-         "sample_fd_fmnist": str(fd + d), "fd_fmnist": str(fd + d), **extra}
+        {
+            "method": method,
+            "tokens": tokens,
+            "K": k,
+            "seed": str(seed),
+            "sample_fd_fmnist": str(fd + d),
+            "fd_fmnist": str(fd + d),
+            **extra,
+        }
         for seed, d in ((0, -1.0), (1, 1.0))
-    ]  # fmt: skip
+    ]
 
 
 FLOOR = 0.27  # fd_fmnist of 10,000 training vs the 10,000 test images (floor.json)
@@ -90,8 +97,9 @@ def test_verdicts_read_the_longer_pair_and_the_healthy_baselines():
     c1 = lines["C11+1, K = 16, sample fd_fmnist, lower is better"]
     # 2 seeds of ± 1 a side: Welch's interval is ± t(2) · sqrt(2) = ± 6.08
     assert "vs VQ-VAE-2 150.0 ± 1.4: Δ -50.0 [-56.1, -43.9] (2 seeds), δ 7.5: **better**" in c1
-    assert c1.endswith("both healthy 90.0 ± 1.4 vs 80.0 ± 1.4: Δ +10.0 [+3.9, +16.1] "
-                       "(2 seeds), δ 4.0: **worse**.")  # fmt: skip
+    assert c1.endswith(
+        "both healthy 90.0 ± 1.4 vs 80.0 ± 1.4: Δ +10.0 [+3.9, +16.1] (2 seeds), δ 4.0: **worse**."
+    )
     late = lines["C1 after 10 epochs1+1, K = 16"]
     assert "60.0 ± 1.4 vs VQ-VAE-2 50.0 ± 1.4: Δ +10.0" in late and "**worse**" in late
     c4 = lines["C41+1, sample fd_fmnist, gain of MVQ over VQ-VAE-2"]
@@ -121,10 +129,15 @@ def test_c1_also_compares_fsq_and_goes_beyond_the_paper_to_16_plus_1():
 def test_c6_pairs_by_seed_and_c3_fits_a_slope():
     analyze = _analyze()
     grid = _rows("mvqvae", "1+1", "16", 100)
-    modelled = [{**r, "sample_fd_fmnist": str(float(r["sample_fd_fmnist"]) - 8.0 + i * 0.1)}
-                for i, r in enumerate(grid)]  # fmt: skip
-    j_rows = [{"J": j, "tokens": "1+1", "seed": str(s), "sample_fd_fmnist": str(200 - 10 * i + s)}
-              for i, j in enumerate(("1", "4", "16", "64")) for s in (0, 1)]  # fmt: skip
+    modelled = [
+        {**r, "sample_fd_fmnist": str(float(r["sample_fd_fmnist"]) - 8.0 + i * 0.1)}
+        for i, r in enumerate(grid)
+    ]
+    j_rows = [
+        {"J": j, "tokens": "1+1", "seed": str(s), "sample_fd_fmnist": str(200 - 10 * i + s)}
+        for i, j in enumerate(("1", "4", "16", "64"))
+        for s in (0, 1)
+    ]
     claims, judge = analyze.verdicts(grid, [], j_rows, modelled, [], FLOOR)
     words = dict(judge.decided)
     # the seeds' spread (± 1) cancels in the pairs: -8.0 and -7.9, clearly better

@@ -19,9 +19,10 @@ import torch
 import yaml
 from conftest import expect_error
 
-from mvq import sweep as sweep_mod
 from mvq.cli import build_parser, main
-from mvq.sweep import cell_stages, expand, load_sweep
+from mvq.experiments import sweep as sweep_mod
+from mvq.experiments.sweep import cell_stages, expand, load_sweep
+from mvq.experiments.sweep import tables as sweep_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -84,20 +85,31 @@ def write_sweep(tmp_path: Path, **changes) -> Path:
         "name": "tiny",
         "out": str(tmp_path / "out"),
         "configs": [
-            {"config": str(ROOT / "configs/vqvae2_fmnist_s1_k16.yaml"), "method": "vqvae2",
-             "tokens": "1+1", "K": 16},
-            {"config": str(ROOT / "configs/mvqvae_fmnist_s1_k16.yaml"), "method": "mvqvae",
-             "tokens": "1+1", "K": 16, "set": ["model_config.num_hypotheses=4"]},
+            {
+                "config": str(ROOT / "configs/vqvae2_fmnist_s1_k16.yaml"),
+                "method": "vqvae2",
+                "tokens": "1+1",
+                "K": 16,
+            },
+            {
+                "config": str(ROOT / "configs/mvqvae_fmnist_s1_k16.yaml"),
+                "method": "mvqvae",
+                "tokens": "1+1",
+                "K": 16,
+                "set": ["model_config.num_hypotheses=4"],
+            },
         ],
         "overrides": {"variant": {"paper": {}, "ema": {"model_config.ema": True}}},
         "exclude": [{"method": "mvqvae", "variant": "ema"}],
         "seeds": [0, 1],
         "budget": {"max_steps": 3, "batch_size": 8},
         "set": TINY,
-        "prior": {"config": str(ROOT / "configs/priors/transformer_{tokens_p}.yaml"),
-                  "max_steps": 2},
+        "prior": {
+            "config": str(ROOT / "configs/priors/transformer_{tokens_p}.yaml"),
+            "max_steps": 2,
+        },
         "eval": {"split": "val", "n": 100, "metrics": ["mse", "psnr"]},
-    } | changes  # fmt: skip
+    } | changes
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -150,8 +162,13 @@ def test_grid_expands_to_cells_and_commands(tmp_path) -> None:
     ]
     cell = cells[5]
     assert cell.name == "method=mvqvae__tokens=1+1__K=16__variant=paper__seed=1"
-    assert cell.sets == [*TINY, "model_config.num_hypotheses=4", "train.max_steps=3",
-                         "train.batch_size=8", "train.seed=1"]  # fmt: skip
+    assert cell.sets == [
+        *TINY,
+        "model_config.num_hypotheses=4",
+        "train.max_steps=3",
+        "train.batch_size=8",
+        "train.seed=1",
+    ]
     train = {"val_batches": 1, "max_steps": 3, "batch_size": 8, "seed": 1}
     assert cell.run_config.train.items() >= train.items()
     assert cells[2].run_config.model_config["ema"] is True
@@ -164,14 +181,33 @@ def test_grid_expands_to_cells_and_commands(tmp_path) -> None:
         parser.parse_args(stage.args)
     assert stages[2].args[-4:] == ["--set", "train.max_steps=2", "--set", "train.seed=1"]
     assert stages[3].args == [
-        "eval", "--tokenizer", str(tmp_path / "c/tokenizer/model"), "--data", "fashion_mnist",
-        "--split", "val", "--out", str(tmp_path / "c/eval"), "--metrics", "mse,psnr",
-    ]  # fmt: skip
+        "eval",
+        "--tokenizer",
+        str(tmp_path / "c/tokenizer/model"),
+        "--data",
+        "fashion_mnist",
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "c/eval"),
+        "--metrics",
+        "mse,psnr",
+    ]
     assert stages[4].args == [
-        "eval", "--tokenizer", str(tmp_path / "c/tokenizer/model"), "--prior",
-        str(tmp_path / "c/prior/model"), "-n", "100", "--data", "fashion_mnist", "--split", "val",
-        "--out", str(tmp_path / "c/eval_samples"),
-    ]  # fmt: skip
+        "eval",
+        "--tokenizer",
+        str(tmp_path / "c/tokenizer/model"),
+        "--prior",
+        str(tmp_path / "c/prior/model"),
+        "-n",
+        "100",
+        "--data",
+        "fashion_mnist",
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "c/eval_samples"),
+    ]
 
 
 def test_list_cell_and_dry_run_write_nothing(tmp_path, capsys) -> None:
@@ -250,8 +286,9 @@ def test_killed_cell_resumes_and_finished_cells_are_not_rerun(
     assert rows[3]["unavailable"] == "fid" and float(rows[3]["eval_wall_s"]) > 0
 
 
-@pytest.mark.parametrize(("signum", "status", "jobs"), [(signal.SIGTERM, 143, 2),
-                                                      (signal.SIGUSR1, 75, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("signum", "status", "jobs"), [(signal.SIGTERM, 143, 2), (signal.SIGUSR1, 75, 1)]
+)
 def test_a_signalled_sweep_passes_it_on_records_interrupted_and_resumes(
     tmp_path, capsys, monkeypatch, fake_mvq, signum, status, jobs
 ) -> None:
@@ -279,8 +316,12 @@ def test_a_signalled_sweep_passes_it_on_records_interrupted_and_resumes(
         record = json.loads((cells / cell / "cell.json").read_text())
         assert record["status"] == "interrupted", record
         assert record["stages"]["train"] | {"wall_s": 0} == {
-            "status": "interrupted", "signal": name, "exit_code": status,
-            "log": "logs/train.log", "wall_s": 0}  # fmt: skip
+            "status": "interrupted",
+            "signal": name,
+            "exit_code": status,
+            "log": "logs/train.log",
+            "wall_s": 0,
+        }
         assert not (cells / cell / "markers" / "train.json").exists()
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 2 - len(held)
 
@@ -340,9 +381,13 @@ def test_results_without_weights_keep_finished_cells_and_rerun_what_a_stage_need
     path = str(prior_per_entry(tmp_path, seeds=[0], exclude=[{"method": "mvqvae"}]))
     assert main(["sweep", path]) == 0
     cells = sorted((tmp_path / "out" / "cells").iterdir())
-    for heavy in ("tokenizer/model/model.safetensors", "tokenizer/checkpoints/last.pt",
-                  "tokens/meta.json", "prior/model/model.safetensors",
-                  "prior/checkpoints/last.pt"):  # fmt: skip
+    for heavy in (
+        "tokenizer/model/model.safetensors",
+        "tokenizer/checkpoints/last.pt",
+        "tokens/meta.json",
+        "prior/model/model.safetensors",
+        "prior/checkpoints/last.pt",
+    ):
         for cell in cells:
             (cell / heavy).unlink()
     (cells[1] / "markers" / "eval.json").unlink()  # this cell was not evaluated yet
@@ -378,7 +423,10 @@ def test_collect_summarizes_over_seeds(tmp_path, capsys, fake_mvq) -> None:
     assert main(["sweep", path, "--collect"]) == 0
     summary = read_csv(tmp_path / "out" / "summary.csv")
     assert [(r["method"], r["variant"], r["n"]) for r in summary] == [
-        ("vqvae2", "paper", "2"), ("vqvae2", "ema", "2"), ("mvqvae", "paper", "2")]  # fmt: skip
+        ("vqvae2", "paper", "2"),
+        ("vqvae2", "ema", "2"),
+        ("mvqvae", "paper", "2"),
+    ]
     assert float(summary[0]["mse_mean"]) == pytest.approx(0.105)
     assert float(summary[0]["mse_std"]) == pytest.approx(0.00707107, rel=1e-4)
     assert float(summary[0]["psnr_mean"]) == pytest.approx(19.5)
@@ -395,8 +443,12 @@ def test_tables_name_a_classifier_other_than_the_shipped_one(tmp_path, capsys, f
     assert main(["sweep", path]) == 0
     evals = sorted((tmp_path / "out" / "cells").glob("*/eval/eval.json"))
     study = {"key": "ea6ed89205813a6a", "accuracy": 0.9177}  # what the study's eval.json hold
-    other = {"id": "0123456789abcdef", "shipped": False, "accuracy": 0.9158,
-             "weights_sha256": "0" * 64}  # fmt: skip
+    other = {
+        "id": "0123456789abcdef",
+        "shipped": False,
+        "accuracy": 0.9158,
+        "weights_sha256": "0" * 64,
+    }
     for file, classifier in zip(evals, (study, other), strict=False):
         data = json.loads(file.read_text())
         file.write_text(json.dumps(data | {"meta": {"fd_fmnist_classifier": classifier}}))
@@ -407,7 +459,7 @@ def test_tables_name_a_classifier_other_than_the_shipped_one(tmp_path, capsys, f
     for name in ("results.md", "summary.md"):
         assert note in (tmp_path / "out" / name).read_text(), name
     committed = sorted(ROOT.glob("results/fmnist/*/cells/*/eval*/eval.json"))
-    assert committed and not any("fd_classifier" in sweep_mod._eval_values(f) for f in committed)
+    assert committed and not any("fd_classifier" in sweep_tables._eval_values(f) for f in committed)
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -420,9 +472,15 @@ def test_real_training_cell_resumes_from_its_checkpoint(tmp_path, capsys, monkey
     )
     for stage in ("eval", "sample_eval"):
         monkeypatch.setitem(sweep_mod.STAGE_PROGRAM, stage, [sys.executable, str(fake_eval)])
-    path = write_sweep(tmp_path, configs=[str(ROOT / "configs/vqvae2_fmnist_s1_k16.yaml")],
-                       overrides={}, exclude=[], seeds=[3], budget={"max_steps": 2,
-                       "batch_size": 8, "ckpt_every": 1}, eval={"n": 10})  # fmt: skip
+    path = write_sweep(
+        tmp_path,
+        configs=[str(ROOT / "configs/vqvae2_fmnist_s1_k16.yaml")],
+        overrides={},
+        exclude=[],
+        seeds=[3],
+        budget={"max_steps": 2, "batch_size": 8, "ckpt_every": 1},
+        eval={"n": 10},
+    )
     spec = yaml.safe_load(path.read_text())
     del spec["prior"]
     path.write_text(yaml.safe_dump(spec))
@@ -441,10 +499,36 @@ def test_real_training_cell_resumes_from_its_checkpoint(tmp_path, capsys, monkey
 
 def test_device_errors_are_one_line(tmp_path, capsys) -> None:
     tok, prior = str(tmp_path / "tok"), str(tmp_path / "prior")
-    expect_error(capsys, ["encode", "--tokenizer", tok, "--data", "fashion_mnist", "--out",
-                          str(tmp_path / "t"), "--device", "gpu0"], "--device gpu0")  # fmt: skip
-    expect_error(capsys, ["sample", "--tokenizer", tok, "--prior", prior, "--out",
-                          str(tmp_path / "s"), "--device", "bogus"], "--device bogus")  # fmt: skip
+    expect_error(
+        capsys,
+        [
+            "encode",
+            "--tokenizer",
+            tok,
+            "--data",
+            "fashion_mnist",
+            "--out",
+            str(tmp_path / "t"),
+            "--device",
+            "gpu0",
+        ],
+        "--device gpu0",
+    )
+    expect_error(
+        capsys,
+        [
+            "sample",
+            "--tokenizer",
+            tok,
+            "--prior",
+            prior,
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "bogus",
+        ],
+        "--device bogus",
+    )
     if not torch.cuda.is_available():
         argv = ["sample", "--tokenizer", tok, "--prior", prior, "--out", str(tmp_path / "s")]
         expect_error(capsys, [*argv, "--device", "cuda"], "CUDA is not available")
@@ -464,12 +548,21 @@ def test_entry_seeds_and_sampling_seeds(tmp_path, capsys, fake_mvq) -> None:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     cells = expand(load_sweep(path))
     assert [(c.axes["method"], c.seed) for c in cells] == [
-        ("vqvae2", 0), ("vqvae2", 1), ("mvqvae", 0), ("mvqvae", 1), ("mvqvae", 2),
-    ]  # fmt: skip
+        ("vqvae2", 0),
+        ("vqvae2", 1),
+        ("mvqvae", 0),
+        ("mvqvae", 1),
+        ("mvqvae", 2),
+    ]
     stages = cell_stages(load_sweep(path), cells[0], tmp_path / "c")
     assert [s.name for s in stages][-2:] == ["sample_eval", "sample_eval_seed1"]
-    assert stages[-2].spec == {"data": "fashion_mnist", "split": "val", "n": 100,
-                               "metrics": None, "prior": True}  # fmt: skip
+    assert stages[-2].spec == {
+        "data": "fashion_mnist",
+        "split": "val",
+        "n": 100,
+        "metrics": None,
+        "prior": True,
+    }
     assert stages[-1].argv()[-2:] == ["--seed", "1"] and stages[-1].spec["seed"] == 1
     assert main(["sweep", str(path), "--jobs", "1"]) == 0
     rows = read_csv(tmp_path / "out" / "results.csv")
@@ -480,8 +573,10 @@ def test_entry_seeds_and_sampling_seeds(tmp_path, capsys, fake_mvq) -> None:
         assert float(row["sample_fd_fmnist_sampling_seed1"]) == 110.0 + seed
         assert float(row["sample_fd_fmnist"]) == 105.0 + seed and row["sampling_seeds"] == "2"
     record = json.loads(next((tmp_path / "out" / "cells").glob("*/cell.json")).read_text())
-    assert record["config"] in ("configs/vqvae2_fmnist_s1_k16.yaml",
-                                "configs/mvqvae_fmnist_s1_k16.yaml")  # fmt: skip
+    assert record["config"] in (
+        "configs/vqvae2_fmnist_s1_k16.yaml",
+        "configs/mvqvae_fmnist_s1_k16.yaml",
+    )
     assert record["commit"] is None or len(record["commit"].split("+")[0]) == 40
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from mvq.pretrained import CheckpointError
+from mvq.core.pretrained import CheckpointError
+from mvq.core.tokens import Tokens
 from mvq.tokenizers import (
     MVQVAE,
     VQVAE2,
@@ -13,7 +14,6 @@ from mvq.tokenizers import (
     list_tokenizers,
     load_tokenizer,
 )
-from mvq.tokens import Tokens
 
 TINY = dict(channels=16, res_channels=8)
 
@@ -124,23 +124,48 @@ def test_encodings_are_bit_identical_to_the_seeded_global_rng() -> None:
 
     from torch.utils.data import TensorDataset
 
-    from mvq.token_files import encode_dataset
+    from mvq.tokenizers.apply import encode_dataset
 
     torch.manual_seed(1)
     model = create_tokenizer("mvqvae_fmnist_s4_k16", **TINY, num_hypotheses=16)
     x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(3)) * 2 - 1
     g = torch.Generator().manual_seed(0)
     masks = torch.cat([model.encode(x[i : i + 4], generator=g).mask for i in range(0, 10, 4)])
-    assert masks.flatten().tolist() == [183, 130, 29, 198, 180, 212, 158, 197, 247, 198, 151,
-                                        223, 131, 150, 136, 212, 243, 210, 191, 199]  # fmt: skip
+    assert masks.flatten().tolist() == [
+        183,
+        130,
+        29,
+        198,
+        180,
+        212,
+        158,
+        197,
+        247,
+        198,
+        151,
+        223,
+        131,
+        150,
+        136,
+        212,
+        243,
+        210,
+        191,
+        199,
+    ]
     out = model.eval()(x[:4], generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.tokens.mask, masks[:4])
     with tempfile.TemporaryDirectory() as tmp:
-        splits = {"train": TensorDataset(x, torch.arange(10) % 3),
-                  "val": TensorDataset(x[:3], torch.zeros(3, dtype=torch.long))}  # fmt: skip
+        splits = {
+            "train": TensorDataset(x, torch.arange(10) % 3),
+            "val": TensorDataset(x[:3], torch.zeros(3, dtype=torch.long)),
+        }
         state = torch.get_rng_state()
         d = encode_dataset(model, splits, Path(tmp) / "tok", {"class": "x"}, {"name": "t"}, 3, 5)
         digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in d.iterdir()}
-    assert digest == {"meta.json": "dc464d4e3b05e1c9", "train.safetensors": "18da5832390530af",
-                      "val.safetensors": "5b4dc29f71f63ae2"}  # fmt: skip
+    assert digest == {
+        "meta.json": "dc464d4e3b05e1c9",
+        "train.safetensors": "18da5832390530af",
+        "val.safetensors": "5b4dc29f71f63ae2",
+    }
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG was neither seeded nor used

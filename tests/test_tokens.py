@@ -6,9 +6,9 @@ from dataclasses import asdict, fields
 import pytest
 import torch
 
+from mvq.core.tokens import LAYOUT_FIELDS, TokenLayout, Tokens, layout_overrides
 from mvq.priors import PriorLayout, create_prior
 from mvq.tokenizers import create_tokenizer
-from mvq.tokens import LAYOUT_FIELDS, TokenLayout, Tokens, layout_overrides
 
 
 def test_a_prior_layout_is_the_tokenizers_layout_plus_its_own_fields() -> None:

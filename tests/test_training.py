@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mvq.training.trainer as trainer_module
-from mvq.errors import DiskFullError
-from mvq.pretrained import PretrainedMixin
+from mvq.core.errors import DiskFullError
+from mvq.core.pretrained import PretrainedMixin
 from mvq.training import (
     CheckpointError,
     EpochBatchSampler,
@@ -271,8 +271,9 @@ def test_a_stop_signal_while_finishing_lets_the_run_complete(tmp_path):
         if step == 4:  # the end of the run: a signal now changes nothing
             os.kill(os.getpid(), signal.SIGTERM)
 
-    result = train(fresh(), TRAIN, None, config(max_steps=4, sample_every=100), tmp_path,
-                   callbacks=[callback])  # fmt: skip
+    result = train(
+        fresh(), TRAIN, None, config(max_steps=4, sample_every=100), tmp_path, callbacks=[callback]
+    )
     assert result.steps == 4 and load_checkpoint(checkpoint_path(tmp_path))["step"] == 4
 
 
@@ -321,8 +322,10 @@ def test_unreadable_last_checkpoint_resumes_from_the_newest_intact_step_file(
 ):
     train(fresh(), TRAIN, VAL, config(max_steps=8, keep_last=2), tmp_path)
     ckpt_dir = checkpoint_path(tmp_path).parent
-    assert sorted(p.name for p in ckpt_dir.glob("step_*")) == ["step_00000004.pt",
-                                                               "step_00000008.pt"]  # fmt: skip
+    assert sorted(p.name for p in ckpt_dir.glob("step_*")) == [
+        "step_00000004.pt",
+        "step_00000008.pt",
+    ]
     with open(ckpt_dir / "last.pt", "r+b") as f:  # a node died mid-copy: in place, so the
         f.truncate(1000)  # hard-linked step_00000008.pt is cut too
     capsys.readouterr()
@@ -424,8 +427,9 @@ def test_sync_batchnorm_converts_the_model_under_ddp(tmp_path, monkeypatch):
     def start(ctx: DistContext, sync: bool) -> Tiny:
         model = fresh()
         params = list(model.parameters())
-        run = trainer_module.Trainer(model, TRAIN, None, config(max_steps=1, sync_batchnorm=sync),
-                                     tmp_path, ctx)  # fmt: skip
+        run = trainer_module.Trainer(
+            model, TRAIN, None, config(max_steps=1, sync_batchnorm=sync), tmp_path, ctx
+        )
         run.start(has_checkpoint=False, logs_exist=False)
         run.close()
         assert list(model.parameters()) == params  # what the optimizer holds, unchanged
@@ -438,7 +442,7 @@ def test_sync_batchnorm_converts_the_model_under_ddp(tmp_path, monkeypatch):
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_work(tmp_path, monkeypatch):
-    from mvq.errors import ConfigError
+    from mvq.core.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, before the group is joined
     model = fresh()
@@ -487,9 +491,14 @@ def test_callbacks_and_save_model_leave_training_unchanged(tmp_path, reference):
 
     model = fresh()
     train(
-        model, TRAIN, VAL, config(max_steps=12, sample_every=5), tmp_path, callbacks=[callback],
+        model,
+        TRAIN,
+        VAL,
+        config(max_steps=12, sample_every=5),
+        tmp_path,
+        callbacks=[callback],
         save_model=lambda m, path: m.save_pretrained(path),
-    )  # fmt: skip
+    )
     assert calls == [(s, False, False, tmp_path) for s in (5, 10, 12)]
     assert_same_state(model.state_dict(), reference[0])
     assert_same_state(Tiny.from_pretrained(tmp_path / "model").state_dict(), model.state_dict())

@@ -95,9 +95,16 @@ SWITCHES = {
     "ema": {"ema_decay": 0.9},
     "grad_accum": {"grad_accum": 2},
     "fused_adam": {"fused_optimizer": True},
-    "all": {"precision": "bf16", "lr_schedule": "cosine", "warmup_steps": 2, "ema_decay": 0.8,
-            "grad_accum": 4, "keep_last": 2, "log_every": 3},
-}  # fmt: skip
+    "all": {
+        "precision": "bf16",
+        "lr_schedule": "cosine",
+        "warmup_steps": 2,
+        "ema_decay": 0.8,
+        "grad_accum": 4,
+        "keep_last": 2,
+        "log_every": 3,
+    },
+}
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
@@ -188,8 +195,9 @@ def test_lr_schedule_warmup_then_cosine(tmp_path):
     assert [lr_at(s, 10, 1.0, "constant", warmup=4) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
     cfg = config(max_steps=6, lr_schedule="cosine", warmup_steps=2, min_lr=1e-5, log_every=1)
     train(fresh(), TRAIN, None, cfg, tmp_path)
-    logged = [float(v) for _, split, name, v in read_rows(tmp_path / "metrics.csv")[1:]
-              if name == "lr"]  # fmt: skip
+    logged = [
+        float(v) for _, split, name, v in read_rows(tmp_path / "metrics.csv")[1:] if name == "lr"
+    ]
     assert logged == pytest.approx([lr_at(s, 6, 5e-4, "cosine", 2, 1e-5) for s in range(6)])
     ckpt = final_state(tmp_path)
     assert ckpt["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
@@ -211,8 +219,9 @@ def test_ema_update_is_the_moving_average():
 def test_ema_weights_are_validated_saved_and_returned(tmp_path):
     model = fresh()
     cfg = config(max_steps=10, ema_decay=0.8)
-    result = train(model, TRAIN, VAL, cfg, tmp_path / "ema",
-                   save_model=lambda m, path: m.save_pretrained(path))  # fmt: skip
+    result = train(
+        model, TRAIN, VAL, cfg, tmp_path / "ema", save_model=lambda m, path: m.save_pretrained(path)
+    )
     ckpt = final_state(tmp_path / "ema")
     assert_same_state(model.state_dict(), ckpt["ema"])  # train returns with the EMA weights
     assert_same_state(Tiny.from_pretrained(tmp_path / "ema" / "model").state_dict(), ckpt["ema"])
@@ -224,8 +233,9 @@ def test_ema_weights_are_validated_saved_and_returned(tmp_path):
     model.eval()
     x, y = VAL.tensors  # two batches, 8 + 4, in order (no DataLoader: it draws a seed)
     with torch.no_grad():
-        losses = [(model.loss((x[i : i + 8], y[i : i + 8]))[0].item(), len(x[i : i + 8]))
-                  for i in (0, 8)]  # fmt: skip
+        losses = [
+            (model.loss((x[i : i + 8], y[i : i + 8]))[0].item(), len(x[i : i + 8])) for i in (0, 8)
+        ]
     expected = sum(loss * n for loss, n in losses) / len(VAL)
     assert result.last_val_loss == pytest.approx(expected, rel=1e-6)
     assert result.last_val_loss != pytest.approx(final_val(tmp_path / "plain"), rel=1e-4)
@@ -252,8 +262,11 @@ def test_host_waits_only_at_checks_and_a_nan_between_them_still_stops(tmp_path, 
     model = fresh()
     model.nan_at = 6  # after the step-4 checkpoint, before the check at step 8
     cfg = config(max_steps=12, log_every=100, ckpt_every=4, val_every=100)
-    with pytest.raises(TrainingDiverged, match=r"at step 6 \(loss is nan\), found at the check "
-                       r"after step 8;.*last\.pt \(step 4\)"):  # fmt: skip
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"at step 6 \(loss is nan\), found at the check "
+        r"after step 8;.*last\.pt \(step 4\)",
+    ):
         train(model, TRAIN, None, cfg, tmp_path / "nan")
     assert checked == [4, 8]
     four = fresh()
@@ -288,8 +301,11 @@ def test_keep_last_best_and_timed_checkpoints(tmp_path):
     names = sorted(p.name for p in ckpt_dir.iterdir())
     assert names == ["best.pt", "last.pt", "step_00000010.pt", "step_00000012.pt"]
     assert (ckpt_dir / "last.pt").samefile(ckpt_dir / "step_00000012.pt")
-    val = {int(s): float(v) for s, split, name, v in read_rows(tmp_path / "k" / "metrics.csv")[1:]
-           if (split, name) == ("val", "loss")}  # fmt: skip
+    val = {
+        int(s): float(v)
+        for s, split, name, v in read_rows(tmp_path / "k" / "metrics.csv")[1:]
+        if (split, name) == ("val", "loss")
+    }
     best = load_checkpoint(ckpt_dir / "best.pt")
     assert best["step"] == min(val, key=val.get) and best["best_val_loss"] == min(val.values())
     # ckpt_minutes: once the time is up (here: at once) a single process checkpoints after the
@@ -349,8 +365,15 @@ def test_bad_train_values_are_clear_errors(overrides, message):
 def test_bad_precision_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: mvqvae_fmnist_s4_k16\ndata: {name: fashion_mnist}\n")
-    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "r"),
-            "--set", "train.precision=fp8"]  # fmt: skip
+    argv = [
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "train.precision=fp8",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "precision must be one of fp32, bf16, fp16" in err
@@ -367,8 +390,9 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path, monkeypatch):
     train(Lin(), TRAIN, None, config(max_steps=4, compile=True), tmp_path / "compiled")
     torch.manual_seed(0)
     compiled = Lin()
-    train(compiled, TRAIN, None, config(max_steps=8, compile=True), tmp_path / "compiled",
-          resume=True)  # fmt: skip
+    train(
+        compiled, TRAIN, None, config(max_steps=8, compile=True), tmp_path / "compiled", resume=True
+    )
     assert_same_state(compiled.state_dict(), eager.state_dict())
 
 
@@ -431,8 +455,7 @@ def test_tf32_switch_is_scoped():
 def test_mvq_quantizer_stays_fp32_under_autocast():
     from mvq.tokenizers import create_tokenizer
 
-    model = create_tokenizer("mvqvae_fmnist_s4_k16", channels=16, res_channels=8,
-                             num_hypotheses=4)  # fmt: skip
+    model = create_tokenizer("mvqvae_fmnist_s4_k16", channels=16, res_channels=8, num_hypotheses=4)
     seen = []
     model.quantizer.register_forward_pre_hook(
         lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].dtype))

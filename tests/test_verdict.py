@@ -39,8 +39,12 @@ def test_slope_interval_matches_scipy():
 
 
 def test_contrast_of_two_gains_adds_four_variances():
-    groups = [(1.0, [180.0, 184.0]), (-1.0, [130.0, 140.0]), (-1.0, [150.0, 144.0]),
-              (1.0, [128.0, 131.0])]  # fmt: skip
+    groups = [
+        (1.0, [180.0, 184.0]),
+        (-1.0, [130.0, 140.0]),
+        (-1.0, [150.0, 144.0]),
+        (1.0, [128.0, 131.0]),
+    ]
     iv = v.contrast(groups)
     assert iv.delta == pytest.approx(182 - 135 - 147 + 129.5)
     var = (8 + 50 + 18 + 4.5) / 2
@@ -55,9 +59,15 @@ def test_identical_inputs_are_equivalent():
     assert "equivalent within ±δ" in verdict.text()
 
 
-@pytest.mark.parametrize(("lower", "shift", "word"),
-                         [(True, -30.0, "better"), (True, 30.0, "worse"),
-                          (False, 30.0, "better"), (False, -30.0, "worse")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lower", "shift", "word"),
+    [
+        (True, -30.0, "better"),
+        (True, 30.0, "worse"),
+        (False, 30.0, "better"),
+        (False, -30.0, "worse"),
+    ],
+)
 def test_a_clear_shift_is_better_or_worse_in_the_right_direction(lower, shift, word):
     base = [100.0, 101.0, 99.0, 100.5, 99.5]
     method = [x + shift for x in base]

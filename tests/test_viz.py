@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from mvq.cli import main
+from mvq.core.tokens import Tokens, pack_masks
 from mvq.quantizers.base import to_channel_first
+from mvq.report.viz import DEFAULT_ALPHAS, compose_images, dimensions, transfer
 from mvq.tokenizers import create_tokenizer
-from mvq.tokens import Tokens, pack_masks
-from mvq.viz import DEFAULT_ALPHAS, compose_images, dimensions, transfer
 
 PAD, SIDE, SCALE = 2, 28, 3  # grid padding, Fashion-MNIST side, upscaling of 28-px grids
 
@@ -23,8 +23,9 @@ def grid_side(count: int, side: int = SIDE, pad: int = PAD) -> int:
 @pytest.fixture(scope="module")
 def mvq():
     torch.manual_seed(0)
-    return create_tokenizer("mvqvae_fmnist_s4_k16", channels=16, res_channels=8,
-                            num_hypotheses=8).eval()  # fmt: skip
+    return create_tokenizer(
+        "mvqvae_fmnist_s4_k16", channels=16, res_channels=8, num_hypotheses=8
+    ).eval()
 
 
 def tokens_and_masks(model, generator) -> tuple[Tokens, torch.Tensor]:
@@ -42,8 +43,15 @@ def test_compose_corners_are_the_decoder_of_summed_codes(mvq) -> None:
     code = q.secondary.codebook[tokens.secondary[:, 0, 0]]  # (1, D')
     t = [q.f((code * m.float())[..., None, None]).expand_as(e) for m in masks]  # top, l, r, b
     top, left, right, bottom = t
-    expect = {0: e + top + left, 2: e + top + right, 6: e + bottom + left,
-              8: e + bottom + right, 4: e, 1: e + top, 3: e + left}  # fmt: skip
+    expect = {
+        0: e + top + left,
+        2: e + top + right,
+        6: e + bottom + left,
+        8: e + bottom + right,
+        4: e,
+        1: e + top,
+        3: e + left,
+    }
     for cell, latent in expect.items():
         torch.testing.assert_close(cells[cell : cell + 1], mvq.decoder(latent), msg=f"cell {cell}")
     # a neighbour is exactly the ordinary decoding of its masked configuration
@@ -98,12 +106,27 @@ EXPECTED = {  # kind, --n -> (height, width) of the PNG before upscaling
 
 def test_every_figure_of_a_trained_run(tiny_mvq_run, tmp_path, capsys) -> None:
     for (kind, n), (h, w) in EXPECTED.items():
-        assert main(["viz", str(tiny_mvq_run), "--kind", kind, "--out", str(tmp_path),
-                     "--n", str(n)]) == 0  # fmt: skip
+        assert (
+            main(["viz", str(tiny_mvq_run), "--kind", kind, "--out", str(tmp_path), "--n", str(n)])
+            == 0
+        )
         image = Image.open(tmp_path / f"{kind}.png")
         assert image.size == (SCALE * w, SCALE * h), kind
-    assert main(["viz", str(tiny_mvq_run / "model"), "--kind", "codebook", "--out",
-                 str(tmp_path), "--n", "64"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "viz",
+                str(tiny_mvq_run / "model"),
+                "--kind",
+                "codebook",
+                "--out",
+                str(tmp_path),
+                "--n",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "codebook.png").size == (1386, 352)  # 3 panels
     assert main(["viz", str(tiny_mvq_run), "--kind", "curves", "--out", str(tmp_path)]) == 0
     assert Image.open(tmp_path / "curves.png").size == (1386, 660)  # 2x3 panels

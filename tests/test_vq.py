@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers import VectorQuantizer
-from mvq.tokens import Tokens
 
 
 def test_straight_through_gradient_is_identity(device) -> None:

@@ -61,10 +61,17 @@ def copy_codebook_from(ours: VectorQuantizer, theirs) -> None:
 def test_rotation_trick_gradient_equals_vector_quantize_pytorch(cosine, codebook_dim):
     vqp = pytest.importorskip("vector_quantize_pytorch")
     torch.manual_seed(0)
-    theirs = vqp.VectorQuantize(dim=D, codebook_size=K, codebook_dim=codebook_dim,
-                                use_cosine_sim=cosine, rotation_trick=True, decay=0.9)  # fmt: skip
-    ours = VectorQuantizer(K, D, cosine=cosine, codebook_dim=codebook_dim, rotation_trick=True,
-                           ema=True, decay=0.9)  # fmt: skip
+    theirs = vqp.VectorQuantize(
+        dim=D,
+        codebook_size=K,
+        codebook_dim=codebook_dim,
+        use_cosine_sim=cosine,
+        rotation_trick=True,
+        decay=0.9,
+    )
+    ours = VectorQuantizer(
+        K, D, cosine=cosine, codebook_dim=codebook_dim, rotation_trick=True, ema=True, decay=0.9
+    )
     copy_codebook_from(ours, theirs)
     x = torch.randn(3, 20, D, requires_grad=True)  # (B, N, D) channel-last, theirs
     z = x.detach().transpose(1, 2).requires_grad_()  # (B, D, N), ours
@@ -141,9 +148,15 @@ def test_simvq_codes_loss_and_gradients_equal_vector_quantize_pytorch(rotation_t
 def test_cosine_codes_and_ema_updates_equal_vector_quantize_pytorch(codebook_dim):
     vqp = pytest.importorskip("vector_quantize_pytorch")
     torch.manual_seed(3)
-    theirs = vqp.VectorQuantize(dim=D, codebook_size=K, codebook_dim=codebook_dim,
-                                use_cosine_sim=True, rotation_trick=False, decay=0.9,
-                                commitment_weight=0.25)  # fmt: skip
+    theirs = vqp.VectorQuantize(
+        dim=D,
+        codebook_size=K,
+        codebook_dim=codebook_dim,
+        use_cosine_sim=True,
+        rotation_trick=False,
+        decay=0.9,
+        commitment_weight=0.25,
+    )
     ours = VectorQuantizer(K, D, cosine=True, codebook_dim=codebook_dim, ema=True, decay=0.9)
     copy_codebook_from(ours, theirs)
     for _ in range(3):  # three EMA steps: the codebooks move alike
@@ -237,13 +250,15 @@ def test_lookup_is_fp32_under_bf16_autocast():
 
 @pytest.mark.parametrize(
     ("options", "fragment"),
-    [({"simvq": True, "ema": True}, "simvq=True cannot use ema=True"),
-     ({"simvq": True, "init": "kmeans"}, "simvq=True cannot use init='kmeans'"),
-     ({"simvq": True, "init": "data"}, "use init='random'"),
-     ({"simvq": True, "dead_code_threshold": 1.0}, "use dead_code_threshold=0"),
-     ({"codebook_dim": 0}, "codebook_dim must be an int >= 1"),
-     ({"codebook_dim": 2.5}, "codebook_dim must be an int >= 1")],
-)  # fmt: skip
+    [
+        ({"simvq": True, "ema": True}, "simvq=True cannot use ema=True"),
+        ({"simvq": True, "init": "kmeans"}, "simvq=True cannot use init='kmeans'"),
+        ({"simvq": True, "init": "data"}, "use init='random'"),
+        ({"simvq": True, "dead_code_threshold": 1.0}, "use dead_code_threshold=0"),
+        ({"codebook_dim": 0}, "codebook_dim must be an int >= 1"),
+        ({"codebook_dim": 2.5}, "codebook_dim must be an int >= 1"),
+    ],
+)
 def test_refused_options_are_one_line_errors(options, fragment):
     with pytest.raises(ValueError) as err:
         VectorQuantizer(K, D, **options)

@@ -57,8 +57,9 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms() -> None:
 
 def make_loss(disc_start: int = 3, perceptual: bool = True) -> VQGANLoss:
     torch.manual_seed(1)
-    cfg = VQGANLossConfig(perceptual="lpips" if perceptual else "none", disc_start=disc_start,
-                          disc_channels=8)  # fmt: skip
+    cfg = VQGANLossConfig(
+        perceptual="lpips" if perceptual else "none", disc_start=disc_start, disc_channels=8
+    )
     return VQGANLoss(cfg, 1, FakeLPIPS() if perceptual else None)
 
 

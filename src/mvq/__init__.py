@@ -1,11 +1,12 @@
 """mvq: compact discrete image tokenizers (MVQ with MH-Dropout, VQ, FSQ) and their priors.
 
-Imports run one way, down the data flow: ``mvq.tokens`` (the token contract, torch only) <-
-``mvq.quantizers`` <- ``mvq.tokenizers``, and ``mvq.tokens`` <- ``mvq.priors`` <-
+Imports run one way, down the data flow: ``mvq.core.tokens`` (the token contract, torch only) <-
+``mvq.quantizers`` <- ``mvq.tokenizers``, and ``mvq.core.tokens`` <- ``mvq.priors`` <-
 ``mvq.sampling``; the command line (``mvq.cli``) is imported by nothing in the library. This
 package re-exports the quantizers and ``Tokens``.
 """
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers import (
     BSQ,
     FSQ,
@@ -15,7 +16,6 @@ from mvq.quantizers import (
     ResidualVQ,
     VectorQuantizer,
 )
-from mvq.tokens import Tokens
 
 __all__ = [
     "BSQ",

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mvq import __version__
-from mvq.errors import DeviceError, MVQError, disk_full_cause
-from mvq.runconfig import RunConfig, apply_override, load_run_config
+from mvq.core.errors import DeviceError, MVQError, disk_full_cause
 from mvq.training.config import DEVICE_HELP
 from mvq.training.interrupt import RunStopped
+from mvq.training.runconfig import RunConfig, apply_override, load_run_config
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from mvq.train_tokenizer import train_tokenizer
+    from mvq.training.tokenizer_job import train_tokenizer
 
     cfg = _run_config(args)
     model, result = train_tokenizer(cfg, args.out, resume=args.resume)
@@ -79,7 +79,7 @@ def _list(args: argparse.Namespace) -> None:
 def _device(name: str) -> torch.device:
     """``--device``, chosen as the trainer chooses (LOCAL_RANK's GPU under torchrun); a bad
     name or a device this machine lacks is a one-line ``DeviceError``."""
-    from mvq.training.distributed import device_problem, resolve_device
+    from mvq.core.device import device_problem, resolve_device
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     problem = device_problem(name, local_rank)
@@ -94,9 +94,10 @@ def _is_rank0() -> bool:
 
 
 def _encode(args: argparse.Namespace) -> None:
+    from mvq.core.token_files import tokenizer_identity
     from mvq.data import build_dataset, dataset_info
-    from mvq.token_files import encode_dataset, tokenizer_identity
     from mvq.tokenizers import load_tokenizer
+    from mvq.tokenizers.apply import encode_dataset
 
     device = _device(args.device)
     model = load_tokenizer(args.tokenizer)
@@ -108,12 +109,19 @@ def _encode(args: argparse.Namespace) -> None:
         return  # every rank would write the same token directory
     model.to(device)
     out = encode_dataset(model, splits, args.out, identity, data, num_classes, seed=args.seed)
-    print(json.dumps({"out": str(out), "splits": {k: len(v) for k, v in splits.items()},
-                      "tokens_per_image": model.token_layout.num_tokens}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "splits": {k: len(v) for k, v in splits.items()},
+                "tokens_per_image": model.token_layout.num_tokens,
+            }
+        )
+    )
 
 
 def _train_prior(args: argparse.Namespace) -> None:
-    from mvq.train_prior import train_prior
+    from mvq.training.prior_job import train_prior
 
     cfg = _run_config(args)
     _, result = train_prior(cfg, args.tokens, args.out, resume=args.resume)
@@ -127,10 +135,11 @@ def _train_prior(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from mvq.sample import SampleOptions, run_sample
+    from mvq.sampling.pipeline import SampleOptions, run_sample
 
-    options = SampleOptions(args.temperature, args.top_k, args.top_p, args.steps, args.schedule,
-                            args.batch_size)  # fmt: skip
+    options = SampleOptions(
+        args.temperature, args.top_k, args.top_p, args.steps, args.schedule, args.batch_size
+    )
     device = _device(args.device)
     if not _is_rank0():
         return  # every rank would write the same images
@@ -141,23 +150,25 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from mvq.apply_tokenizer import reconstruct
+    from mvq.tokenizers.apply import reconstruct
 
-    summary = reconstruct(args.tokenizer, args.images, args.out, args.device, args.batch_size,
-                          args.seed)  # fmt: skip
+    summary = reconstruct(
+        args.tokenizer, args.images, args.out, args.device, args.batch_size, args.seed
+    )
     print(json.dumps(summary))
 
 
 def _tokenize(args: argparse.Namespace) -> None:
-    from mvq.apply_tokenizer import tokenize
+    from mvq.tokenizers.apply import tokenize
 
-    summary = tokenize(args.tokenizer, args.images, args.out, args.device, args.batch_size,
-                       args.seed)  # fmt: skip
+    summary = tokenize(
+        args.tokenizer, args.images, args.out, args.device, args.batch_size, args.seed
+    )
     print(json.dumps(summary))
 
 
 def _decode(args: argparse.Namespace) -> None:
-    from mvq.apply_tokenizer import decode
+    from mvq.tokenizers.apply import decode
 
     print(json.dumps(decode(args.tokenizer, args.tokens, args.out, args.device, args.batch_size)))
 
@@ -165,45 +176,57 @@ def _decode(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mvq.evaluate import EvalRequest, format_table, run_eval
+    from mvq.eval.evaluate import EvalRequest, format_table, run_eval
 
-    paths = {k: Path(v) if v else None for k, v in (("tokenizer", args.tokenizer),
-             ("prior", args.prior), ("images", args.images))}  # fmt: skip
-    request = EvalRequest(Path(args.out), **paths, data=args.data, split=args.split,
-                          root=args.root, n=args.n, metrics=args.metrics, device=args.device,
-                          weights_dir=args.weights_dir, batch_size=args.batch_size,
-                          seed=args.seed, fd_classifier=args.fd_classifier)  # fmt: skip
+    paths = {
+        k: Path(v) if v else None
+        for k, v in (("tokenizer", args.tokenizer), ("prior", args.prior), ("images", args.images))
+    }
+    request = EvalRequest(
+        Path(args.out),
+        **paths,
+        data=args.data,
+        split=args.split,
+        root=args.root,
+        n=args.n,
+        metrics=args.metrics,
+        device=args.device,
+        weights_dir=args.weights_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        fd_classifier=args.fd_classifier,
+    )
     print(format_table(run_eval(request)))
     print(f"wrote {Path(args.out) / 'eval.json'} and a row of {Path(args.out) / 'eval.csv'}")
 
 
 def _configs(args: argparse.Namespace) -> None:
-    from mvq.runconfig import write_paper_configs
+    from mvq.training.runconfig import write_paper_configs
 
     paths = write_paper_configs(args.out)
     print(f"wrote {len(paths)} run configs to {args.out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from mvq.demo import run
+    from mvq.experiments.demo import run
 
     run(args)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from mvq.sweep import sweep_command
+    from mvq.experiments.sweep import sweep_command
 
     return sweep_command(args)
 
 
 def _viz(args: argparse.Namespace) -> None:
-    from mvq.viz import run
+    from mvq.report.viz import run
 
     print(json.dumps(run(args)))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from mvq.report import write_report
+    from mvq.report.page import write_report
 
     print(write_report(args.dir, args.out))
 
@@ -216,9 +239,14 @@ def _device_argument(p: argparse.ArgumentParser, default: str | None = "auto") -
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``train`` and ``train-prior`` share."""
-    p.add_argument("--out", "--run-dir", dest="out", required=True, metavar="DIR",
-                   help="run directory: checkpoints, logs and the trained model/ "
-                   "(--run-dir: the former name)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        "--run-dir",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="run directory: checkpoints, logs and the trained model/ (--run-dir: the former name)",
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--seed", type=int, help="seed of the run and its data order")
     p.add_argument("--batch-size", type=int, help="global batch size, split over the processes")
@@ -229,8 +257,12 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from the run directory's last checkpoint (none yet: start the run)",
     )
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a field, e.g. --set model_config.num_hypotheses=64")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a field, e.g. --set model_config.num_hypotheses=64",
+    )
 
 
 def _training_parsers(sub: argparse._SubParsersAction) -> None:
@@ -259,8 +291,12 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--prior", required=True, help="the saved prior (run directory/model)")
     sa.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
     sa.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
-    sa.add_argument("--temperature", type=float, default=1.0,
-                    help="softmax temperature of the prior (default: 1.0)")  # fmt: skip
+    sa.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="softmax temperature of the prior (default: 1.0)",
+    )
     sa.add_argument("--top-k", type=int, help="sample among the k likeliest tokens only")
     sa.add_argument("--top-p", type=float, help="sample from the nucleus of probability p only")
     sa.add_argument("--steps", type=int, help="MaskGIT decoding steps (default min(8, tokens))")
@@ -321,20 +357,23 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def _other_parsers(sub: argparse._SubParsersAction) -> None:
     """``list``, ``configs``, ``demo``, ``sweep``, ``viz`` and ``report``."""
-    from mvq.demo import add_arguments as demo_arguments
-    from mvq.sweep import add_arguments as sweep_arguments
-    from mvq.viz import add_arguments as viz_arguments
+    from mvq.experiments.demo import add_arguments as demo_arguments
+    from mvq.experiments.sweep import add_arguments as sweep_arguments
+    from mvq.report.viz import add_arguments as viz_arguments
 
     ls = _command(sub, "list", _list, "list the registered tokenizer (or prior) variants")
     ls.add_argument("--priors", action="store_true", help="list the priors instead")
     cf = _command(sub, "configs", _configs, "write the paper's run configs (configs/*.yaml)")
     cf.add_argument("--out", default="configs", help="output directory (default: configs)")
-    demo_arguments(_command(sub, "demo", _demo, "the main job: MVQVAE vs VQ-VAE-2 on "
-                            "Fashion-MNIST"))  # fmt: skip
-    sweep_arguments(_command(sub, "sweep", _sweep, "a resumable grid of runs with one budget, "
-                             "and its table"))  # fmt: skip
-    viz_arguments(_command(sub, "viz", _viz, "figures of a trained tokenizer (transfer, "
-                           "compose, ...)"))  # fmt: skip
+    demo_arguments(
+        _command(sub, "demo", _demo, "the main job: MVQVAE vs VQ-VAE-2 on Fashion-MNIST")
+    )
+    sweep_arguments(
+        _command(sub, "sweep", _sweep, "a resumable grid of runs with one budget, and its table")
+    )
+    viz_arguments(
+        _command(sub, "viz", _viz, "figures of a trained tokenizer (transfer, compose, ...)")
+    )
     rp = _command(sub, "report", _report, "one static HTML page of a run or a folder of runs")
     rp.add_argument("dir", help="a run directory, a demo directory or a sweep directory")
     rp.add_argument("--out", help="the HTML file (default: DIR/report.html)")
@@ -359,11 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"mvq {__version__}",
-                        help="print the version of mvq and exit")  # fmt: skip
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"mvq {__version__}",
+        help="print the version of mvq and exit",
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="the job to run (one of these)")  # fmt: skip
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the job to run (one of these)"
+    )
     _training_parsers(sub)
     _sample_parser(sub)
     _image_parsers(sub)
@@ -403,8 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code or 0
 
 
-PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST,
-               errno.ENOTDIR, errno.EISDIR)  # fmt: skip
+PATH_ERRNOS = (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+)
 
 
 def _user_error(err: BaseException) -> bool:

@@ -2,7 +2,7 @@
 
 Every item is ``(image, label)``: image float32 ``(C, H, W)`` in ``[-1, 1]``, label an int
 (-1 when unlabeled). Problems raise ``DataError`` (a ``ValueError``) with a one-line fix.
-Imports ``mvq.registry`` only.
+Imports ``mvq.core.registry`` only.
 """
 
 from mvq.data.base import DataError, DataInfo, TensorImageDataset, fit_square, uint8_to_float

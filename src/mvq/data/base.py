@@ -1,7 +1,7 @@
 """What every data set shares: the error type, the info record, pixel mapping and resizing.
 
 Every item is ``(image, label)``: ``image`` a float32 ``(C, H, W)`` tensor in ``[-1, 1]``
-(uint8 ``v`` maps to ``v / 127.5 - 1``, so 0 → -1 and 255 → 1 exactly: ``mvq.pixels``'s
+(uint8 ``v`` maps to ``v / 127.5 - 1``, so 0 → -1 and 255 → 1 exactly: ``mvq.core.pixels``'s
 ``uint8_to_float``), ``label`` a Python int (-1 where the data set has no classes).
 """
 
@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from mvq.errors import MVQError
-from mvq.pixels import uint8_to_float
+from mvq.core.errors import MVQError
+from mvq.core.pixels import uint8_to_float
 
 
 class DataError(MVQError, ValueError):

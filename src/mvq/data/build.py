@@ -3,7 +3,7 @@
 ``DATASETS`` is the one table of data sets: what each yields (C, image size, classes), its
 splits and builder, and for the paper's four its Table 2 row (the tag in variant names, D = D',
 epochs) that the tokenizer variants (``mvq.tokenizers.variants``) and the run configs
-(``mvq.runconfig``) read through ``paper_data``.
+(``mvq.training.runconfig``) read through ``paper_data``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from mvq.core.registry import closest_hint
 from mvq.data.base import DataError, DataInfo
 from mvq.data.celeba import celeba64
 from mvq.data.cifar import cifar10
 from mvq.data.fashion_mnist import fashion_mnist
 from mvq.data.folder import check_channels, detect_channels, image_folder, list_images
 from mvq.data.imagenet64 import imagenet64
-from mvq.registry import closest_hint
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,13 @@ _ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # bytes as pickled by Python 3 with protocol <= 2
-    *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-      for n in ("_reconstruct", "scalar")),
+    *(
+        (m, n)
+        for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for n in ("_reconstruct", "scalar")
+    ),
     *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
-}  # fmt: skip
+}
 
 
 class _SafeUnpickler(pickle.Unpickler):

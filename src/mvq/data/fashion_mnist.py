@@ -22,9 +22,17 @@ from mvq.data.base import DataError, TensorImageDataset, default_root
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 _PREFIX = {"train": "train", "val": "t10k"}
 _IDX_UINT8 = 0x08
 

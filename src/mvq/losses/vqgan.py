@@ -40,8 +40,9 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int, channels: int = 64, layers: int = 3) -> None:
         super().__init__()
         if layers < 1 or channels < 1:
-            raise ValueError(f"discriminator needs layers >= 1 and channels >= 1, got {layers}, "
-                             f"{channels}")  # fmt: skip
+            raise ValueError(
+                f"discriminator needs layers >= 1 and channels >= 1, got {layers}, {channels}"
+            )
         seq: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, layers + 1):

@@ -2,7 +2,7 @@
 F-scores, LPIPS and Inception features, with their weights found offline first.
 
 Pure functions on arrays and images; the networks they need are loaded by ``load_*``.
-Imports ``mvq.data`` (the Fashion-MNIST reference set of ``fd_fmnist``) and ``mvq.errors``
+Imports ``mvq.data`` (the Fashion-MNIST reference set of ``fd_fmnist``) and ``mvq.core.errors``
 only. The classifier of ``fd_fmnist`` ships as package data (``fd_fmnist_classifier/``).
 """
 

@@ -45,9 +45,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mvq.errors import MVQError
+from mvq.core.errors import MVQError
+from mvq.core.pixels import uint8_to_float
 from mvq.metrics.frechet import frechet_distance
-from mvq.pixels import uint8_to_float
 
 FEATURE_LAYER = "fc1 (penultimate, after ReLU)"
 ARCH_VERSION = 1
@@ -95,8 +95,12 @@ class FMNISTClassifier(nn.Module):
         w = config.width
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
 
         self.convs = nn.Sequential(*block(1, w), *block(w, 2 * w), *block(2 * w, 4 * w))
         self.fc1 = nn.Linear(4 * w * 3 * 3, config.feature_dim)  # 28 -> 14 -> 7 -> 3
@@ -151,8 +155,12 @@ def data_hash(root: str | os.PathLike | None = None) -> str:
 def cache_key(config: ClassifierConfig, data_sha256: str) -> str:
     """Hash of the architecture version, feature layer, training config and training data
     (:func:`data_hash`): the classifier's id."""
-    what = {"arch": ARCH_VERSION, "layer": FEATURE_LAYER, "config": asdict(config),
-            "data": data_sha256}  # fmt: skip
+    what = {
+        "arch": ARCH_VERSION,
+        "layer": FEATURE_LAYER,
+        "config": asdict(config),
+        "data": data_sha256,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -220,11 +228,16 @@ def train_classifier(
     bar.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     test_images, test_labels = _load_split(root, "val")
-    meta = {"accuracy": accuracy(model, test_images, test_labels), "feature_layer": FEATURE_LAYER,
-            "feature_dim": config.feature_dim, "config": asdict(config),
-            "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__}  # fmt: skip
+    meta = {
+        "accuracy": accuracy(model, test_images, test_labels),
+        "feature_layer": FEATURE_LAYER,
+        "feature_dim": config.feature_dim,
+        "config": asdict(config),
+        "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     return CachedClassifier(model.eval(), meta)
 
 
@@ -247,15 +260,19 @@ def _from_record(record: dict, raw: bytes, where: str, fix: str) -> CachedClassi
     sha = hashlib.sha256(raw).hexdigest()
     expected = record.get("weights_sha256")
     if expected is not None and sha != expected:
-        raise ClassifierError(f"{where} has weights SHA-256 {sha[:16]}... but its record says "
-                              f"{expected[:16]}...: the file is damaged; {fix}")  # fmt: skip
+        raise ClassifierError(
+            f"{where} has weights SHA-256 {sha[:16]}... but its record says "
+            f"{expected[:16]}...: the file is damaged; {fix}"
+        )
     try:
         model = FMNISTClassifier(ClassifierConfig(**record["config"]))
         model.load_state_dict(load_safetensors(raw))
     except (KeyError, TypeError, RuntimeError, SafetensorError) as err:
         why = " ".join(str(err).split())[:160]
-        raise ClassifierError(f"{where} is not an fd_fmnist classifier mvq can load "
-                              f"({type(err).__name__}: {why}); {fix}") from err  # fmt: skip
+        raise ClassifierError(
+            f"{where} is not an fd_fmnist classifier mvq can load "
+            f"({type(err).__name__}: {why}); {fix}"
+        ) from err
     return CachedClassifier(model.eval(), record | {"weights_sha256": sha})
 
 
@@ -297,8 +314,10 @@ def load_classifier_file(path: str | os.PathLike) -> CachedClassifier:
     fix = "give the <key>.json that mvq wrote, with its <key>.safetensors beside it"
     if not record_path.is_file() or not weights_path.is_file():
         gone = record_path if not record_path.is_file() else weights_path
-        raise ClassifierError(f"fd_fmnist classifier {path}: {gone} not found; {fix}, or "
-                              f"'{SPECS[0]}' (mvq's) or '{SPECS[1]}'")  # fmt: skip
+        raise ClassifierError(
+            f"fd_fmnist classifier {path}: {gone} not found; {fix}, or "
+            f"'{SPECS[0]}' (mvq's) or '{SPECS[1]}'"
+        )
     try:
         record = json.loads(record_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -341,9 +360,11 @@ def load_classifier(
             f"no fd_fmnist classifier cached under {meta_path}: call load_classifier with "
             "train_if_missing=True to train it (a few CPU minutes)"
         )
-    print(f"mvq: training an fd_fmnist classifier ({config.epochs} epochs on Fashion-MNIST), "
-          f"not mvq's shipped {SHIPPED_KEY}; it is cached as {meta_path}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"mvq: training an fd_fmnist classifier ({config.epochs} epochs on Fashion-MNIST), "
+        f"not mvq's shipped {SHIPPED_KEY}; it is cached as {meta_path}",
+        file=sys.stderr,
+    )
     classifier = train_classifier(config, root)
     classifier.meta["train_data_sha256"] = digest
     save_classifier(classifier, directory, key)
@@ -374,9 +395,15 @@ def classifier_identity(meta: dict) -> dict:
     sha, key = meta.get("weights_sha256"), meta.get("key")
     same = sha is not None and sha == shipped["weights_sha256"]
     ident = SHIPPED_KEY if same else key if key != SHIPPED_KEY else f"{key}-{str(sha)[:8]}"
-    return {"id": ident, "shipped": same, "accuracy": meta.get("accuracy"),
-            "feature_layer": meta.get("feature_layer"), "key": key, "weights_sha256": sha,
-            "source": meta.get("source")}  # fmt: skip
+    return {
+        "id": ident,
+        "shipped": same,
+        "accuracy": meta.get("accuracy"),
+        "feature_layer": meta.get("feature_layer"),
+        "key": key,
+        "weights_sha256": sha,
+        "source": meta.get("source"),
+    }
 
 
 def classifier_label(identity: object) -> str | None:
@@ -392,8 +419,10 @@ def classifier_label(identity: object) -> str | None:
     if identity.get("weights_sha256") is not None:
         if identity["weights_sha256"] == shipped["weights_sha256"]:
             return None
-    elif (identity.get("key") in (SHIPPED_KEY, *shipped.get("earlier_keys", []))
-          and identity.get("accuracy") == shipped["accuracy"]):  # fmt: skip
+    elif (
+        identity.get("key") in (SHIPPED_KEY, *shipped.get("earlier_keys", []))
+        and identity.get("accuracy") == shipped["accuracy"]
+    ):
         return None
     name = identity.get("id") or identity.get("key") or "unnamed"
     accuracy = identity.get("accuracy")
@@ -406,9 +435,11 @@ def describe_classifier(identity: dict) -> str:
     acc = f"test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else "accuracy unknown"
     if identity.get("shipped"):
         return f"fd_fmnist classifier: mvq's shipped {identity['id']} ({acc})"
-    return (f"fd_fmnist classifier: {identity['id']} from {identity.get('source')} ({acc}), "
-            f"NOT mvq's shipped {SHIPPED_KEY}: its fd_fmnist values compare only with "
-            "values from the same classifier")  # fmt: skip
+    return (
+        f"fd_fmnist classifier: {identity['id']} from {identity.get('source')} ({acc}), "
+        f"NOT mvq's shipped {SHIPPED_KEY}: its fd_fmnist values compare only with "
+        "values from the same classifier"
+    )
 
 
 @torch.no_grad()

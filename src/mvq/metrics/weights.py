@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mvq.errors import MVQError
+from mvq.core.errors import MVQError
 
 ENV_DIR = "MVQ_WEIGHTS_DIR"
 ENV_OFFLINE = "MVQ_OFFLINE"

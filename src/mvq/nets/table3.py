@@ -64,10 +64,8 @@ size  F   D    E          E'         D          f
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -367,26 +365,6 @@ class Decoder(nn.Module):
         return self.up(h)  # (B, out_channels, H, W)
 
 
-class AffineEnds(NamedTuple):
-    """An MH network on 1x1 codes as affine ends around a trunk of rows.
-
-    ``f(c).flatten(1) = trunk(c.flatten(1) @ in_weight.T + in_bias) @ out_weight.T + out_bias``,
-    the output flattened in (D, gh, gw) order. The first layer is linear in the code, hence in
-    the mask; the last is linear, so a search can score hypotheses in the trunk's P-dimensional
-    output space. ``trunk`` maps rows ``(N, C) -> (N, P)`` without autograd and may overwrite
-    its input; its input and output are ``dtype`` (fp32 for Table 3's f, whose products may
-    run in bf16 inside).
-    """
-
-    in_weight: Tensor  # (C, D')
-    in_bias: Tensor  # (C,)
-    trunk: Callable[[Tensor], Tensor]
-    out_weight: Tensor  # (Q, P), Q = D * gh * gw
-    out_bias: Tensor  # (Q,)
-    dtype: torch.dtype
-    trunk_args: tuple | None = None  # compiled trunks: trunk(h) == trunk_math(h, *trunk_args)
-
-
 class MHNetwork(nn.Module):
     """f: masked secondary code ``(B, in_dim, 1, 1)`` -> residual ``(B, out_dim, grid, grid)``.
 
@@ -402,7 +380,7 @@ class MHNetwork(nn.Module):
 
     ``first`` is a plain conv applied directly to the masked code (no norm or activation before
     it), so on a 1x1 input ``first(e' * m) = W diag(e') m + bias`` with ``W =
-    center_tap(first)``: linear in the mask m (see ``affine_ends``).
+    center_tap(first)``: linear in the mask m (see ``mvq.quantizers.mh_search``).
 
     On 1x1 inputs (the MVQ case) every conv sees only its centre tap, so ``forward`` runs the
     layers as matrix products on (N, C) rows (``forward_fast``); other sizes use the convs
@@ -457,8 +435,8 @@ class MHNetwork(nn.Module):
         """Everything between ``first`` and ``expand`` on rows: ``(N, C) -> (N, D)``.
 
         GroupNorm(1, C) on an (N, C) row is LayerNorm over C with per-channel affine, and
-        ``F.layer_norm`` is several times faster on the CPU. ``affine_ends`` has a no-grad
-        version of this (``_SearchTrunk``) for the MH-Dropout search.
+        ``F.layer_norm`` is several times faster on the CPU. ``mvq.quantizers.mh_search`` has a
+        no-grad version of this (``SearchTrunk``) for the MH-Dropout search.
         """
         act = partial(F.leaky_relu, negative_slope=self.act.negative_slope)
         h = _row_norm(self.norms[0], h)
@@ -483,29 +461,6 @@ class MHNetwork(nn.Module):
         out = h @ self.expand.weight.flatten(1)  # (B, D * g * g)
         return out.view(-1, self.out_dim, g, g) + self.expand.bias.view(1, -1, 1, 1)
 
-    def affine_ends(self, dtype: torch.dtype | None = None, compiled: bool = False) -> AffineEnds:
-        """f on 1x1 codes as ``AffineEnds``, for a no-grad search over many masks.
-
-        The trunk's matrix products run in ``dtype`` (default: the weights'; bfloat16 for a
-        fast approximate pass), its norms, sums and output in fp32 (``AffineEnds.dtype``), with
-        copies of the weights made by this call; ``compiled`` runs the trunk through
-        ``torch.compile`` (its first call compiles, for seconds). Nothing is cached across calls, so
-        call it once per search: later weight updates (an optimizer step, ``load_state_dict``,
-        an in-place copy) are always seen by the next search.
-        """
-        g2 = self.grid**2
-        if self.expand is None:
-            out_w, out_b = torch.eye(self.out_dim), torch.zeros(self.out_dim)
-            out_w, out_b = out_w.to(self.proj.weight), out_b.to(self.proj.weight)
-        else:  # out[d, i, j] = sum_c u[c] W[c, d, i, j] + bias[d]
-            out_w = self.expand.weight.flatten(1).t()  # (D * g * g, D)
-            out_b = self.expand.bias.repeat_interleave(g2)  # (D * g * g,)
-        trunk = _SearchTrunk(self, dtype or self.proj.weight.dtype, compiled)
-        return AffineEnds(
-            center_tap(self.first), self.first.bias, trunk, out_w, out_b, trunk.dtype,
-            trunk.args() if compiled else None,
-        )  # fmt: skip
-
     def forward(self, c: Tensor) -> Tensor:
         """``forward_fast`` on 1x1 inputs, ``forward_conv`` otherwise."""
         if c.dim() == 4 and c.shape[-2:] == (1, 1):
@@ -518,132 +473,8 @@ def _row_norm(m: nn.GroupNorm, x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[1:], m.weight, m.bias, m.eps)
 
 
-def trunk_math(
-    h: Tensor,
-    mats: list[Tensor],
-    norms: list[Tensor],
-    slope: float,
-    eps: float,
-    num_convs: int,
-    num_blocks: int,
-) -> Tensor:
-    """``MHNetwork.trunk_rows`` as a pure function of its tensors, for ``torch.compile``.
-
-    ``mats``: each conv's ``(C_in + 1, C_out)`` centre tap with its bias as the last row, in
-    the products' dtype, in the order convs, (conv3, conv1) per residual block, proj.
-    ``norms``: fp32 weight and bias of each GroupNorm in turn (norms, block norms, the stack's
-    last). ``h`` ``(N, C)`` fp32 -> ``(N, D)`` fp32; products in the mats' dtype.
-    """
-
-    def norm(i: int, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[1:], norms[2 * i], norms[2 * i + 1], eps)
-
-    def linear(i: int, x: Tensor) -> Tensor:  # act(x) @ W + b, back in fp32
-        w = mats[i]  # the bias is added in fp32, fused into the next norm's pass
-        return (F.leaky_relu(x, slope).to(w.dtype) @ w[:-1]).float() + w[-1].float()
-
-    h = norm(0, h)
-    for i in range(num_convs):
-        h = norm(1 + i, linear(i, h))
-    for k in range(num_blocks):
-        t = norm(1 + num_convs + k, linear(num_convs + 2 * k, h))  # (N, res_channels)
-        h = h + linear(num_convs + 2 * k + 1, t)
-    return linear(num_convs + 2 * num_blocks, norm(1 + num_convs + num_blocks, h))  # (N, D)
-
-
-@functools.cache
-def compile_once(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``fn`` through ``torch.compile``, built on first use and shared. The search functions
-    take every tensor as an argument, so new weights (each search copies them) never
-    recompile them."""
-    return torch.compile(fn, fullgraph=True)
-
-
-class _SearchTrunk:
-    """``MHNetwork.trunk_rows`` without autograd, for a search over many rows in chunks.
-
-    Each matrix is the conv's centre tap with its bias appended as a last input row
-    ``(C_in + 1, C_out)``, and each activation is written next to a column of ones: the bias
-    rides in the product, saving the pass that ``addmm`` spends copying it into every output
-    row. The residual sum accumulates in place. (Writing every intermediate into reused
-    buffers, layer norms included, was slower inside a training step: no page faults to save
-    there, and ``out=`` into strided views costs copies.) Weights are copied when the trunk is built
-    (once per search), so it always sees the current parameters.
-
-    ``matmul_dtype`` is the precision of the matrix products only: with ``torch.bfloat16`` the
-    activations are rounded to bf16 as they are written next to the ones column and each
-    product comes back to fp32, while inputs, layer norms, the residual sum and the output stay
-    fp32. On CPUs with AMX (and on GPUs) the products run about 4x faster; a bf16 layer norm
-    would be slower on the CPU than fp32. ``compiled`` runs ``trunk_math`` through
-    ``torch.compile`` instead, which fuses each norm, activation and rounding into one pass.
-    """
-
-    dtype = torch.float32  # the trunk's input and output dtype, whatever the products use
-
-    def __init__(self, f: MHNetwork, matmul_dtype: torch.dtype, compiled: bool = False) -> None:
-        self.f, self.slope, self.matmul_dtype = f, f.act.negative_slope, matmul_dtype
-        self.compiled = compiled
-        taps = f.row_weights()
-        w = {conv: torch.cat([taps[conv], conv.bias[None]]) for conv in taps}
-        self.w = {conv: m.to(matmul_dtype) for conv, m in w.items()}
-        norms = [*f.norms, *(b.norm for b in f.res.blocks), f.res.norm]
-        self.norms = {m: (m.weight.float(), m.bias.float(), m.eps) for m in norms}
-        self.buffers: dict[tuple[int, int], Tensor] = {}
-
-    def _norm(self, m: nn.GroupNorm, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[1:], *self.norms[m])
-
-    def _act(self, x: Tensor) -> Tensor:
-        """LeakyReLU of fp32 ``x`` written into a reused ``(N, C + 1)`` buffer of the products'
-        dtype ending in ones (``x`` is left as it is: the residual stream passes through)."""
-        n, c = x.shape
-        buf = self.buffers.get((n, c))
-        if buf is None:
-            buf = self.buffers[(n, c)] = x.new_ones(n, c + 1, dtype=self.matmul_dtype)
-        if self.matmul_dtype == x.dtype:
-            torch.ops.aten.leaky_relu.out(x, self.slope, out=buf[:, :c])
-        else:  # rounded into the buffer, then the activation in place there
-            F.leaky_relu_(buf[:, :c].copy_(x), self.slope)
-        return buf
-
-    def _mm(self, a: Tensor, w: Tensor) -> Tensor:
-        """``a @ w`` in the products' dtype, returned in fp32."""
-        out = a @ w
-        return out if out.dtype == torch.float32 else out.float()
-
-    def args(self) -> tuple:
-        """The arguments after ``h`` of ``trunk_math`` that compute this trunk."""
-        f = self.f
-        blocks = [conv for b in f.res.blocks for conv in (b.conv3, b.conv1)]
-        mats = [self.w[conv] for conv in (*f.convs, *blocks, f.proj)]
-        norms = [t for w, b, _ in self.norms.values() for t in (w, b)]
-        eps = {e for _, _, e in self.norms.values()}
-        if len(eps) != 1:
-            raise ValueError("a compiled search needs one eps for all of f's GroupNorms")
-        return mats, norms, self.slope, eps.pop(), len(f.convs), len(f.res.blocks)
-
-    @torch.no_grad()
-    def __call__(self, h: Tensor) -> Tensor:
-        """``(N, C)`` first-layer outputs -> ``(N, D)`` inputs of ``expand``, both fp32."""
-        if self.compiled:
-            return compile_once(trunk_math)(h, *self.args())
-        f, w, norm, mm = self.f, self.w, self._norm, self._mm
-        h = norm(f.norms[0], h)
-        for conv, n in zip(f.convs, f.norms[1:], strict=True):
-            h = norm(n, mm(self._act(h), w[conv]))
-        for block in f.res.blocks:
-            t = norm(block.norm, mm(self._act(h), w[block.conv3]))  # (N, res_channels)
-            a = self._act(t)
-            if self.matmul_dtype == h.dtype:
-                h = h.addmm_(a, w[block.conv1])
-            else:
-                h = h.add_(a @ w[block.conv1])  # fp32 sum of a bf16 product
-        return mm(self._act(norm(f.res.norm, h)), w[f.proj])  # (N, D)
-
-
 __all__ = [
     "SUPPORTED",
-    "AffineEnds",
     "Decoder",
     "MHNetwork",
     "PrimaryEncoder",

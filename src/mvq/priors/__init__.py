@@ -3,8 +3,8 @@
 Every prior is an ``nn.Module`` with a typed config (a ``PriorLayout`` plus sizes), a
 ``loss(batch) -> (loss, logs)`` for the trainer, and ``save_pretrained`` / ``from_pretrained``.
 Samplers live in ``mvq.sampling``, which imports this package; ``mvq.priors`` never imports
-``mvq.sampling``. Imports ``mvq.tokens`` (the token contract; ``layout_overrides`` is re-exported
-here), ``mvq.mask_schedules``, ``mvq.pretrained`` and ``mvq.registry``.
+``mvq.sampling``. Imports ``mvq.core`` (the token contract: ``layout_overrides`` is re-exported
+here; saved models; the registry); owns MaskGIT's mask schedules (``mask_schedules``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from mvq.pretrained import CheckpointError, read_pretrained_meta, resolve_pretrained
+from mvq.core.pretrained import CheckpointError, read_pretrained_meta, resolve_pretrained
+from mvq.core.tokens import layout_overrides
 from mvq.priors.common import PRIORS, PriorLayout, check_batch, check_labels
 from mvq.priors.maskgit import MaskGITPrior, MaskGITPriorConfig
 from mvq.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig
 from mvq.priors.transformer import KVCache, TransformerPrior, TransformerPriorConfig
-from mvq.tokens import layout_overrides
 
 # class name -> class, for load_prior: the classes the registered priors build
 PRIOR_CLASSES: dict[str, type] = {cls.__name__: cls for cls in PRIORS.classes()}

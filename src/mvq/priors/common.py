@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mvq.registry import Registry
-from mvq.tokens import TokenLayout, mask_to_tokens
+from mvq.core.registry import Registry
+from mvq.core.tokens import TokenLayout, mask_to_tokens
 
 PRIORS: Registry[nn.Module] = Registry("prior")
 
@@ -30,7 +30,7 @@ LN2 = math.log(2.0)
 class PriorLayout(TokenLayout):
     """The token layout a prior models; every ``<Name>PriorConfig`` extends it.
 
-    The tokens' own fields are ``TokenLayout``'s (``mvq.tokens``), so
+    The tokens' own fields are ``TokenLayout``'s (``mvq.core.tokens``), so
     ``layout_overrides(tokenizer.token_layout)`` gives the overrides for ``create_prior``; the
     defaults are 4x4 + 1 tokens with K = 128 + 128; grids are modelled in raster order. What the
     prior adds:

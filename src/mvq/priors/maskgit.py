@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.mask_schedules import SCHEDULES, mask_schedule
-from mvq.pretrained import PretrainedMixin
+from mvq.core.pretrained import PretrainedMixin
 from mvq.priors.common import LN2, PRIORS, PriorLayout, check_batch
+from mvq.priors.mask_schedules import SCHEDULES, mask_schedule
 from mvq.priors.transformer import Block, init_gpt_weights
 
 
@@ -145,9 +145,12 @@ class MaskGITPrior(nn.Module, PretrainedMixin):
         logits = self(inputs["primary"], inputs.get("secondary"), labels, inputs.get("mask"))
         logits = [lg for lg in logits if lg is not None]  # (B, L, vocab) per stream
         ce = torch.cat(
-            [F.cross_entropy(lg.transpose(1, 2), target, reduction="none")
-             for lg, (_, target, _) in zip(logits, streams, strict=True)], 1
-        )  # (B, N)  # fmt: skip
+            [
+                F.cross_entropy(lg.transpose(1, 2), target, reduction="none")
+                for lg, (_, target, _) in zip(logits, streams, strict=True)
+            ],
+            1,
+        )  # (B, N)
         m = masked.to(ce.dtype)
         loss = (ce * m).sum() / m.sum()
         logs = {"nll": loss.detach(), "mask_ratio": m.mean()}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.pretrained import PretrainedMixin
+from mvq.core.pretrained import PretrainedMixin
 from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs, refuse_mask_model
 
 
@@ -102,9 +102,11 @@ class PixelCNNPrior(nn.Module, PretrainedMixin):
         self.embed = nn.Embedding(c.primary_vocab, c.dim)
         self.layers = nn.ModuleList(GatedLayer(c.dim, c.kernel_size, cond) for _ in range(c.layers))
         self.out = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c.dim, c.head_dim, 1), nn.ReLU(),
+            nn.ReLU(),
+            nn.Conv2d(c.dim, c.head_dim, 1),
+            nn.ReLU(),
             nn.Conv2d(c.head_dim, c.primary_vocab, 1),
-        )  # fmt: skip
+        )
         if c.has_secondary:
             self.sec_in = nn.Conv2d(c.dim, c.dim, 1)
             self.sec_pos = nn.Parameter(torch.randn(c.dim, *c.primary_grid) * 0.02)

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.pretrained import PretrainedMixin
+from mvq.core.pretrained import PretrainedMixin
+from mvq.core.tokens import mask_to_tokens
 from mvq.priors.common import PRIORS, PriorLayout, check_batch, nll_logs
-from mvq.tokens import mask_to_tokens
 
 
 @dataclass
@@ -211,16 +211,27 @@ class TransformerPrior(nn.Module, PretrainedMixin):
         self.config = c = config
         starts = max(c.num_classes, 1)  # one start token, or one class token per class
         self.primary = CausalTransformer(
-            c.primary_vocab + starts, c.primary_vocab, c.primary_len,
-            c.primary_layers, c.primary_heads, c.primary_dim, c.mlp_ratio, c.dropout,
-        )  # fmt: skip
+            c.primary_vocab + starts,
+            c.primary_vocab,
+            c.primary_len,
+            c.primary_layers,
+            c.primary_heads,
+            c.primary_dim,
+            c.mlp_ratio,
+            c.dropout,
+        )
         self.secondary = None
         if c.has_secondary:  # input ids: primary, secondary, mask values, then start tokens
             self.secondary = CausalTransformer(
                 c.primary_vocab + c.secondary_vocab + c.mask_vocab + starts,
-                c.secondary_vocab + c.mask_vocab, c.primary_len + c.secondary_len + c.mask_len,
-                c.secondary_layers, c.secondary_heads, c.secondary_dim, c.mlp_ratio, c.dropout,
-            )  # fmt: skip
+                c.secondary_vocab + c.mask_vocab,
+                c.primary_len + c.secondary_len + c.mask_len,
+                c.secondary_layers,
+                c.secondary_heads,
+                c.secondary_dim,
+                c.mlp_ratio,
+                c.dropout,
+            )
 
     def start_tokens(self, labels: Tensor | None, batch_size: int, stream: str) -> Tensor:
         """The first input ``(B, 1)`` of the ``"primary"`` or ``"secondary"`` decoder."""
@@ -276,10 +287,17 @@ def _table4(primary: tuple[int, int, int], secondary: tuple[int, int, int], grid
     """A ``TransformerPrior`` with Table 4's (layers, heads, units) and K = 128 + 128."""
     (pl, ph, pd), (sl, sh, sd) = primary, secondary
     values = dict(
-        primary_vocab=128, primary_grid=(grid, grid), secondary_vocab=128, secondary_grid=(1, 1),
-        primary_layers=pl, primary_heads=ph, primary_dim=pd,
-        secondary_layers=sl, secondary_heads=sh, secondary_dim=sd,
-    )  # fmt: skip
+        primary_vocab=128,
+        primary_grid=(grid, grid),
+        secondary_vocab=128,
+        secondary_grid=(1, 1),
+        primary_layers=pl,
+        primary_heads=ph,
+        primary_dim=pd,
+        secondary_layers=sl,
+        secondary_heads=sh,
+        secondary_dim=sd,
+    )
     return TransformerPrior(TransformerPriorConfig(**{**values, **kw}))
 
 

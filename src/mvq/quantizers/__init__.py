@@ -1,9 +1,10 @@
 """Quantizers sharing one interface: ``forward -> QuantizerOutput``, ``encode``, ``decode``.
 
-Imports ``mvq.tokens`` (``Tokens``, re-exported here), ``mvq.nets`` (MVQ's f) and
-``mvq.registry``; never the tokenizers, priors or samplers.
+Imports ``mvq.core.tokens`` (``Tokens``, re-exported here), ``mvq.nets`` (MVQ's f) and
+``mvq.core.registry``; never the tokenizers, priors or samplers.
 """
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import QuantizerOutput
 from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
@@ -11,7 +12,6 @@ from mvq.quantizers.lfq import LFQ
 from mvq.quantizers.masked_vq import MaskedVectorQuantizer
 from mvq.quantizers.residual import ResidualVQ
 from mvq.quantizers.vq import VectorQuantizer
-from mvq.tokens import Tokens
 
 __all__ = [
     "BSQ",

@@ -2,7 +2,7 @@
 
 All quantizers (``VectorQuantizer``, ``MaskedVectorQuantizer``, ``FSQ``) take channel-first
 feature maps ``(B, C, *spatial)`` (usually ``(B, C, H, W)``) and return a ``QuantizerOutput``.
-``encode`` gives ``Tokens`` (``mvq.tokens``, the token contract); ``decode(tokens)`` gives back
+``encode`` gives ``Tokens`` (``mvq.core.tokens``, the token contract); ``decode(tokens)`` gives back
 exactly the tensor that ``forward`` sends to the decoder.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mvq.tokens import Tokens
+from mvq.core.tokens import Tokens
 
 
 @dataclass

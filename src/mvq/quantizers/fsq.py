@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from mvq.core.registry import closest_hint
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -38,8 +40,6 @@ from mvq.quantizers.base import (
     to_channel_first,
     to_channel_last,
 )
-from mvq.registry import closest_hint
-from mvq.tokens import Tokens
 
 EPS = 1e-3
 TILE = 64  # rows per tile of the constants for channel-last inputs (see FSQ._quantize)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -51,7 +52,6 @@ from mvq.quantizers.base import (
     to_channel_first,
     to_channel_last,
 )
-from mvq.tokens import Tokens
 
 MAX_DIM = 30  # 2^30 codes: the largest codebook whose exact entropy is still computable
 TILE_BITS = 10  # the codebook distribution P is formed in tiles of 2^10 x 2^10 codes

@@ -44,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.nets.table3 import AffineEnds, compile_once, trunk_math
+from mvq.core.tokens import (
+    Tokens,
+    mask_bytes_to_index,
+    mask_index_to_bytes,
+    pack_masks,
+    unpack_masks,
+)
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -52,14 +58,8 @@ from mvq.quantizers.base import (
     to_channel_first,
     to_channel_last,
 )
+from mvq.quantizers.mh_search import AffineEnds, affine_ends, compile_once, trunk_math
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
-from mvq.tokens import (
-    Tokens,
-    mask_bytes_to_index,
-    mask_index_to_bytes,
-    pack_masks,
-    unpack_masks,
-)
 
 SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")
 CHUNK_ROWS, COMPILED_CHUNK_ROWS = 4096, 8192  # search_chunk's defaults: eager, compiled
@@ -402,10 +402,14 @@ class MaskedVectorQuantizer(nn.Module):
         """``search_winner`` in fp32."""
         b, j = e.shape[0], masks.shape[1]
         group = torch.arange(b, device=e.device) if inverse is None else inverse  # (B,)
-        if not hasattr(self.f, "affine_ends") or code.shape[-2:] != (1, 1) or j <= self.rescore:
+        ends = None
+        if code.shape[-2:] == (1, 1) and j > self.rescore:
+            dtype = torch.bfloat16 if self.search == "chunked_bf16" else None
+            ends = affine_ends(self.f, dtype, compiled=self.compile_search)
+        if ends is None:  # f not affine at both ends (as far as mvq knows), or nothing to gain
             err = self._exact_scores(e, code, y, masks, inverse)  # (B, J)
             return err.argmin(1), err.mean()
-        approx, mean_err = self._trunk_scores(e, code, y, masks, inverse)  # (B, J)
+        approx, mean_err = self._trunk_scores(e, code, y, masks, inverse, ends)  # (B, J)
         winner = torch.empty(b, dtype=torch.long, device=e.device)
         k = self.rescore_bf16 if self.search == "chunked_bf16" else self.rescore
         todo = torch.arange(b, device=e.device)  # instances still unsure of their winner
@@ -443,9 +447,15 @@ class MaskedVectorQuantizer(nn.Module):
         return err
 
     def _trunk_scores(
-        self, e: Tensor, code: Tensor, y: Tensor, masks: Tensor, inverse: Tensor | None
+        self,
+        e: Tensor,
+        code: Tensor,
+        y: Tensor,
+        masks: Tensor,
+        inverse: Tensor | None,
+        ends: AffineEnds,
     ) -> tuple[Tensor, Tensor]:
-        """First pass: the errors ``(B, J)`` via f's ``affine_ends``, and their mean.
+        """First pass: the errors ``(B, J)`` via f's affine ends ``ends``, and their mean.
 
         The first layer on ``e' * m`` is ``m @ (W diag e').T + b``: one small product per group.
         The last layer is linear, ``out = A u + a``: with ``A = Q R`` (reduced QR, Q
@@ -453,8 +463,6 @@ class MaskedVectorQuantizer(nn.Module):
         so no (B, J, D, h, w) hypothesis is ever built. Same maths as ``_exact_scores``,
         different rounding: the winner is re-checked exactly.
         """
-        dtype = torch.bfloat16 if self.search == "chunked_bf16" else None
-        ends = self.f.affine_ends(dtype, compiled=self.compile_search)
         b, (g, j), (h, w) = e.shape[0], masks.shape[:2], y.shape[-2:]
         code = code if inverse is None else code[_first_of_groups(inverse, g)]  # (G, D', 1, 1)
         first = code.flatten(1)[:, :, None] * ends.in_weight.t()  # (G, D', C): W diag(e')

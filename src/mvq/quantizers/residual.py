@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -26,7 +27,6 @@ from mvq.quantizers.base import (
     to_channel_last,
 )
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer, _broadcast_
-from mvq.tokens import Tokens
 
 
 class ResidualVQ(nn.Module):
@@ -144,9 +144,12 @@ class ResidualVQ(nn.Module):
                 f"{tuple(codes.shape)}"
             )
         return torch.stack(
-            [level.encode(to_channel_first(codes[:, i].float())).indices
-             for i, level in enumerate(self.levels)], 1
-        )  # fmt: skip
+            [
+                level.encode(to_channel_first(codes[:, i].float())).indices
+                for i, level in enumerate(self.levels)
+            ],
+            1,
+        )
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """What ``forward`` gives the decoder for these indices: ``(B, L, *S) -> (B, C, *S)``."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from mvq.core.tokens import Tokens
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -25,7 +26,6 @@ from mvq.quantizers.base import (
     to_channel_first,
     to_channel_last,
 )
-from mvq.tokens import Tokens
 
 INITS = ("random", "data", "kmeans")
 NN_CHUNK = 1024  # rows per block of the nearest-code search
@@ -354,8 +354,11 @@ class VectorQuantizer(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        options = [f"{name}=True" for name in ("ema", "cosine", "rotation_trick", "simvq")
-                   if getattr(self, name)]  # fmt: skip
+        options = [
+            f"{name}=True"
+            for name in ("ema", "cosine", "rotation_trick", "simvq")
+            if getattr(self, name)
+        ]
         if self.codebook_dim != self.dim:
             options.append(f"codebook_dim={self.codebook_dim}")
         return ", ".join([f"codebook_size={self.codebook_size}, dim={self.dim}", *options])

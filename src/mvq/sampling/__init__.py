@@ -4,14 +4,14 @@
   naive baseline ``sample_autoregressive_naive``;
 * ``sample_pixelcnn`` (``PixelCNNPrior``, raster order);
 * ``sample_maskgit`` (``MaskGITPrior``), with ``mask_schedule`` / ``num_masked`` re-exported
-  from ``mvq.mask_schedules``;
+  from ``mvq.priors.mask_schedules``;
 * ``filter_logits`` (top-k / nucleus) and ``sample_logits``.
 
-Imports ``mvq.priors`` (the samplers check the prior's class), ``mvq.tokens`` and
-``mvq.mask_schedules``, none of which imports ``mvq.sampling`` back.
+Imports ``mvq.priors`` (the samplers check the prior's class), ``mvq.core.tokens`` and
+``mvq.priors.mask_schedules``, none of which imports ``mvq.sampling`` back.
 """
 
-from mvq.mask_schedules import SCHEDULES, mask_schedule, num_masked
+from mvq.priors.mask_schedules import SCHEDULES, mask_schedule, num_masked
 from mvq.sampling.autoregressive import sample_autoregressive, sample_autoregressive_naive
 from mvq.sampling.common import filter_logits, sample_logits
 from mvq.sampling.maskgit import sample_maskgit

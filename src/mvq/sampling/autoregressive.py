@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mvq.core.tokens import tokens_to_mask
 from mvq.sampling.common import (
     check_sampling_args,
     require_prior,
     sample_in_batches,
     sample_logits,
 )
-from mvq.tokens import tokens_to_mask
 
 
 def _sample_primary(prior, start: Tensor, draw: dict, generator) -> Tensor:

@@ -2,8 +2,8 @@
 
 ``sample_maskgit`` starts from an all-``[MASK]`` sequence; at each step it predicts every masked
 token, draws it, and re-masks the ``num_masked(t + 1, T, N)`` least confident draws (the
-schedules, ``mask_schedule`` and ``num_masked``, are ``mvq.mask_schedules``). Confidence is the
-log-probability of the drawn token plus Gumbel noise of scale
+schedules, ``mask_schedule`` and ``num_masked``, are ``mvq.priors.mask_schedules``). Confidence is
+the log-probability of the drawn token plus Gumbel noise of scale
 ``choice_temperature * (1 - (t + 1) / T)`` (annealed to 0 at the last step); tokens fixed at
 earlier steps are never re-masked.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mvq.mask_schedules import num_masked
+from mvq.core.tokens import tokens_to_mask
+from mvq.priors.mask_schedules import num_masked
 from mvq.sampling.common import (
     check_sampling_args,
     model_device,
@@ -21,7 +22,6 @@ from mvq.sampling.common import (
     sample_in_batches,
     sampling_logits,
 )
-from mvq.tokens import tokens_to_mask
 
 
 def _draw(
@@ -46,8 +46,11 @@ def _sample_batch(prior, labels: Tensor | None, B: int, opts: dict, generator) -
     S, S2, N, steps = c.primary_len, c.secondary_len, c.num_tokens, opts["steps"]
     tokens = torch.zeros(B, N, dtype=torch.long, device=device)  # primary, secondary, mask
     unknown = torch.ones(B, N, dtype=torch.bool, device=device)
-    streams = ((slice(0, S), prior.primary_mask_id), (slice(S, S + S2), prior.secondary_mask_id),
-               (slice(S + S2, N), prior.mask_stream_mask_id))  # positions, [MASK] id  # fmt: skip
+    streams = (
+        (slice(0, S), prior.primary_mask_id),
+        (slice(S, S + S2), prior.secondary_mask_id),
+        (slice(S + S2, N), prior.mask_stream_mask_id),
+    )  # positions, [MASK] id
     for step in range(steps):
         inputs = [
             tokens[:, part].masked_fill(unknown[:, part], i) if part.stop > part.start else None

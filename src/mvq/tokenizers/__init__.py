@@ -7,11 +7,13 @@ Variant names read ``<arch>_<dataset>_s<S>_k<K>``: e.g. ``mvqvae_fmnist_s4_k16``
 Fashion-MNIST with 4 + 1 tokens and K = 16 codebook entries (8 primary + 8 secondary);
 ``mvqgan_fmnist_s4_k16`` the same networks trained with the VQGAN objective.
 
-Imports ``mvq.tokens`` (``TokenLayout`` is re-exported here), ``mvq.quantizers``, ``mvq.nets``,
-``mvq.losses`` (the GAN objective), ``mvq.data`` (the paper's data set table), ``mvq.pretrained``
-and ``mvq.registry``; never the priors or samplers.
+Imports ``mvq.core`` (``TokenLayout`` is re-exported here; saved models; the registry; token
+files for ``mvq.tokenizers.apply``, the jobs that apply a trained tokenizer to data),
+``mvq.quantizers``, ``mvq.nets``, ``mvq.losses`` (the GAN objective) and ``mvq.data``; never the
+priors or samplers.
 """
 
+from mvq.core.tokens import TokenLayout
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig, TokenizerOutput, encode_images
 from mvq.tokenizers.fsqvae import FSQVAE, FSQVAEConfig
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN, FSQGANConfig, MVQGANConfig, VQGANConfig
@@ -37,7 +39,6 @@ from mvq.tokenizers.variants import (
     load_tokenizer,
 )
 from mvq.tokenizers.vqvae2 import VQVAE2, VQVAE2Config
-from mvq.tokens import TokenLayout
 
 __all__ = [
     "ARCHITECTURES",

@@ -1,8 +1,8 @@
 """What the three tokenizers share: the config fields, the Table 3 networks, the loss.
 
-A tokenizer maps images ``(B, C, H, W)`` in [-1, 1] to tokens (``mvq.tokens.Tokens``): S
+A tokenizer maps images ``(B, C, H, W)`` in [-1, 1] to tokens (``mvq.core.tokens.Tokens``): S
 primary indices on an ``h x w`` grid, one secondary index, and (MVQ only) a D'-bit mask; its
-``token_layout`` (``mvq.tokens.TokenLayout``) says their shape.
+``token_layout`` (``mvq.core.tokens.TokenLayout``) says their shape.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mvq.core.pixels import uint8_to_float
+from mvq.core.pretrained import PretrainedMixin
+from mvq.core.tokens import TokenLayout, Tokens
 from mvq.nets import Decoder, PrimaryEncoder, SecondaryEncoder, primary_grid
-from mvq.pixels import uint8_to_float
-from mvq.pretrained import PretrainedMixin
 from mvq.quantizers import QuantizerOutput
 from mvq.quantizers.fsq import levels_for_codebook_size
-from mvq.tokens import TokenLayout, Tokens
 
 VQ_OPTIONS = ("cosine", "codebook_dim", "rotation_trick", "simvq", "decay", "kmeans_iters")
 
@@ -114,7 +114,7 @@ def encode_images(
     generator: torch.Generator | None = None,
 ) -> Tokens:
     """Tokens (on the CPU) of images ``(N, C, H, W)``, or of an iterable of such batches, in
-    [-1, 1] or uint8 (mapped by ``mvq.pixels``): ``batch_size`` rows at a time, in eval mode,
+    [-1, 1] or uint8 (mapped by ``mvq.core.pixels``): ``batch_size`` rows at a time, in eval mode,
     on the tokenizer's device; MVQ's candidate masks come from ``generator`` (on that device).
     The one way mvq turns images into tokens."""
     device = next(tokenizer.parameters()).device

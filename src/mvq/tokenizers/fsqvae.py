@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mvq.core.tokens import TokenLayout
 from mvq.quantizers import FSQ
 from mvq.tokenizers.base import FSQLevels, TokenizerConfig
 from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
-from mvq.tokens import TokenLayout
 
 
 @dataclass

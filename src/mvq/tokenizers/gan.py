@@ -90,8 +90,11 @@ class GANObjective:
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per optimizer, in update order: generator first, then discriminator."""
-        generator = [p for n, p in self.named_parameters()  # type: ignore[attr-defined]
-                     if not n.startswith("gan_loss.") and p.requires_grad]  # fmt: skip
+        generator = [
+            p
+            for n, p in self.named_parameters()  # type: ignore[attr-defined]
+            if not n.startswith("gan_loss.") and p.requires_grad
+        ]
         return {"model": generator, DISCRIMINATOR: list(self.gan_loss.discriminator.parameters())}
 
     def loss(

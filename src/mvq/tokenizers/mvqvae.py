@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mvq.core.tokens import TokenLayout, Tokens
 from mvq.nets import MHNetwork, table3_kernels
 from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput
 from mvq.tokenizers.base import FSQLevels, Tokenizer, TokenizerConfig, refuse_codebook_options
-from mvq.tokens import TokenLayout, Tokens
 
 
 @dataclass
@@ -67,9 +67,14 @@ class MVQVAE(Tokenizer):
         super().__init__(config)
         c = config
         f = MHNetwork(
-            c.secondary_dim, c.dim, c.grid, table3_kernels(c.factor)["f"],
-            channels=c.channels, res_channels=c.res_channels, num_res_blocks=c.num_res_blocks,
-        )  # fmt: skip
+            c.secondary_dim,
+            c.dim,
+            c.grid,
+            table3_kernels(c.factor)["f"],
+            channels=c.channels,
+            res_channels=c.res_channels,
+            num_res_blocks=c.num_res_blocks,
+        )
         quantizers = self.build_codebooks()
         self.quantizer = MaskedVectorQuantizer(
             dim=c.dim,
@@ -91,9 +96,12 @@ class MVQVAE(Tokenizer):
         )
         q = self.quantizer
         self.token_layout = TokenLayout(
-            q.primary.codebook_size, (c.grid, c.grid), q.secondary.codebook_size,
-            mask_bits=q.mask_bits, mask_codebook_size=q.mask_codebook_size,
-        )  # fmt: skip
+            q.primary.codebook_size,
+            (c.grid, c.grid),
+            q.secondary.codebook_size,
+            mask_bits=q.mask_bits,
+            mask_codebook_size=q.mask_codebook_size,
+        )
 
     def build_codebooks(self) -> tuple[nn.Module, nn.Module] | None:
         """The (primary, secondary) quantizers; None: the masked quantizer's own VQs."""

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mvq.core.tokens import TokenLayout, Tokens
 from mvq.quantizers import FSQ, QuantizerOutput, VectorQuantizer
 from mvq.quantizers.fsq import levels_for_codebook_size
 from mvq.quantizers.residual import ResidualVQ
 from mvq.tokenizers.base import TokenizerConfig, refuse_codebook_options
 from mvq.tokenizers.vqvae2 import HierarchicalTokenizer
-from mvq.tokens import TokenLayout, Tokens
 
 FAMILIES = ("vq", "simvq", "rvq", "lfq", "bsq", "fsq")
 CODEBOOK_FAMILIES = ("vq", "simvq", "rvq")  # the ones the config's VQ fields apply to
@@ -45,8 +45,14 @@ CODEBOOK_FAMILIES = ("vq", "simvq", "rvq")  # the ones the config's VQ fields ap
 def _family_class(family: str) -> type[nn.Module]:
     import mvq.quantizers as q
 
-    classes = {"vq": VectorQuantizer, "simvq": VectorQuantizer, "rvq": ResidualVQ, "fsq": FSQ,
-               "lfq": getattr(q, "LFQ", None), "bsq": getattr(q, "BSQ", None)}  # fmt: skip
+    classes = {
+        "vq": VectorQuantizer,
+        "simvq": VectorQuantizer,
+        "rvq": ResidualVQ,
+        "fsq": FSQ,
+        "lfq": getattr(q, "LFQ", None),
+        "bsq": getattr(q, "BSQ", None),
+    }
     cls = classes[family]
     if cls is None:
         raise ValueError(f"quantizer family '{family}' is not available in this mvq")

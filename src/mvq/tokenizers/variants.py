@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvq.data import paper_data
-from mvq.pretrained import (
+from mvq.core.pretrained import (
     CheckpointError,
     config_from_dict,
     read_pretrained_meta,
     resolve_pretrained,
 )
-from mvq.registry import Registry
+from mvq.core.registry import Registry
+from mvq.data import paper_data
 from mvq.tokenizers.base import Tokenizer
 from mvq.tokenizers.fsqvae import FSQVAE
 from mvq.tokenizers.gan import FSQGAN, MVQGAN, VQGAN
@@ -31,11 +31,18 @@ from mvq.tokenizers.qvae import BSQVAE, LFQVAE, RVQVAE, SimVQVAE
 from mvq.tokenizers.vqvae2 import VQVAE2
 
 ARCHITECTURES: dict[str, type[Tokenizer]] = {
-    "vqvae2": VQVAE2, "mvqvae": MVQVAE, "fsqvae": FSQVAE,
-    "vqgan": VQGAN, "mvqgan": MVQGAN, "fsqgan": FSQGAN,
-    "lfqvae": LFQVAE, "bsqvae": BSQVAE, "rvqvae": RVQVAE, "simvqvae": SimVQVAE,
+    "vqvae2": VQVAE2,
+    "mvqvae": MVQVAE,
+    "fsqvae": FSQVAE,
+    "vqgan": VQGAN,
+    "mvqgan": MVQGAN,
+    "fsqgan": FSQGAN,
+    "lfqvae": LFQVAE,
+    "bsqvae": BSQVAE,
+    "rvqvae": RVQVAE,
+    "simvqvae": SimVQVAE,
     "mfsqvae": MFSQVAE,
-}  # fmt: skip
+}
 
 # fmt: off
 VARIANTS: tuple[tuple[str, type[Tokenizer], str, int, int], ...] = (
@@ -328,8 +335,14 @@ def _factory(
     """The factory of one ``VARIANTS`` row: its config, then ``overrides``."""
     _, info, table2 = paper_data(dataset)
     size, dim = info.image_size, table2.dim
-    base = dict(in_channels=info.channels, image_size=size, factor=size // math.isqrt(s),
-                codebook_size=k, dim=dim, secondary_dim=dim)  # fmt: skip
+    base = dict(
+        in_channels=info.channels,
+        image_size=size,
+        factor=size // math.isqrt(s),
+        codebook_size=k,
+        dim=dim,
+        secondary_dim=dim,
+    )
 
     def factory(**overrides: Any) -> Tokenizer:
         return cls(config_from_dict(cls.config_class, base | overrides, name))

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mvq.core.tokens import TokenLayout, Tokens
 from mvq.quantizers import QuantizerOutput, VectorQuantizer
 from mvq.tokenizers.base import Tokenizer, TokenizerConfig
-from mvq.tokens import TokenLayout, Tokens
 
 
 @dataclass

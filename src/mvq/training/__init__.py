@@ -1,6 +1,6 @@
 """Shared training infrastructure: ``train`` with its config, checkpoints and resumable sampler."""
 
-from mvq.pretrained import CheckpointError
+from mvq.core.pretrained import CheckpointError
 from mvq.training.checkpoint import RunDirError, checkpoint_path, load_checkpoint, save_checkpoint
 from mvq.training.config import TrainConfig, TrainResult
 from mvq.training.interrupt import STOP_STATUS, RunStopped

@@ -43,8 +43,10 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
         return [batch]
     if isinstance(batch, torch.Tensor):
         if batch.dim() == 0 or batch.shape[0] % parts:
-            raise ValueError(f"a batch of {batch.shape[0] if batch.dim() else 1} items does not "
-                             f"split into {parts} micro-batches")  # fmt: skip
+            raise ValueError(
+                f"a batch of {batch.shape[0] if batch.dim() else 1} items does not "
+                f"split into {parts} micro-batches"
+            )
         return list(batch.chunk(parts))
     if isinstance(batch, dict):
         split = {key: split_batch(value, parts) for key, value in batch.items()}

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mvq.errors import MVQError
-from mvq.pretrained import CheckpointError, atomic_write_file, state_mismatch
+from mvq.core.errors import MVQError
+from mvq.core.pretrained import CheckpointError, atomic_write_file, state_mismatch
 
 CHECKPOINT_VERSION = 2
 STEP_FILE = re.compile(r"step_(\d+)\.pt")
@@ -145,8 +145,11 @@ def load_resumable(run_dir: Path, announce: bool = True) -> tuple[Path, dict[str
         except CheckpointError:
             continue
         if announce:
-            print(f"--resume: {last} is unreadable; resuming from {path} (step {ckpt['step']}), "
-                  "the newest intact checkpoint", file=sys.stderr)  # fmt: skip
+            print(
+                f"--resume: {last} is unreadable; resuming from {path} (step {ckpt['step']}), "
+                "the newest intact checkpoint",
+                file=sys.stderr,
+            )
         return path, ckpt
     best = last.parent / "best.pt"
     try:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvq.errors import ConfigError
+from mvq.core.device import DEVICE_NAME
+from mvq.core.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIONAL_INTS = ("max_steps", "epochs", "val_every", "val_batches")
-INT_MINIMUMS = {"batch_size": 1, "log_every": 1, "ckpt_every": 1, "sample_every": 1,
-                "grad_accum": 1, "keep_last": 1, "warmup_steps": 0, "num_workers": 0,
-                **dict.fromkeys(OPTIONAL_INTS, 1)}  # fmt: skip
-DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+INT_MINIMUMS = {
+    "batch_size": 1,
+    "log_every": 1,
+    "ckpt_every": 1,
+    "sample_every": 1,
+    "grad_accum": 1,
+    "keep_last": 1,
+    "warmup_steps": 0,
+    "num_workers": 0,
+    **dict.fromkeys(OPTIONAL_INTS, 1),
+}
 DEVICE_HELP = (
     "auto (a GPU when there is one), cpu, cuda, cuda:N or mps; under torchrun cuda is the "
     "LOCAL_RANK's GPU"

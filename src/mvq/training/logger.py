@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from mvq.errors import DiskFullError, disk_full_cause
-from mvq.pretrained import atomic_write_file
+from mvq.core.errors import DiskFullError, disk_full_cause
+from mvq.core.pretrained import atomic_write_file
 from mvq.training.distributed import DistContext, all_reduce_mean
 
 CSV_HEADER = ["step", "split", "name", "value"]

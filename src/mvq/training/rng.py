@@ -48,13 +48,21 @@ def rng_to_tensors(state: dict[str, Any]) -> dict[str, Any]:
     version, words, gauss = state["python"]
     kind, key, pos, has_gauss, cached = state["numpy"]
     return {
-        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
-                   "gauss": gauss},
-        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {
+            "version": version,
+            "state": torch.tensor(words, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": state["torch"],
         "cuda": None if state["cuda"] is None else list(state["cuda"]),
-    }  # fmt: skip
+    }
 
 
 def rng_from_tensors(state: dict[str, Any]) -> dict[str, Any]:
@@ -62,11 +70,16 @@ def rng_from_tensors(state: dict[str, Any]) -> dict[str, Any]:
     py, npy = state["python"], state["numpy"]
     return {
         "python": (py["version"], tuple(py["state"].tolist()), py["gauss"]),
-        "numpy": (npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"],
-                  npy["has_gauss"], npy["cached"]),
+        "numpy": (
+            npy["kind"],
+            npy["key"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached"],
+        ),
         "torch": state["torch"],
         "cuda": state["cuda"],
-    }  # fmt: skip
+    }
 
 
 @contextmanager

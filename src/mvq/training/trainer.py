@@ -55,8 +55,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mvq.errors import ConfigError, MVQError
-from mvq.pretrained import CheckpointError
+from mvq.core.errors import ConfigError, MVQError
+from mvq.core.pretrained import CheckpointError
 from mvq.training.batch import count_items, split_batch, to_device
 from mvq.training.checkpoint import (
     CHECKPOINT_VERSION,
@@ -239,8 +239,11 @@ def _check_inputs(model: nn.Module, train_set: Dataset, cfg: TrainConfig) -> Non
             "processes); set it to false"
         )
     names = list(optimizer_groups(model))
-    unsupported = (("precision=fp16", cfg.precision == "fp16"), ("compile=true", cfg.compile),
-                   (f"grad_accum={cfg.grad_accum}", cfg.grad_accum > 1))  # fmt: skip
+    unsupported = (
+        ("precision=fp16", cfg.precision == "fp16"),
+        ("compile=true", cfg.compile),
+        (f"grad_accum={cfg.grad_accum}", cfg.grad_accum > 1),
+    )
     for what, used in unsupported if len(names) > 1 else ():
         if used:
             raise ConfigError(
@@ -302,16 +305,20 @@ class Trainer:
         self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
         self.callbacks, self.save_model = tuple(callbacks), save_model
         self.sampler = EpochBatchSampler(
-            len(train_set), cfg.batch_size // ctx.world_size, seed=cfg.seed,
-            rank=ctx.rank, world_size=ctx.world_size,
-        )  # fmt: skip
+            len(train_set),
+            cfg.batch_size // ctx.world_size,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
         self.loader = DataLoader(train_set, batch_sampler=self.sampler, **_loader_args(cfg, ctx))
         self.val_loader = _val_loader(val_set, cfg, ctx)
         self.total = cfg.total_steps(self.sampler.batches_per_epoch)
         # What trains: the model, its optimizers by name, the fp16 scaler, the EMA copy.
         self.model = model.to(ctx.device).train()
-        self.optimizers = {name: make_adam(params, cfg)
-                           for name, params in optimizer_groups(model).items()}  # fmt: skip
+        self.optimizers = {
+            name: make_adam(params, cfg) for name, params in optimizer_groups(model).items()
+        }
         self.scaler = make_scaler(cfg.precision, ctx.device)
         self.ema = make_ema(model) if cfg.ema_decay is not None else None
         self._ema_loaded = False  # the EMA weights came from a checkpoint
@@ -407,8 +414,9 @@ class Trainer:
         step's detached logs (no host sync); a second optimizer's loss and gradient norm are
         logged as ``<name>_loss``, ``<name>_grad_norm``."""
         cfg = self.cfg
-        self.lr = lr_at(self.step, self.total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps,
-                        cfg.min_lr)  # fmt: skip
+        self.lr = lr_at(
+            self.step, self.total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.min_lr
+        )
         parts = split_batch(batch, cfg.grad_accum)
         logs: dict[str, torch.Tensor] = {}
         for name, opt in self.optimizers.items():
@@ -527,8 +535,14 @@ class Trainer:
         timed = self._ckpt_timer_due()
         # The timer runs on each process's clock: ranks of a DDP run compare it only at the
         # checks every rank makes, so that they agree on the step.
-        if not (log_due or val_due or sample_due or ckpt_due or signum or
-                (timed and not self.ctx.enabled)):  # fmt: skip
+        if not (
+            log_due
+            or val_due
+            or sample_due
+            or ckpt_due
+            or signum
+            or (timed and not self.ctx.enabled)
+        ):
             return 0
         timed = self._check(timed)
         if log_due:

@@ -38,24 +38,25 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
+from mvq.core.device import resolve_device
+from mvq.core.pixels import to_unit
+from mvq.core.token_files import read_token_meta, tokenizer_identity
 from mvq.data import dataset_info
-from mvq.pixels import to_unit
 from mvq.priors import load_prior
-from mvq.report import write_report as write_page
-from mvq.runconfig import RunConfig
-from mvq.sample import SampleOptions, sample_images
-from mvq.token_files import encode_dataset, read_token_meta, tokenizer_identity
+from mvq.report.page import write_report as write_page
+from mvq.sampling.pipeline import SampleOptions, sample_images
 from mvq.tokenizers import MVQVAE, TOKENIZERS, Tokenizer, load_tokenizer
-from mvq.train_prior import train_prior
-from mvq.train_tokenizer import (
+from mvq.tokenizers.apply import encode_dataset
+from mvq.training import checkpoint_path
+from mvq.training.config import DEVICE_HELP
+from mvq.training.prior_job import train_prior
+from mvq.training.runconfig import RunConfig
+from mvq.training.tokenizer_job import (
     build_splits,
     evaluate_tokenizer,
     first_images,
     train_tokenizer,
 )
-from mvq.training import checkpoint_path
-from mvq.training.config import DEVICE_HELP
-from mvq.training.distributed import resolve_device
 
 MODELS = {"vqvae2": "vqvae2_fmnist_s4_k16", "mvqvae": "mvqvae_fmnist_s4_k16"}
 PRIOR = "transformer_4p1"
@@ -67,9 +68,17 @@ def demo_config(
     """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
     masked = issubclass(TOKENIZERS.entry(model).cls, MVQVAE)
     model_config = {"num_hypotheses": num_hypotheses} if masked else {}
-    train = {"max_steps": steps, "batch_size": 32, "log_every": 50, "ckpt_every": 250,
-             "sample_every": steps, "val_every": steps, "val_batches": 50, "seed": 0,
-             "device": device}  # fmt: skip
+    train = {
+        "max_steps": steps,
+        "batch_size": 32,
+        "log_every": 50,
+        "ckpt_every": 250,
+        "sample_every": steps,
+        "val_every": steps,
+        "val_batches": 50,
+        "seed": 0,
+        "device": device,
+    }
     # Debian's files when installed, else torchvision downloads into the user cache
     data = {"name": "fashion_mnist", "root": data_root, "download": True}
     return RunConfig(model, model_config, data, train)
@@ -77,9 +86,17 @@ def demo_config(
 
 def prior_config(steps: int, device: str = "auto") -> RunConfig:
     """Run config of a demo prior: Table 4's 4+1 transformer, GPT-style Adam, batch 64."""
-    train = {"max_steps": steps, "batch_size": 64, "lr": 1e-3, "betas": [0.9, 0.95],
-             "log_every": 50, "ckpt_every": 250, "val_every": steps, "seed": 0,
-             "device": device}  # fmt: skip
+    train = {
+        "max_steps": steps,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "betas": [0.9, 0.95],
+        "log_every": 50,
+        "ckpt_every": 250,
+        "val_every": steps,
+        "seed": 0,
+        "device": device,
+    }
     return RunConfig(PRIOR, {}, {}, train)
 
 
@@ -119,12 +136,18 @@ def run_prior(
     tokenizer = load_tokenizer(tok_dir).to(device)
     if not (tokens / "meta.json").is_file():
         train_set, val_set = splits(cfg, tokenizer, subset)
-        encode_dataset(tokenizer, {"train": train_set, "val": val_set}, tokens,
-                       tokenizer_identity(tokenizer, tok_dir), cfg.data,
-                       dataset_info("fashion_mnist").num_classes)  # fmt: skip
+        encode_dataset(
+            tokenizer,
+            {"train": train_set, "val": val_set},
+            tokens,
+            tokenizer_identity(tokenizer, tok_dir),
+            cfg.data,
+            dataset_info("fashion_mnist").num_classes,
+        )
     if not finished(run_dir):
-        train_prior(prior_config(steps, str(device)), tokens, run_dir,
-                    checkpoint_path(run_dir).is_file())  # fmt: skip
+        train_prior(
+            prior_config(steps, str(device)), tokens, run_dir, checkpoint_path(run_dir).is_file()
+        )
     csv = (run_dir / "metrics.csv").read_text().splitlines()
     val = {r.split(",")[2]: float(r.split(",")[3]) for r in csv if ",val," in r}
     prior = load_prior(run_dir / "model").to(device)
@@ -135,13 +158,17 @@ def run_prior(
         make_grid(to_unit(images), nrow=16, padding=2, pad_value=1.0), out / f"samples_{name}.png"
     )
     h, w = read_token_meta(tokens)["layout"]["primary_grid"]
-    return {"prior_val_nll": val["nll"], "prior_val_bits_per_image": val["bits_per_image"],
-            "sample_seconds_per_image": seconds / 64, "tokens_per_image": h * w + 1}  # fmt: skip
+    return {
+        "prior_val_nll": val["nll"],
+        "prior_val_bits_per_image": val["bits_per_image"],
+        "sample_seconds_per_image": seconds / 64,
+        "tokens_per_image": h * w + 1,
+    }
 
 
 def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str, float]:
     """``mvq eval`` of the tokenizer (reconstructions) and of its prior's samples."""
-    from mvq.evaluate import EvalRequest, run_eval
+    from mvq.eval.evaluate import EvalRequest, run_eval
     from mvq.metrics.fd_fmnist import classifier_label
 
     tokenizer, prior = out / name / "model", out / f"{name}_prior" / "model"
@@ -149,11 +176,19 @@ def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str,
     recon_metrics = "mse,psnr,ssim,fd_fmnist"  # no FID/LPIPS: minutes on a CPU
     if issubclass(TOKENIZERS.entry(MODELS[name]).cls, MVQVAE):
         recon_metrics += ",random_mask"  # only MVQ has a mask
-    recon = run_eval(EvalRequest(out / f"eval_{name}", tokenizer, n=args.subset,
-                                 metrics=recon_metrics, **common))  # fmt: skip
-    samples = run_eval(EvalRequest(out / f"eval_{name}_samples", tokenizer, prior,
-                                   n=args.subset or args.eval_samples, metrics="fd_fmnist,f_scores",
-                                   **common))  # fmt: skip
+    recon = run_eval(
+        EvalRequest(out / f"eval_{name}", tokenizer, n=args.subset, metrics=recon_metrics, **common)
+    )
+    samples = run_eval(
+        EvalRequest(
+            out / f"eval_{name}_samples",
+            tokenizer,
+            prior,
+            n=args.subset or args.eval_samples,
+            metrics="fd_fmnist,f_scores",
+            **common,
+        )
+    )
     keys = (
         "psnr",
         "ssim",
@@ -177,8 +212,11 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse
 
     first = next(iter(metrics.values()))
     others = sorted({m["fd_classifier"] for m in metrics.values() if m.get("fd_classifier")})
-    which = (f"classifier {', '.join(others)}, NOT mvq's shipped one" if others
-             else f"mvq's shipped Fashion-MNIST classifier {SHIPPED_KEY}")  # fmt: skip
+    which = (
+        f"classifier {', '.join(others)}, NOT mvq's shipped one"
+        if others
+        else f"mvq's shipped Fashion-MNIST classifier {SHIPPED_KEY}"
+    )
     lines = [
         f"Fashion-MNIST test split ({args.subset or 10_000} images), 4+1 tokens, K=16 (8+8); "
         f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps. "
@@ -255,8 +293,12 @@ def stage_table(stages: dict[str, float], device: str) -> str:
     """The demo's wall time per stage, for the end of its output."""
     rows = [f"| {stage} | {seconds:.0f} |" for stage, seconds in stages.items()]
     total = sum(stages.values())
-    head = [f"Stage times on {device} ({torch.get_num_threads()} threads):", "",
-            "| stage | seconds |", "|---|---|"]  # fmt: skip
+    head = [
+        f"Stage times on {device} ({torch.get_num_threads()} threads):",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     return "\n".join([*head, *rows, f"| total | {total:.0f} |"])
 
 
@@ -280,8 +322,15 @@ def run(args: argparse.Namespace) -> None:
         cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root, args.device)
         metrics[name] = timed(f"{name} tokenizer", run_tokenizer, name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
-        metrics[name] |= timed(f"{name} encode + prior + 64 samples", run_prior, name, cfg,
-                               args.prior_steps, out, args.subset)  # fmt: skip
+        metrics[name] |= timed(
+            f"{name} encode + prior + 64 samples",
+            run_prior,
+            name,
+            cfg,
+            args.prior_steps,
+            out,
+            args.subset,
+        )
         print(f"== {name}: mvq eval (reconstructions, samples)", flush=True)
         metrics[name] |= timed(f"{name} mvq eval", evaluate_models, name, out, args)
     timed("reconstruction grid", write_grid, out, cfg)
@@ -289,5 +338,7 @@ def run(args: argparse.Namespace) -> None:
     page = timed("report page", write_page, out)  # the runs side by side on one HTML page
     device = cpu_model() if resolve_device(args.device).type == "cpu" else args.device
     print(stage_table(stages, device))
-    print(f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
-          f"in {time.perf_counter() - t0:.0f} s; open {page}")  # fmt: skip
+    print(
+        f"wrote {out}/reconstructions.png, {out}/samples_*.png, {out}/metrics.md "
+        f"in {time.perf_counter() - t0:.0f} s; open {page}"
+    )

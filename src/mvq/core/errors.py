@@ -5,7 +5,7 @@ any other exception is a bug and keeps its traceback. Each subclass also derives
 built-in type a Python caller would catch (``ValueError``, ``KeyError``, ...). A full disk while
 writing any file is a ``DiskFullError`` naming the file and the size being written.
 
-Errors owned by one module live there (``CheckpointError`` in ``mvq.pretrained``,
+Errors owned by one module live there (``CheckpointError`` in ``mvq.core.pretrained``,
 ``DataError`` in ``mvq.data``, ``RunDirError`` and ``TrainingDiverged`` in ``mvq.training``,
 ``EvalError``, ``VizError``, ``SweepError``); the shared ones live here.
 """

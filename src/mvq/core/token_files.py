@@ -23,7 +23,7 @@ atomically by ``mvq encode`` / ``encode_dataset``)::
 
 ``TokenDataset(dir, split)`` serves ``{"primary", "secondary", "label"}`` int64 dicts, plus
 ``"mask"`` (the packed uint8 mask bytes) for MVQ tokens, the batch format of ``mvq.priors``.
-What the tokens are (``Tokens``, ``TokenLayout``) is ``mvq.tokens``.
+What the tokens are (``Tokens``, ``TokenLayout``) is ``mvq.core.tokens``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,19 +41,17 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from mvq.pretrained import (
+from mvq.core.pretrained import (
     WEIGHTS_NAME,
     CheckpointError,
-    atomic_write_dir,
     atomic_write_file,
     resolve_pretrained,
 )
-from mvq.tokens import Tokens, layout_overrides
+from mvq.core.tokens import Tokens, layout_overrides
 
 if TYPE_CHECKING:
-    from mvq.tokenizers import Tokenizer
+    from torch import nn
 
 META_NAME = "meta.json"
 DIR_FORMAT_VERSION = 1
@@ -63,8 +60,9 @@ FILE_FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 
 
-def tokenizer_identity(model: Tokenizer, directory: str | os.PathLike | None = None) -> dict:
-    """Class, config and a fingerprint of the weights: what tokens must be decoded with."""
+def tokenizer_identity(model: nn.Module, directory: str | os.PathLike | None = None) -> dict:
+    """Class, config and a fingerprint of the weights of a tokenizer ``model`` (its
+    ``config`` a dataclass): what tokens must be decoded with."""
     folder = resolve_pretrained(directory) if directory is not None else None  # Hub ids too
     if folder is not None and (folder / WEIGHTS_NAME).is_file():
         digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
@@ -85,73 +83,14 @@ def index_dtype(vocab: int) -> torch.dtype:
 # -- token directories -----------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def encode_split(
-    model: Tokenizer,
-    dataset: Dataset,
-    batch_size: int = 256,
-    generator: torch.Generator | None = None,
-) -> dict[str, Tensor]:
-    """The tensors of a token directory's split: the tokens of every image of ``dataset``
-    (``encode_images``, MVQ's masks drawn from ``generator``) in the prior's batch form, indices
-    in their stored types, and the labels."""
-    from mvq.tokenizers.base import encode_images, in_order
-
-    labels: list[Tensor] = []
-
-    def images() -> Iterator[Tensor]:
-        loader = in_order(dataset, batch_size, generator)
-        for x, y in tqdm(loader, desc="encode", leave=False, disable=None):
-            labels.append(torch.as_tensor(y).to(torch.int64))
-            yield x
-
-    batch = encode_images(model, images(), batch_size, generator).to_batch()
-    layout = model.token_layout
-    batch["primary"] = batch["primary"].to(index_dtype(layout.primary_vocab))
-    batch["secondary"] = batch["secondary"].to(index_dtype(layout.secondary_vocab))
-    return batch | {"label": torch.cat(labels)}
-
-
-def encode_dataset(
-    model: Tokenizer,
-    splits: dict[str, Dataset],
-    out: str | os.PathLike,
-    identity: dict,
-    source: dict[str, Any],
-    num_classes: int,
-    seed: int = 0,
-) -> Path:
-    """Encode each split and write the token directory ``out`` atomically."""
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)  # MVQ's mask search draws masks
-    encoded = {name: encode_split(model, ds, generator=generator) for name, ds in splits.items()}
-    meta = {
-        "format_version": DIR_FORMAT_VERSION,
-        "tokenizer": identity,
-        "layout": asdict(model.token_layout),
-        "num_classes": num_classes,
-        "source": source,
-        "splits": {name: len(t["primary"]) for name, t in encoded.items()},
-    }
-
-    files = {f"{name}.safetensors": safetensors_bytes({k: v.contiguous() for k, v in t.items()})
-             for name, t in encoded.items()}  # fmt: skip
-    files[META_NAME] = (json.dumps(meta, indent=2) + "\n").encode()
-
-    def write(tmp: Path) -> None:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-
-    atomic_write_dir(Path(out), write, size=sum(map(len, files.values())))
-    return Path(out)
-
-
 def read_token_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """``meta.json`` of a token directory; a missing or broken one is a clear error."""
     path = Path(directory) / META_NAME
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a token directory ({META_NAME} missing): "
-                              "make one with `mvq encode`")  # fmt: skip
+        raise CheckpointError(
+            f"{directory} is not a token directory ({META_NAME} missing): "
+            "make one with `mvq encode`"
+        )
     try:
         meta = json.loads(path.read_text())
         meta["tokenizer"], meta["splits"]  # noqa: B018
@@ -230,8 +169,13 @@ def save_token_file(
         tensors["secondary"] = tokens.secondary.cpu().to(index_dtype(layout["secondary_vocab"]))
     if tokens.mask is not None:
         tensors["mask"] = tokens.mask.cpu()
-    header = {"format": FORMAT, "format_version": FILE_FORMAT_VERSION, "names": names,
-              "tokenizer": tokenizer, "layout": layout}  # fmt: skip
+    header = {
+        "format": FORMAT,
+        "format_version": FILE_FORMAT_VERSION,
+        "names": names,
+        "tokenizer": tokenizer,
+        "layout": layout,
+    }
     metadata = {k: json.dumps(v) for k, v in header.items()}
     data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     atomic_write_file(path, data)
@@ -259,13 +203,15 @@ def load_token_file(path: str | os.PathLike) -> TokenFile:
         raise CheckpointError(f"{path} is a newer token file format; upgrade mvq to read it")
     secondary = tensors.get("secondary")
     tokens = Tokens(
-        tensors["indices"].long(), None if secondary is None else secondary.long(),
+        tensors["indices"].long(),
+        None if secondary is None else secondary.long(),
         tensors.get("mask"),
-    )  # fmt: skip
+    )
     names = list(header.get("names", []))
     if len(names) != len(tokens.indices):
-        raise CheckpointError(f"{path} is corrupted: {len(names)} names for "
-                              f"{len(tokens.indices)} rows of tokens")  # fmt: skip
+        raise CheckpointError(
+            f"{path} is corrupted: {len(names)} names for {len(tokens.indices)} rows of tokens"
+        )
     return TokenFile(tokens, names, header["tokenizer"], header["layout"])
 
 

@@ -1,16 +1,26 @@
-"""Tables of a sweep: one row per finished cell, and mean ± std over seeds per group.
-
-Pure functions from rows (``{column: value}`` dicts, axes first) to CSV and markdown text;
-``mvq.sweep`` builds the rows from the cells' ``eval/eval.json`` and stage markers.
-"""
+"""Tables of a sweep: one row per finished cell (``collect`` reads the cells' ``eval.json``
+and markers), and mean ± std over seeds per group; pure functions from rows (``{column:
+value}`` dicts, axes first) to CSV and markdown text."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
+
+from mvq.experiments.sweep.spec import EVAL_STAGES, Cell, SweepConfig
+from mvq.experiments.sweep.stages import (
+    cell_stages,
+    file_lock,
+    pending,
+    read_marker,
+    skipped_backfill,
+    write_atomic,
+)
 
 # metrics of ``mvq eval``'s eval.json, in the order the tables show them; others follow sorted
 METRIC_ORDER = (
@@ -149,3 +159,97 @@ def summary_tables(axes: list[str], rows: list[dict[str, Any]], title: str = "")
     csv_columns = [*keys, "n", *(f"{c}_{s}" for c in numeric for s in ("mean", "std"))]
     md = to_markdown([*keys, "n", *numeric], md_rows, title)
     return to_csv(csv_columns, csv_rows), md
+
+
+# --- collecting -------------------------------------------------------------------------------
+
+
+def _eval_values(path: Path) -> dict[str, Any]:
+    """Numbers of an ``eval.json`` and the names of its unavailable metrics."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return {"unavailable": f"eval.json unreadable ({type(err).__name__})"}
+    if not isinstance(data, dict):
+        return {"unavailable": "eval.json is not an object"}
+    from mvq.metrics.fd_fmnist import classifier_label
+
+    row: dict[str, Any] = {k: v for k, v in data.items() if is_number(v)}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    if other := classifier_label(meta.get("fd_fmnist_classifier")):
+        row["fd_classifier"] = other  # not mvq's shipped classifier: named in the tables
+    unavailable = data.get("unavailable")
+    if isinstance(unavailable, dict) and unavailable:
+        row["unavailable"] = ";".join(sorted(unavailable))
+    return row
+
+
+def cell_row(sweep: SweepConfig, cell: Cell) -> dict[str, Any] | None:
+    """The table row of a finished cell (None while any stage is unfinished)."""
+    cell_dir = sweep.out / "cells" / cell.name
+    stages = cell_stages(sweep, cell, cell_dir)
+    if pending(cell_dir, stages):
+        return None
+    skipped = skipped_backfill(cell_dir, stages)
+    stages = [s for s in stages if s.name not in skipped]
+    row: dict[str, Any] = {"cell": cell.index, **cell.axes}
+    sampled: list[dict[str, Any]] = []  # one per sampling seed
+    for stage in stages:  # reconstruction metrics, then the sample form's
+        if stage.name in EVAL_STAGES or stage.backfill:
+            values = _eval_values(stage.out / "eval.json")
+            gone = [row.get("unavailable"), values.pop("unavailable", None)]
+            if other := values.pop("fd_classifier", None):
+                row["fd_classifier"] = other
+            if stage.name == "eval":
+                row |= values
+            else:
+                sampled.append(values)
+                row |= {
+                    f"{k}_sampling_seed{stage.spec.get('seed', 0)}": v
+                    for k, v in values.items()
+                    if k.startswith("sample_")
+                }
+            if any(gone):
+                row["unavailable"] = ";".join(sorted({n for g in gone if g for n in g.split(";")}))
+    if sampled:  # the sample metrics of the cell: their mean over the sampling seeds
+        row |= {
+            k: sum(v[k] for v in sampled) / len(sampled)
+            for k in sampled[0]
+            if is_number(sampled[0][k]) and all(k in v for v in sampled)
+        }
+        row["sampling_seeds"] = len(sampled)
+    for stage in stages:
+        marker = read_marker(cell_dir, stage.name) or {}
+        summary = marker.get("summary") or {}
+        if stage.name == "train":
+            row |= {
+                f"train_{k}": summary[k]
+                for k in ("steps", "images_per_s", "val_loss")
+                if is_number(summary.get(k))
+            }
+        if stage.name == "prior":
+            row |= {
+                f"prior_train_{k}": v
+                for k, v in summary.items()
+                if k in ("steps", "val_nll_nats_per_token") and is_number(v)
+            }
+        row[f"{stage.name}_wall_s"] = marker.get("wall_s")
+    row["total_wall_s"] = round(sum(row[f"{s.name}_wall_s"] or 0.0 for s in stages), 3)
+    return row
+
+
+def collect(sweep: SweepConfig, cells: list[Cell]) -> list[dict[str, Any]]:
+    """Write ``results.csv/.md`` and ``summary.csv/.md`` in ``sweep.out`` from finished cells."""
+    with file_lock(sweep.out / ".collect.lock", wait=True):
+        rows = [row for cell in cells if (row := cell_row(sweep, cell)) is not None]
+        axes = sweep.axis_names
+        columns = order_columns(axes, rows)
+        title = f"Sweep {sweep.name}: {len(rows)} of {len(cells)} cells finished."
+        if others := sorted({str(r["fd_classifier"]) for r in rows if r.get("fd_classifier")}):
+            title += f" fd_fmnist of classifier {', '.join(others)}, not mvq's shipped one."
+        write_atomic(sweep.out / "results.csv", to_csv(columns, rows))
+        write_atomic(sweep.out / "results.md", to_markdown(columns, rows, title))
+        summary_csv, summary_md = summary_tables(axes, rows, f"{title} Mean ± std over seeds.")
+        write_atomic(sweep.out / "summary.csv", summary_csv)
+        write_atomic(sweep.out / "summary.md", summary_md)
+    return rows

@@ -17,16 +17,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from mvq.errors import ConfigError
-from mvq.pixels import to_unit
-from mvq.pretrained import CheckpointError, resolve_pretrained
+from mvq.core.errors import ConfigError
+from mvq.core.pixels import to_unit
+from mvq.core.pretrained import CheckpointError, resolve_pretrained
+from mvq.core.token_files import tokenizer_identity
+from mvq.core.tokens import Tokens
 from mvq.priors import MaskGITPrior, PixelCNNPrior, TransformerPrior, load_prior
 from mvq.sampling import SCHEDULES, sample_autoregressive, sample_maskgit, sample_pixelcnn
 from mvq.sampling.common import check_sampling_args
-from mvq.token_files import tokenizer_identity
 from mvq.tokenizers import Tokenizer, load_tokenizer
-from mvq.tokens import Tokens
-from mvq.train_prior import TOKENIZER_FILE
+from mvq.training.prior_job import TOKENIZER_FILE
 
 SAMPLERS: dict[type, Callable[..., dict[str, Tensor]]] = {
     TransformerPrior: sample_autoregressive,
@@ -48,8 +48,12 @@ class SampleOptions:
     batch_size: int = 64
 
     def for_prior(self, prior: nn.Module) -> dict:
-        opts = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "batch_size": self.batch_size}  # fmt: skip
+        opts = {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "batch_size": self.batch_size,
+        }
         if isinstance(prior, MaskGITPrior):
             steps = self.steps or min(8, prior.config.num_tokens)
             opts |= {"steps": steps, "schedule": self.schedule}
@@ -109,10 +113,12 @@ def sample_images(
     drawn = sampler(prior, n, labels=labels, generator=generator, **options.for_prior(prior))
     tokens = Tokens.from_batch(drawn)
     tokenizer.eval()
-    images = torch.cat([
-        tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)
-        for i in range(0, n, options.batch_size)
-    ])  # fmt: skip
+    images = torch.cat(
+        [
+            tokenizer.decode(tokens[i : i + options.batch_size].to(device), generator=generator)
+            for i in range(0, n, options.batch_size)
+        ]
+    )
     return images.clamp(-1.0, 1.0), tokens  # the decoder is unbounded; data live in [-1, 1]
 
 

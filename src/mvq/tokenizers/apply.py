@@ -1,4 +1,5 @@
-"""A trained tokenizer on image files: ``mvq reconstruct``, ``mvq tokenize``, ``mvq decode``.
+"""A trained tokenizer applied to data: ``mvq encode`` (a data set -> a token directory for
+priors), ``mvq reconstruct``, ``mvq tokenize`` and ``mvq decode`` (image files).
 
 Images are read as the tokenizer wants them: converted to grayscale or RGB after its
 ``in_channels``, the shorter side resized to its ``image_size`` and the other center-cropped.
@@ -10,33 +11,44 @@ failure leaves nothing behind.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from mvq.data.base import DataError
-from mvq.data.folder import EXTENSIONS, list_images, read_image
-from mvq.pixels import float_to_uint8
-from mvq.pretrained import atomic_write_dir, resolve_pretrained
-from mvq.token_files import (
+from mvq.core.pixels import float_to_uint8
+from mvq.core.pretrained import atomic_write_dir, resolve_pretrained
+from mvq.core.token_files import (
+    DIR_FORMAT_VERSION,
+    META_NAME,
     SUFFIX,
     check_tokenizer,
+    index_dtype,
     is_token_file,
     load_token_file,
     save_token_file,
     tokenizer_identity,
 )
+from mvq.core.tokens import Tokens
+from mvq.data.base import DataError
+from mvq.data.folder import EXTENSIONS, list_images, read_image
 from mvq.tokenizers import Tokenizer, encode_images, load_tokenizer
-from mvq.tokens import Tokens
+from mvq.tokenizers.base import in_order
 
 
 def pick_device(name: str) -> torch.device:
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a one-line
     ``DeviceError`` for anything else or a GPU that is not there."""
-    from mvq.training.distributed import resolve_device
+    from mvq.core.device import resolve_device
 
     return resolve_device(name)
 
@@ -83,8 +95,10 @@ def check_out_dir(out: str | Path, images: str | Path | None = None) -> Path:
     """``out`` as a new (or empty) folder outside the input folder ``images``."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"--out {out} already exists and is not an empty folder; "
-                        "choose a new folder or remove it")  # fmt: skip
+        raise DataError(
+            f"--out {out} already exists and is not an empty folder; "
+            "choose a new folder or remove it"
+        )
     if images is not None and Path(images).expanduser().is_dir():
         inside = out.resolve().is_relative_to(Path(images).expanduser().resolve())
         if inside:
@@ -159,8 +173,12 @@ def reconstruct(
     model, _, folder = load_for_images(tokenizer, device)
     tokens = encode_files(model, files, batch_size, seed)
     decode_to_folder(model, tokens, pngs, out, batch_size)
-    return {"images": len(files), "out": str(out), "tokenizer": str(folder),
-            "bits_per_image": model.bits_per_image}  # fmt: skip
+    return {
+        "images": len(files),
+        "out": str(out),
+        "tokenizer": str(folder),
+        "bits_per_image": model.bits_per_image,
+    }
 
 
 def tokenize(
@@ -182,8 +200,12 @@ def tokenize(
     model, identity, folder = load_for_images(tokenizer, device)
     tokens = encode_files(model, files, batch_size, seed)
     save_token_file(out, tokens, names, identity, model.token_layout)
-    return {"images": len(files), "out": str(out), "tokenizer": str(folder),
-            "tokens_per_image": model.token_layout.num_tokens}  # fmt: skip
+    return {
+        "images": len(files),
+        "out": str(out),
+        "tokenizer": str(folder),
+        "tokens_per_image": model.token_layout.num_tokens,
+    }
 
 
 def decode(
@@ -202,3 +224,64 @@ def decode(
     check_tokenizer(token_file, identity, tokens, str(tokenizer))
     decode_to_folder(model, token_file.tokens, pngs, out, batch_size)
     return {"images": len(pngs), "out": str(out), "tokenizer": str(folder)}
+
+
+@torch.no_grad()
+def encode_split(
+    model: Tokenizer,
+    dataset: Dataset,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """The tensors of a token directory's split: the tokens of every image of ``dataset``
+    (``encode_images``, MVQ's masks drawn from ``generator``) in the prior's batch form, indices
+    in their stored types, and the labels."""
+    labels: list[Tensor] = []
+
+    def images() -> Iterator[Tensor]:
+        loader = in_order(dataset, batch_size, generator)
+        for x, y in tqdm(loader, desc="encode", leave=False, disable=None):
+            labels.append(torch.as_tensor(y).to(torch.int64))
+            yield x
+
+    batch = encode_images(model, images(), batch_size, generator).to_batch()
+    layout = model.token_layout
+    batch["primary"] = batch["primary"].to(index_dtype(layout.primary_vocab))
+    batch["secondary"] = batch["secondary"].to(index_dtype(layout.secondary_vocab))
+    return batch | {"label": torch.cat(labels)}
+
+
+def encode_dataset(
+    model: Tokenizer,
+    splits: dict[str, Dataset],
+    out: str | os.PathLike,
+    identity: dict,
+    source: dict[str, Any],
+    num_classes: int,
+    seed: int = 0,
+) -> Path:
+    """Encode each split and write the token directory ``out`` atomically."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)  # MVQ's mask search draws masks
+    encoded = {name: encode_split(model, ds, generator=generator) for name, ds in splits.items()}
+    meta = {
+        "format_version": DIR_FORMAT_VERSION,
+        "tokenizer": identity,
+        "layout": asdict(model.token_layout),
+        "num_classes": num_classes,
+        "source": source,
+        "splits": {name: len(t["primary"]) for name, t in encoded.items()},
+    }
+
+    files = {
+        f"{name}.safetensors": safetensors_bytes({k: v.contiguous() for k, v in t.items()})
+        for name, t in encoded.items()
+    }
+    files[META_NAME] = (json.dumps(meta, indent=2) + "\n").encode()
+
+    def write(tmp: Path) -> None:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+    atomic_write_dir(Path(out), write, size=sum(map(len, files.values())))
+    return Path(out)

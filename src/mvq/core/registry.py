@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from mvq.errors import UnknownNameError
+from mvq.core.errors import UnknownNameError
 
 T = TypeVar("T")
 

@@ -29,14 +29,14 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.utils import make_grid, save_image
 
+from mvq.core.errors import MVQError
+from mvq.core.pixels import to_unit
+from mvq.core.pretrained import read_pretrained_meta
+from mvq.core.tokens import Tokens, mask_index_to_bytes, pack_masks
 from mvq.data import build_dataset
-from mvq.errors import MVQError
-from mvq.pixels import to_unit
-from mvq.pretrained import read_pretrained_meta
 from mvq.quantizers.base import to_channel_first, to_channel_last
 from mvq.tokenizers import ARCHITECTURES, MVQVAE, Tokenizer, load_tokenizer
 from mvq.tokenizers.base import in_order
-from mvq.tokens import Tokens, mask_index_to_bytes, pack_masks
 from mvq.training.config import DEVICE_HELP
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: `mvq --help` stays quick
@@ -47,8 +47,15 @@ TOKENIZER_KINDS = (*MVQ_KINDS, "reconstructions", "codebook")
 KINDS = (*TOKENIZER_KINDS, "curves")
 # (channels, image size) -> the data set a tokenizer of that input shape is usually trained on
 DEFAULT_DATA = {(1, 28): "fashion_mnist", (3, 32): "cifar10"}
-DEFAULT_N = {"transfer": 4, "compose": 3, "dimensions": 8, "diversity": 6,
-             "reconstructions": 16, "codebook": 10_000, "curves": 0}  # fmt: skip
+DEFAULT_N = {
+    "transfer": 4,
+    "compose": 3,
+    "dimensions": 8,
+    "diversity": 6,
+    "reconstructions": 16,
+    "codebook": 10_000,
+    "curves": 0,
+}
 
 
 class VizError(MVQError, ValueError):
@@ -170,12 +177,22 @@ def compose_images(model: MVQVAE, tokens: Tokens, masks: Tensor) -> Tensor:
     """
     parts = split_codes(model, tokens[:1])
     e = parts.primary  # (1, D, h, w)
-    t = masked_term(model, parts.secondary.expand(4, -1, -1, -1), masks.to(e.device),
-                    e.expand(4, -1, -1, -1))  # (4, D, h, w)  # fmt: skip
+    t = masked_term(
+        model, parts.secondary.expand(4, -1, -1, -1), masks.to(e.device), e.expand(4, -1, -1, -1)
+    )  # (4, D, h, w)
     top, left, right, bottom = t
     zero = torch.zeros_like(top)
-    cells = [(top, left), (top, zero), (top, right), (left, zero), (zero, zero),
-             (right, zero), (bottom, left), (bottom, zero), (bottom, right)]  # fmt: skip
+    cells = [
+        (top, left),
+        (top, zero),
+        (top, right),
+        (left, zero),
+        (zero, zero),
+        (right, zero),
+        (bottom, left),
+        (bottom, zero),
+        (bottom, right),
+    ]
     latent = e + torch.stack([a + b for a, b in cells])  # (9, D, h, w)
     return decode_latent_sum(model, latent)
 
@@ -194,7 +211,7 @@ def compose(
         [
             compose_images(mvq, tokens[i : i + 1], random_masks(mvq, 4, generator))
             for i in range(len(x))
-        ]  # fmt: skip
+        ]
     )
 
 
@@ -296,8 +313,10 @@ def codebook_counts(
     """Uses of every code over ``data``: ``{"primary": (K1,), "secondary": (K2,)}`` int64,
     and for MVQ ``"mask bits"`` ``(D',)``: how often each mask bit is on."""
     layout = model.token_layout
-    counts = {"primary": torch.zeros(layout.primary_vocab, dtype=torch.long),
-              "secondary": torch.zeros(layout.secondary_vocab, dtype=torch.long)}  # fmt: skip
+    counts = {
+        "primary": torch.zeros(layout.primary_vocab, dtype=torch.long),
+        "secondary": torch.zeros(layout.secondary_vocab, dtype=torch.long),
+    }
     if layout.mask_bits:  # bits of the patterns (a mask codebook's entries looked up)
         counts["mask bits"] = torch.zeros(model.quantizer.secondary_dim, dtype=torch.long)
     device = next(model.parameters()).device
@@ -347,8 +366,17 @@ def read_metrics(path: str | Path) -> dict[tuple[str, str], tuple[list[int], lis
     return series
 
 
-CURVE_NAMES = ("loss", "rec", "nll", "bits_per_image", "mhd", "primary_usage",
-               "secondary_usage", "primary_perplexity", "mask_density")  # fmt: skip
+CURVE_NAMES = (
+    "loss",
+    "rec",
+    "nll",
+    "bits_per_image",
+    "mhd",
+    "primary_usage",
+    "secondary_usage",
+    "primary_perplexity",
+    "mask_density",
+)
 
 
 def plot_curves(series: dict[tuple[str, str], tuple[list[int], list[float]]]) -> Figure:
@@ -512,7 +540,7 @@ def load_source_model(source: VizSource, device: str) -> Tokenizer | None:
     """The directory's tokenizer in eval mode on ``device`` (None if it holds none)."""
     if not source.has_tokenizer:
         return None
-    from mvq.training.distributed import resolve_device
+    from mvq.core.device import resolve_device
 
     dev = resolve_device(device)
     return load_tokenizer(source.model_dir).to(dev).eval()  # type: ignore[arg-type]
@@ -521,8 +549,13 @@ def load_source_model(source: VizSource, device: str) -> Tokenizer | None:
 def load_data(model: Tokenizer, opts: VizOptions) -> Dataset:
     """The split ``opts.split`` of ``opts.data`` (default: by the tokenizer's input shape)."""
     c = model.config
-    return build_dataset(opts.data or default_data(model), opts.data_root, opts.split,
-                         image_size=c.image_size, download=False)  # fmt: skip
+    return build_dataset(
+        opts.data or default_data(model),
+        opts.data_root,
+        opts.split,
+        image_size=c.image_size,
+        download=False,
+    )
 
 
 def make_figure(
@@ -531,8 +564,10 @@ def make_figure(
     """The ``kind`` figure of a resolved directory (a ``VizError`` when it does not apply)."""
     if kind == "curves":
         if source.run_dir is None:
-            raise VizError(f"figure 'curves' needs a run directory with metrics.csv, "
-                           f"{source.model_dir} is a saved model only")  # fmt: skip
+            raise VizError(
+                f"figure 'curves' needs a run directory with metrics.csv, "
+                f"{source.model_dir} is a saved model only"
+            )
         return plot_curves(read_metrics(source.run_dir / "metrics.csv"))
     if kind not in TOKENIZER_KINDS:
         raise VizError(f"unknown figure '{kind}'; choose one of {', '.join(KINDS)}, all")
@@ -576,8 +611,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", help="data set (default: by image shape; 1x28x28: fashion_mnist)")
     ap.add_argument("--data-root", help="data set folder (default: the data set's usual place)")
     ap.add_argument("--split", default="val", help="split the images come from")
-    ap.add_argument("--dims", help="dimensions: comma-separated secondary dimensions "
-                    "(default: the --n most visible)")  # fmt: skip
+    ap.add_argument(
+        "--dims",
+        help="dimensions: comma-separated secondary dimensions (default: the --n most visible)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, str]:

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from mvq.core.token_files import TokenDataset, read_token_meta
+from mvq.core.tokens import layout_overrides
 from mvq.priors import PRIORS, create_prior
-from mvq.runconfig import ConfigError, RunConfig, check_model_config
-from mvq.token_files import TokenDataset, read_token_meta
-from mvq.tokens import layout_overrides
-from mvq.train_tokenizer import config_values, runnable_train_config
 from mvq.training import TrainResult, train
+from mvq.training.runconfig import ConfigError, RunConfig, check_model_config
+from mvq.training.tokenizer_job import config_values, runnable_train_config
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -55,7 +55,12 @@ def train_prior(
     val_set = TokenDataset(tokens, "val") if "val" in meta["splits"] else None
     identity = json.dumps(meta["tokenizer"], indent=2) + "\n"
     result = train(
-        prior, train_set, val_set, train_cfg, run_dir, resume=resume,
+        prior,
+        train_set,
+        val_set,
+        train_cfg,
+        run_dir,
+        resume=resume,
         save_model=lambda m, path: m.save_pretrained(path, {TOKENIZER_FILE: identity}),
-    )  # fmt: skip
+    )
     return prior, result

@@ -19,16 +19,16 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
+from mvq.core.device import resolve_device
+from mvq.core.errors import ConfigError, MVQError
+from mvq.core.pixels import to_unit
+from mvq.core.pretrained import config_from_dict
 from mvq.data import build_dataset, data_channels
-from mvq.errors import ConfigError, MVQError
-from mvq.pixels import to_unit
-from mvq.pretrained import config_from_dict
-from mvq.runconfig import RunConfig, check_keys, check_model_config, check_types
 from mvq.tokenizers import TOKENIZERS, Tokenizer, create_tokenizer
 from mvq.tokenizers.base import in_order
 from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
-from mvq.training.distributed import resolve_device
+from mvq.training.runconfig import RunConfig, check_keys, check_model_config, check_types
 
 
 def build_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -144,9 +144,15 @@ def train_tokenizer(
     train_set, val_set = build_splits(cfg, model)
     grid = ReconstructionGrid(first_images(val_set, 8))
     result = train(
-        model, train_set, val_set, train_cfg, run_dir, resume=resume, callbacks=[grid],
+        model,
+        train_set,
+        val_set,
+        train_cfg,
+        run_dir,
+        resume=resume,
+        callbacks=[grid],
         save_model=lambda m, path: m.save_pretrained(path, data=data_summary(cfg, train_set)),
-    )  # fmt: skip
+    )
     return model, result
 
 
@@ -154,8 +160,11 @@ def prepare_gan(model: GANObjective) -> None:
     """Build LPIPS now, so missing VGG16 weights fail before any run directory is written, and
     say when a run is not the paper's recipe (``perceptual: none``)."""
     if model.gan_loss.perceptual_network() is None and os.environ.get("RANK", "0") == "0":
-        print(f"{type(model).__name__}: perceptual=none, L1 without LPIPS: not the paper's "
-              "recipe (recorded in the model's config.json)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{type(model).__name__}: perceptual=none, L1 without LPIPS: not the paper's "
+            "recipe (recorded in the model's config.json)",
+            file=sys.stderr,
+        )
 
 
 @torch.no_grad()

@@ -56,27 +56,45 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mvq.core.errors import MVQError
+from mvq.core.pixels import float_to_uint8, uint8_to_float
+from mvq.core.pretrained import atomic_write_file
+from mvq.core.registry import closest_hint
+from mvq.core.tokens import Tokens
 from mvq.data import build_dataset
 from mvq.data.folder import list_images
-from mvq.errors import MVQError
-from mvq.pixels import float_to_uint8, uint8_to_float
-from mvq.pretrained import atomic_write_file
-from mvq.registry import closest_hint
 from mvq.tokenizers import encode_images
-from mvq.tokens import Tokens
 
-RECON_GROUPS = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist", "usage", "perplexity",
-                "bits_per_image", "random_mask")  # fmt: skip
+RECON_GROUPS = (
+    "mse",
+    "psnr",
+    "ssim",
+    "lpips",
+    "fid",
+    "fd_fmnist",
+    "usage",
+    "perplexity",
+    "bits_per_image",
+    "random_mask",
+)
 SAMPLE_GROUPS = ("fid", "fd_fmnist", "f_scores", "prior_nll", "bits_per_image")
 IMAGE_GROUPS = ("fid", "fd_fmnist", "f_scores")
 GROUP_OF = {
-    "usage_primary": "usage", "usage_secondary": "usage", "perplexity_primary": "perplexity",
-    "perplexity_secondary": "perplexity", "fd_fmnist_floor": "fd_fmnist", "prd": "f_scores",
-    "sample_fid": "fid", "sample_fd_fmnist": "fd_fmnist", "sample_f8": "f_scores",
-    "sample_f1_8": "f_scores", "sample_f8_inception": "f_scores",
-    "sample_f1_8_inception": "f_scores", "prior_nll_nats_per_token": "prior_nll",
+    "usage_primary": "usage",
+    "usage_secondary": "usage",
+    "perplexity_primary": "perplexity",
+    "perplexity_secondary": "perplexity",
+    "fd_fmnist_floor": "fd_fmnist",
+    "prd": "f_scores",
+    "sample_fid": "fid",
+    "sample_fd_fmnist": "fd_fmnist",
+    "sample_f8": "f_scores",
+    "sample_f1_8": "f_scores",
+    "sample_f8_inception": "f_scores",
+    "sample_f1_8_inception": "f_scores",
+    "prior_nll_nats_per_token": "prior_nll",
     "prior_bits_per_image": "prior_nll",
-}  # fmt: skip
+}
 
 
 class EvalError(MVQError, ValueError):
@@ -130,11 +148,15 @@ def parse_metrics(text: str | None, form: str) -> tuple[str, ...] | None:
         group = GROUP_OF.get(name, name.removeprefix("random_mask_"))
         if group not in set(RECON_GROUPS + SAMPLE_GROUPS):
             known = sorted(set(RECON_GROUPS + SAMPLE_GROUPS) | set(GROUP_OF))
-            raise EvalError(f"unknown metric '{name}'{closest_hint(name, known)}; "
-                            f"metrics: {', '.join(allowed[form])}")  # fmt: skip
+            raise EvalError(
+                f"unknown metric '{name}'{closest_hint(name, known)}; "
+                f"metrics: {', '.join(allowed[form])}"
+            )
         if group not in allowed[form]:
-            raise EvalError(f"metric '{name}' does not apply to the {form} form of mvq eval; "
-                            f"it computes {', '.join(allowed[form])}")  # fmt: skip
+            raise EvalError(
+                f"metric '{name}' does not apply to the {form} form of mvq eval; "
+                f"it computes {', '.join(allowed[form])}"
+            )
         groups += [group, "random_mask"] if name.startswith("random_mask_") else [group]
     if not groups:
         raise EvalError("--metrics is empty; name at least one metric")
@@ -188,8 +210,10 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Tensor:
             raise EvalError(f"cannot read image {path}: {err}") from err
         pixels = array[None] if array.dim() == 2 else array.permute(2, 0, 1)  # (C', H', W')
         if tuple(pixels.shape[1:]) != (h, w):
-            raise EvalError(f"{path} is {pixels.shape[2]}x{pixels.shape[1]} but the data are "
-                            f"{w}x{h}: resize the images to the data's size")  # fmt: skip
+            raise EvalError(
+                f"{path} is {pixels.shape[2]}x{pixels.shape[1]} but the data are "
+                f"{w}x{h}: resize the images to the data's size"
+            )
         if c == 1 and pixels.shape[0] == 3:
             if not (torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])):
                 raise EvalError(f"{path} is a colour image but the data are gray (1 channel)")
@@ -202,7 +226,7 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Tensor:
 
 def resolve_eval_device(name: str) -> torch.device:
     """``auto``/``cpu``/``cuda``/``cuda:N``; under torchrun ``cuda`` is the local rank's GPU."""
-    from mvq.training.distributed import resolve_device
+    from mvq.core.device import resolve_device
 
     return resolve_device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -237,8 +261,10 @@ def load_networks(
         if group not in groups and not (group == "fd_fmnist" and "f_scores" in groups):
             continue
         if group == "fd_fmnist" and tuple(image_shape) != (1, 28, 28):
-            nets.missing[group] = (f"fd_fmnist needs Fashion-MNIST-like images (1, 28, 28), "
-                                   f"the data are {tuple(image_shape)}")  # fmt: skip
+            nets.missing[group] = (
+                f"fd_fmnist needs Fashion-MNIST-like images (1, 28, 28), "
+                f"the data are {tuple(image_shape)}"
+            )
             continue
         try:
             setattr(nets, attribute, load())
@@ -277,8 +303,9 @@ def frechet_metrics(
 
     out = {}
     if features.nets.inception is not None:
-        fid = frechet_distance(features("inception", key, images),
-                               features("inception", "reference", reference))  # fmt: skip
+        fid = frechet_distance(
+            features("inception", key, images), features("inception", "reference", reference)
+        )
         out[f"{prefix}fid"] = fid
     if features.nets.classifier is not None:
         ref = features("classifier", "reference", reference)
@@ -336,8 +363,10 @@ def codebook_metrics(indices: Tensor, vocab: int, name: str) -> dict[str, float]
     counts = torch.bincount(indices.flatten().long(), minlength=vocab).double()
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {f"usage_{name}": float((counts > 0).double().mean()),
-            f"perplexity_{name}": float(entropy.exp())}  # fmt: skip
+    return {
+        f"usage_{name}": float((counts > 0).double().mean()),
+        f"perplexity_{name}": float(entropy.exp()),
+    }
 
 
 @torch.no_grad()
@@ -417,8 +446,9 @@ def sample_form(
 def sample_from_prior(
     tokenizer: nn.Module, prior: nn.Module, n: int, request: EvalRequest
 ) -> Tensor:
-    """``n`` sampled images as uint8 (``mvq.sample``'s sampler; balanced labels if conditional)."""
-    from mvq.sample import SampleOptions, sample_images
+    """``n`` sampled images as uint8 (``mvq.sampling.pipeline``'s sampler; balanced labels if
+    conditional)."""
+    from mvq.sampling.pipeline import SampleOptions, sample_images
 
     classes = prior.config.num_classes
     labels = torch.arange(n) % classes if classes else None
@@ -428,10 +458,24 @@ def sample_from_prior(
 
 
 PIXEL = ("mse", "psnr", "ssim", "lpips", "fid", "fd_fmnist")
-ORDER = (*PIXEL, "fd_fmnist_floor", "usage_primary", "usage_secondary", "perplexity_primary",
-         "perplexity_secondary", "bits_per_image", *(f"random_mask_{p}" for p in PIXEL),
-         "sample_fid", "sample_fd_fmnist", "sample_f8", "sample_f1_8", "sample_f8_inception",
-         "sample_f1_8_inception", "prior_nll_nats_per_token", "prior_bits_per_image")  # fmt: skip
+ORDER = (
+    *PIXEL,
+    "fd_fmnist_floor",
+    "usage_primary",
+    "usage_secondary",
+    "perplexity_primary",
+    "perplexity_secondary",
+    "bits_per_image",
+    *(f"random_mask_{p}" for p in PIXEL),
+    "sample_fid",
+    "sample_fd_fmnist",
+    "sample_f8",
+    "sample_f1_8",
+    "sample_f8_inception",
+    "sample_f1_8_inception",
+    "prior_nll_nats_per_token",
+    "prior_bits_per_image",
+)
 META_COLUMNS = ("time", "form", "tokenizer", "prior", "images", "data", "split", "n")
 
 
@@ -513,11 +557,15 @@ def format_table(result: dict) -> str:
     """A Markdown table: every metric, then every unavailable one with its reason."""
     meta = result["meta"]
     source = meta.get("tokenizer") or meta.get("images")
-    lines = [f"mvq eval ({meta['form']}): {source}"
-             + (f" + prior {meta['prior']}" if meta.get("prior") else "")
-             + f" vs {meta['data']} {meta['split']} ({meta['reference_images']} images), "
-               f"n={meta['n']}, {meta['device']}, {meta['seconds']:.1f} s",
-             "", "| metric | value |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"mvq eval ({meta['form']}): {source}"
+        + (f" + prior {meta['prior']}" if meta.get("prior") else "")
+        + f" vs {meta['data']} {meta['split']} ({meta['reference_images']} images), "
+        f"n={meta['n']}, {meta['device']}, {meta['seconds']:.1f} s",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     if meta.get("fd_fmnist_classifier"):
         from mvq.metrics.fd_fmnist import describe_classifier
 
@@ -556,7 +604,7 @@ def reference_subset(reference: Tensor, n: int, seed: int) -> Tensor:
 def load_models(request: EvalRequest, device: torch.device) -> tuple:
     """The tokenizer and prior (checked to belong together), on ``device``."""
     from mvq.priors import load_prior
-    from mvq.sample import check_pair
+    from mvq.sampling.pipeline import check_pair
     from mvq.tokenizers import load_tokenizer
 
     tokenizer = prior = None
@@ -587,9 +635,11 @@ def check_request(request: EvalRequest) -> None:
         raise EvalError(f"--batch-size must be positive, got {request.batch_size}")
     spec = request.fd_classifier
     if spec not in ("shipped", "local") and not classifier_record(spec).is_file():
-        raise EvalError(f"--fd-classifier {spec}: no such classifier record; give 'shipped' "
-                        "(mvq's, the default), 'local' (trained on the data at --root once) or "
-                        "the <key>.json of a classifier mvq saved")  # fmt: skip
+        raise EvalError(
+            f"--fd-classifier {spec}: no such classifier record; give 'shipped' "
+            "(mvq's, the default), 'local' (trained on the data at --root once) or "
+            "the <key>.json of a classifier mvq saved"
+        )
 
 
 def static_unavailable(form: str, groups: tuple[str, ...], tokenizer, prior) -> dict[str, str]:
@@ -617,10 +667,12 @@ def compute(
         subset = reference[: request.n] if request.n else reference
         return reconstruction_form(tokenizer, subset, nets, request, "random_mask" in groups)
     if request.form == "images":
-        return sample_form(images, reference_subset(reference, len(images), request.seed),
-                           nets, request)  # fmt: skip
-    metrics = sample_form(images, reference_subset(reference, len(images), request.seed),
-                          nets, request)  # fmt: skip
+        return sample_form(
+            images, reference_subset(reference, len(images), request.seed), nets, request
+        )
+    metrics = sample_form(
+        images, reference_subset(reference, len(images), request.seed), nets, request
+    )
     metrics["bits_per_image"] = float(tokenizer.bits_per_image)
     if "prior_nll" in groups and not static_unavailable("samples", groups, tokenizer, prior):
         codes = encode_codes(tokenizer, reference, request.batch_size, request.seed)
@@ -637,8 +689,10 @@ def run_eval(request: EvalRequest) -> dict:
     check_request(request)
     form = request.form
     asked = parse_metrics(request.metrics, form)
-    groups = asked or {"reconstruction": RECON_GROUPS, "samples": SAMPLE_GROUPS,
-                       "images": IMAGE_GROUPS}[form]  # fmt: skip
+    groups = (
+        asked
+        or {"reconstruction": RECON_GROUPS, "samples": SAMPLE_GROUPS, "images": IMAGE_GROUPS}[form]
+    )
     device = resolve_eval_device(request.device)
     tokenizer, prior = load_models(request, device)
     reference, labels = load_reference(request)
@@ -646,8 +700,10 @@ def run_eval(request: EvalRequest) -> dict:
     if tokenizer is not None:
         c = tokenizer.config
         if shape != (c.in_channels, c.image_size, c.image_size):
-            raise EvalError(f"{request.data} images are {shape} but the tokenizer takes "
-                            f"{(c.in_channels, c.image_size, c.image_size)}")  # fmt: skip
+            raise EvalError(
+                f"{request.data} images are {shape} but the tokenizer takes "
+                f"{(c.in_channels, c.image_size, c.image_size)}"
+            )
     images = None
     if form == "images":
         images = load_image_folder(Path(request.images), shape)

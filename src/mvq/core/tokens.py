@@ -14,7 +14,7 @@ log2 J bits. This module owns
 - ``mask_to_tokens`` / ``tokens_to_mask``: the mask as ``ceil(D'/b)`` tokens of b bits, the
   form in which a prior models it (a mask codebook's index: one token of log2 J bits).
 
-Tokens on disk (token files, token directories) are ``mvq.token_files``.
+Tokens on disk (token files, token directories) are ``mvq.core.token_files``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LAYOUT_FIELDS = (
-    "primary_vocab", "primary_grid", "secondary_vocab", "secondary_grid", "mask_bits",
+    "primary_vocab",
+    "primary_grid",
+    "secondary_vocab",
+    "secondary_grid",
+    "mask_bits",
     "mask_codebook_size",
-)  # fmt: skip
+)
 
 
 @dataclass

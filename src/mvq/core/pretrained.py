@@ -3,7 +3,7 @@
 A model that mixes in ``PretrainedMixin`` owns a dataclass config in ``self.config`` and is
 built by ``cls(config)``. Writes are atomic: files go to a temporary directory that is renamed
 into place, so an interrupted save never leaves a half-written model. Every save also writes a
-model card ``README.md`` (``mvq.model_card``).
+model card ``README.md`` (``mvq.core.model_card``).
 
 Where a model is read from (``resolve_pretrained``): an existing local path wins (a run
 directory stands for its ``model/``); otherwise ``org/name`` or ``org/name@revision`` is a
@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from mvq.errors import DiskFullError, MVQError, disk_full_cause
+from mvq.core.errors import DiskFullError, MVQError, disk_full_cause
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,7 +45,7 @@ class CheckpointError(MVQError, ValueError):
 
 def config_from_dict(config_cls: type, values: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``config_cls`` from ``values``; unknown keys are a clear error."""
-    from mvq.registry import closest_hint
+    from mvq.core.registry import closest_hint
 
     names = [f.name for f in dataclasses.fields(config_cls)]
     for key in values:
@@ -181,7 +181,7 @@ class PretrainedMixin:
                 ``directory`` or its parent, else what it was loaded with.
             repo_id: the Hub id, for the card's loading example.
         """
-        from mvq.model_card import CARD_NAME, numeric, read_metrics, render_model_card
+        from mvq.core.model_card import CARD_NAME, numeric, read_metrics, render_model_card
 
         known = getattr(self, "card_info", {})
         data = data if data is not None else known.get("data")
@@ -194,8 +194,11 @@ class PretrainedMixin:
         }
         state = {k: v.detach().contiguous().cpu() for k, v in self.pretrained_state_dict().items()}
         card = render_model_card(self, repo_id, data, metrics)
-        files = {CONFIG_NAME: (json.dumps(meta, indent=2) + "\n").encode(),
-                 WEIGHTS_NAME: safetensors_bytes(state), CARD_NAME: card.encode()}  # fmt: skip
+        files = {
+            CONFIG_NAME: (json.dumps(meta, indent=2) + "\n").encode(),
+            WEIGHTS_NAME: safetensors_bytes(state),
+            CARD_NAME: card.encode(),
+        }
         files |= {name: text.encode() for name, text in (extra_files or {}).items()}
 
         def write(tmp: Path) -> None:
@@ -228,8 +231,9 @@ class PretrainedMixin:
             raise CheckpointError(f"'{repo_id}' is not a Hub repository id; use org/name")
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="mvq-push-") as tmp:
-            folder = self.save_pretrained(Path(tmp) / "model", extra_files, data=data,
-                                          metrics=metrics, repo_id=repo_id)  # fmt: skip
+            folder = self.save_pretrained(
+                Path(tmp) / "model", extra_files, data=data, metrics=metrics, repo_id=repo_id
+            )
             api.create_repo(repo_id, private=private, exist_ok=True)
             message = commit_message or f"Upload {type(self).__name__} with mvq"
             return api.upload_folder(

@@ -4,7 +4,7 @@ The page is self-contained: every image is embedded as a base64 ``data:`` URI, t
 inline, there is no JavaScript and no network reference, so it opens offline from anywhere.
 For each run it shows the saved model's config and the training config, the final training
 and validation metrics (``metrics.csv``), every ``mvq eval`` result found (``eval.json``),
-the curves, and for a tokenizer the figures of ``mvq.viz`` (reconstructions, codebook usage;
+the curves, and for a tokenizer the figures of ``mvq.report.viz`` (reconstructions, codebook usage;
 for MVQ also transfer, composition, dimensions and diversity) and the PNG grids in the run
 (``samples/``, ``grid.png``). A folder of runs (``mvq demo``'s ``runs/demo``, a sweep) gets
 an overview first: its Markdown/CSV tables (``metrics.md``, ``results.md``/``results.csv``),
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvq.pretrained import atomic_write_file
-from mvq.viz import (
+from mvq.core.pretrained import atomic_write_file
+from mvq.report.viz import (
     VizOptions,
     available_kinds,
     load_source_model,
@@ -125,7 +125,7 @@ def find_evals(path: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 def train_config(path: Path) -> dict[str, Any]:
     """The ``TrainConfig`` stored in the run's checkpoint ({} without a readable one)."""
-    from mvq.pretrained import CheckpointError
+    from mvq.core.pretrained import CheckpointError
     from mvq.training import checkpoint_path, load_checkpoint
 
     if not checkpoint_path(path).is_file():
@@ -269,12 +269,19 @@ def eval_html(path: Path, data: dict[str, Any], root: Path) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------------
-REPORT_KINDS = ("curves", "reconstructions", "codebook", "transfer", "compose", "dimensions",
-                "diversity")  # fmt: skip
+REPORT_KINDS = (
+    "curves",
+    "reconstructions",
+    "codebook",
+    "transfer",
+    "compose",
+    "dimensions",
+    "diversity",
+)
 
 
 def figures_html(run: Run) -> str:
-    """The ``mvq.viz`` figures that apply to the run, drawn now and embedded."""
+    """The ``mvq.report.viz`` figures that apply to the run, drawn now and embedded."""
     from mvq.data import DataError
 
     source = resolve_source(run.path)
@@ -299,8 +306,10 @@ def run_images(run: Run, root: Path) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     recon = sorted((run.path / "samples").glob("recon_*.png"))
     if recon:
-        caption = (f"training reconstructions at the last logged step ({recon[-1].name}): "
-                   "top row validation images, bottom row reconstructions")  # fmt: skip
+        caption = (
+            f"training reconstructions at the last logged step ({recon[-1].name}): "
+            "top row validation images, bottom row reconstructions"
+        )
         found.append((caption, recon[-1]))
     for grid in sorted(run.path.rglob("grid.png")):
         found.append((f"samples: {grid.relative_to(root)}", grid))
@@ -345,16 +354,21 @@ def run_section(run: Run, root: Path) -> str:
     """One run: config, metrics, eval tables, figures and the PNG grids found."""
     kind = run.model_class or "run in progress (no model/ yet)"
     title = f"<h2>{esc(run.name)} <small>{esc(kind)}</small></h2>"
-    parts = [f"<section id='{anchor(run.name)}'>{title}",
-             f"<p class='path'>{esc(run.path)}</p>", config_html(run),
-             "<h3>Metrics</h3>", metrics_html(run)]  # fmt: skip
+    parts = [
+        f"<section id='{anchor(run.name)}'>{title}",
+        f"<p class='path'>{esc(run.path)}</p>",
+        config_html(run),
+        "<h3>Metrics</h3>",
+        metrics_html(run),
+    ]
     parts += [eval_html(p, d, root) for p, d in run.evals]
     parts.append("<h3>Figures</h3>" + figures_html(run))
     images = run_images(run, root)
     if images:
         parts.append("<h3>Images in the run</h3>")
-        parts += [img(png_uri(p.read_bytes()), caption, width=display_width(p))
-                  for caption, p in images]  # fmt: skip
+        parts += [
+            img(png_uri(p.read_bytes()), caption, width=display_width(p)) for caption, p in images
+        ]
     return "".join(parts) + "</section>"
 
 
@@ -363,8 +377,13 @@ def anchor(name: str) -> str:
     return "run-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
 
 
-COMPARE = (("train", "loss"), ("val", "loss"), ("val", "rec"), ("val", "nll"),
-           ("val", "bits_per_image"))  # fmt: skip
+COMPARE = (
+    ("train", "loss"),
+    ("val", "loss"),
+    ("val", "rec"),
+    ("val", "nll"),
+    ("val", "bits_per_image"),
+)
 
 
 def comparison_html(runs: list[Run]) -> str:
@@ -456,7 +475,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
         path: a run directory, a saved model, or a folder holding runs (a demo, a sweep).
         out: the HTML file to write (default ``path/report.html``).
     """
-    from mvq.viz import VizError
+    from mvq.report.viz import VizError
 
     root = Path(path)
     if not root.is_dir():
