@@ -303,3 +303,25 @@ def test_readme_eval_commands_run(models, tmp_path, capsys, monkeypatch) -> None
         assert run(argv, capsys)[0] == 0, argv
         out = Path(argv[argv.index("--out") + 1])
         assert (out / "eval.json").is_file() and (out / "eval.csv").is_file()
+
+
+def test_the_metric_table_is_consistent_with_the_forms_groups() -> None:
+    """Every metric's group is one its forms take; every group a form takes has a metric of
+    that form (``random_mask`` through the random-mask copies); names are unique."""
+    from mvq.eval.metrics_table import FORM_GROUPS, METRICS, group_of, parse_metrics
+
+    assert len({m.name for m in METRICS}) == len(METRICS)
+    for m in METRICS:
+        for form in m.forms:
+            assert m.group in FORM_GROUPS[form], (m.name, form)
+        assert group_of(m.name) == m.group
+    for form, groups in FORM_GROUPS.items():
+        have = {m.group for m in METRICS if form in m.forms}
+        have |= {"random_mask" for m in METRICS if form in m.forms and m.random_mask}
+        assert set(groups) == have, form
+    assert parse_metrics("random_mask_fid,usage_primary", "reconstruction") == (
+        "fid",
+        "random_mask",
+        "usage",
+    )
+    assert parse_metrics("prd", "images") == ("f_scores",)

@@ -262,7 +262,7 @@ def test_train_prior_with_mask_and_sample_uses_it(tmp_path, capsys, name) -> Non
 def test_eval_prior_nll_of_a_mask_prior(tmp_path, capsys) -> None:
     """``mvq eval --prior``'s NLL feeds a mask-aware prior the tokens' masks (packed uint8):
     it equals the prior's own loss on the same tokens."""
-    from mvq.eval.evaluate import encode_codes, prior_nll
+    from mvq.eval.forms import encode_codes, prior_nll
     from mvq.priors import load_prior
     from mvq.tokenizers import load_tokenizer
 

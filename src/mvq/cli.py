@@ -176,7 +176,8 @@ def _decode(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mvq.eval.evaluate import EvalRequest, format_table, run_eval
+    from mvq.eval.evaluate import EvalRequest, run_eval
+    from mvq.eval.metrics_table import format_table
 
     paths = {
         k: Path(v) if v else None
