@@ -413,3 +413,25 @@ def test_search_sees_weight_updates(change) -> None:
     after = _winners(mvq, "chunked", y, y2)
     assert not torch.equal(after, before)  # the change matters, so staleness would show
     assert torch.equal(after, _winners(mvq, "all_in_graph", y, y2))
+
+
+def test_mh_dropout_options_travel_as_one_config() -> None:
+    """``mh=MHDropoutConfig(...)`` and the same fields as keywords build the same quantizer;
+    keywords replace fields of ``mh``; an unknown option is a TypeError naming it; MVQVAE's
+    flat config fields become the quantizer's ``mh`` unchanged."""
+    from mvq.quantizers import MHDropoutConfig
+    from mvq.tokenizers.mvqvae import MVQVAEConfig
+
+    mh = MHDropoutConfig(num_hypotheses=16, mask_mode="shared", search="all_in_graph")
+    a = MaskedVectorQuantizer(4, 8, mh=mh)
+    b = MaskedVectorQuantizer(4, 8, num_hypotheses=16, mask_mode="shared", search="all_in_graph")
+    assert a.mh == b.mh == mh and (a.num_hypotheses, a.mask_mode) == (16, "shared")
+    c = MaskedVectorQuantizer(4, 8, mh=mh, num_hypotheses=8)
+    assert c.mh == MHDropoutConfig(num_hypotheses=8, mask_mode="shared", search="all_in_graph")
+    with pytest.raises(TypeError, match="num_hypothesis"):
+        MaskedVectorQuantizer(4, 8, num_hypothesis=16)
+    cfg = MVQVAEConfig(num_hypotheses=64, mask_prob=0.25, compile_search=True)
+    assert cfg.mh_dropout == MHDropoutConfig(num_hypotheses=64, mask_prob=0.25,
+                                             compile_search=True)  # fmt: skip
+    model = create_tokenizer("mvqvae_fmnist_s1_k16", num_hypotheses=8, mask_mode="per_code")
+    assert model.quantizer.mh == model.config.mh_dropout

@@ -9,7 +9,7 @@ from mvq.quantizers.base import QuantizerOutput
 from mvq.quantizers.bsq import BSQ
 from mvq.quantizers.fsq import FSQ
 from mvq.quantizers.lfq import LFQ
-from mvq.quantizers.masked_vq import MaskedVectorQuantizer
+from mvq.quantizers.masked_vq import MaskedVectorQuantizer, MHDropoutConfig
 from mvq.quantizers.residual import ResidualVQ
 from mvq.quantizers.vq import VectorQuantizer
 
@@ -17,6 +17,7 @@ __all__ = [
     "BSQ",
     "FSQ",
     "LFQ",
+    "MHDropoutConfig",
     "MaskedVectorQuantizer",
     "QuantizerOutput",
     "ResidualVQ",

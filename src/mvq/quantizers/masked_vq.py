@@ -40,6 +40,10 @@ any quantizers of the same interface, e.g. two ``FSQ`` s (Masked FSQ, ``MFSQVAE`
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -121,18 +125,15 @@ def draw_mask_codebook(num: int, dim: int, prob: float, seed: int) -> Tensor:
     return torch.rand(num, dim, generator=generator) < prob
 
 
-class MaskedVectorQuantizer(nn.Module):
-    """MVQ: primary VQ + secondary VQ + masked secondary code through f, trained by MH-Dropout.
+@dataclass(frozen=True)
+class MHDropoutConfig:
+    """Multiple-Hypotheses Dropout: how the J candidate masks are drawn and how the winner is
+    found. One object, passed whole to ``MaskedVectorQuantizer`` (``mh=``); tokenizer configs
+    keep these fields flat (their saved ``config.json``) and hand them over with
+    ``MVQVAEConfig.mh_dropout``.
 
-    Args:
-        dim: primary code dimension D (also the primary input channels unless ``in_channels``).
-        codebook_size: primary codebook entries (the paper's K counts both codebooks: K/2 each).
-        secondary_dim: secondary code dimension D' (default D).
-        secondary_codebook_size: secondary entries (default ``codebook_size``).
-        f: network mapping ``(B, D', h', w') -> (B, D, h, w)``; default ``MLPMHNetwork``
-            with ``grid`` as its output grid. Must be per-sample (no BatchNorm/dropout).
-        grid: primary grid (h, w) for the default f (ignored when ``f`` is given).
-        num_hypotheses: J, masks sampled per instance per forward pass.
+    Attributes:
+        num_hypotheses: J, masks sampled per instance per forward pass (Fig. 5: 16-2048).
         mask_prob: probability that a mask bit is 1 (Bernoulli(0.5) in the paper).
         mask_mode: how the J candidate masks are drawn, always i.i.d. Bernoulli(mask_prob):
             ``"per_instance"`` (authors' code: each instance its own J), ``"per_code"`` (each
@@ -147,12 +148,40 @@ class MaskedVectorQuantizer(nn.Module):
             of 2).
         mask_codebook_seed: seed of the mask codebook (``"codebook"`` only, required there).
         search: ``"chunked"`` (no-grad search, winner recomputed), ``"chunked_bf16"`` (the
-            same with a bfloat16 first pass, same winners) or ``"all_in_graph"`` (reference).
+            same with a bfloat16 first pass, same winners) or ``"all_in_graph"`` (reference;
+            memory grows with J).
         search_chunk: rows of f evaluated at once by the chunked search (default 4096, and
             8192 for a compiled first pass, whose fused kernels keep fewer rows alive).
         compile_search: run the first pass's f through ``torch.compile`` (Table 3's f; needs a
             C++ compiler on CPUs; the first search compiles for seconds). Same winners.
-        normalize_secondary: GroupNorm(1) on e' before masking (authors' later code).
+        normalize_secondary: GroupNorm(1) on e' before masking (authors' later code; off:
+            SPEC's stable setting).
+    """
+
+    num_hypotheses: int = 256
+    mask_prob: float = 0.5
+    mask_mode: str = "per_instance"
+    mask_source: str = "random"
+    mask_codebook_seed: int | None = None
+    search: str = "chunked"
+    search_chunk: int | None = None
+    compile_search: bool = False
+    normalize_secondary: bool = False
+
+
+class MaskedVectorQuantizer(nn.Module):
+    """MVQ: primary VQ + secondary VQ + masked secondary code through f, trained by MH-Dropout.
+
+    Args:
+        dim: primary code dimension D (also the primary input channels unless ``in_channels``).
+        codebook_size: primary codebook entries (the paper's K counts both codebooks: K/2 each).
+        secondary_dim: secondary code dimension D' (default D).
+        secondary_codebook_size: secondary entries (default ``codebook_size``).
+        f: network mapping ``(B, D', h', w') -> (B, D, h, w)``; default ``MLPMHNetwork``
+            with ``grid`` as its output grid. Must be per-sample (no BatchNorm/dropout).
+        grid: primary grid (h, w) for the default f (ignored when ``f`` is given).
+        mh: MH-Dropout's options (``MHDropoutConfig``: J, mask probability, mode and source,
+            the search); ``**mh_options`` (e.g. ``num_hypotheses=64``) replace its fields.
         in_channels, secondary_in_channels: input channels, projected to D / D' when different.
         vq_kwargs: options for both ``VectorQuantizer`` s (beta, ema, init, dead codes, ...).
         quantizers: ``(primary, secondary)`` quantizers to use instead of the two
@@ -178,29 +207,31 @@ class MaskedVectorQuantizer(nn.Module):
         secondary_codebook_size: int | None = None,
         f: nn.Module | None = None,
         grid: tuple[int, int] = (1, 1),
-        num_hypotheses: int = 256,
-        mask_prob: float = 0.5,
-        mask_mode: str = "per_instance",
-        search: str = "chunked",
-        search_chunk: int | None = None,
-        compile_search: bool = False,
-        normalize_secondary: bool = False,
+        mh: MHDropoutConfig | None = None,
         in_channels: int | None = None,
         secondary_in_channels: int | None = None,
         vq_kwargs: dict | None = None,
-        mask_source: str = "random",
-        mask_codebook_seed: int | None = None,
         quantizers: tuple[nn.Module, nn.Module] | None = None,
+        **mh_options: Any,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(mh_options) - {f.name for f in dataclasses.fields(MHDropoutConfig)})
+        if unknown:
+            raise TypeError(
+                f"MaskedVectorQuantizer got unexpected option(s) {', '.join(unknown)}; "
+                "MH-Dropout's are the fields of MHDropoutConfig"
+            )
+        mh = dataclasses.replace(mh or MHDropoutConfig(), **mh_options)
         d2 = secondary_dim or dim
-        _check_options(d2, num_hypotheses, mask_prob, search, search_chunk, mask_mode)
-        check_mask_source(mask_source, mask_codebook_seed, num_hypotheses)
-        self.mask_source, self.mask_codebook_seed = mask_source, mask_codebook_seed
+        _check_options(d2, mh.num_hypotheses, mh.mask_prob, mh.search, mh.search_chunk,
+                       mh.mask_mode)  # fmt: skip
+        check_mask_source(mh.mask_source, mh.mask_codebook_seed, mh.num_hypotheses)
+        self.mh = mh
+        self.mask_source, self.mask_codebook_seed = mh.mask_source, mh.mask_codebook_seed
         self.dim, self.secondary_dim = dim, d2
-        self.num_hypotheses, self.mask_prob = num_hypotheses, mask_prob
-        self.mask_mode, self.search, self.search_chunk = mask_mode, search, search_chunk
-        self.compile_search = compile_search
+        self.num_hypotheses, self.mask_prob = mh.num_hypotheses, mh.mask_prob
+        self.mask_mode, self.search, self.search_chunk = mh.mask_mode, mh.search, mh.search_chunk
+        self.compile_search = mh.compile_search
         self.in_channels = in_channels or dim
         self.secondary_in_channels = secondary_in_channels or d2
         self.project_in = ChannelProjection(self.in_channels, dim)
@@ -215,9 +246,9 @@ class MaskedVectorQuantizer(nn.Module):
             self.primary, self.secondary = _check_quantizers(quantizers, sizes, vq_kwargs)
         self.f = f if f is not None else MLPMHNetwork(d2, dim, grid)
         check_per_sample(self.f)
-        self.norm = nn.GroupNorm(1, d2) if normalize_secondary else nn.Identity()
-        if mask_source == "codebook":  # (J, D') bool, saved with the weights
-            masks = draw_mask_codebook(num_hypotheses, d2, mask_prob, mask_codebook_seed)
+        self.norm = nn.GroupNorm(1, d2) if mh.normalize_secondary else nn.Identity()
+        if mh.mask_source == "codebook":  # (J, D') bool, saved with the weights
+            masks = draw_mask_codebook(mh.num_hypotheses, d2, mh.mask_prob, mh.mask_codebook_seed)
             self.register_buffer("mask_codebook", masks)
 
     # -- public API -------------------------------------------------------------------------

@@ -12,39 +12,23 @@ to D and D' channels; f and MH-Dropout exactly as MVQVAE's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
 from mvq.core.tokens import TokenLayout, Tokens
 from mvq.nets import MHNetwork, table3_kernels
-from mvq.quantizers import FSQ, MaskedVectorQuantizer, QuantizerOutput
+from mvq.quantizers import FSQ, MaskedVectorQuantizer, MHDropoutConfig, QuantizerOutput
 from mvq.tokenizers.base import FSQLevels, Tokenizer, TokenizerConfig, refuse_codebook_options
 
 
 @dataclass
 class MVQVAEConfig(TokenizerConfig):
-    """MVQVAE config: the shared fields plus MH-Dropout's.
-
-    Attributes:
-        num_hypotheses: J masks per instance per pass (Fig. 5 sweeps 16-2048).
-        mask_prob: Bernoulli probability of a mask bit (0.5).
-        mask_mode: "per_instance" (authors' code), "per_code" or "shared" (see
-            ``MaskedVectorQuantizer``).
-        normalize_secondary: GroupNorm on e' before masking (off: SPEC's stable setting).
-        search: "chunked" (no-grad search, winner recomputed), "chunked_bf16" (its first
-            pass's matrix products in bf16: faster on CPUs with AMX and on GPUs, same winners)
-            or "all_in_graph" (the authors' formulation; same gradients, memory grows with J).
-        search_chunk: rows of f per chunk of the no-grad search (None: 4096, or 8192 with
-            ``compile_search``).
-        compile_search: ``torch.compile`` the search's first pass (same winners; the first
-            step compiles for seconds and needs a C++ compiler on CPUs).
-        mask_source: "random" (the paper: J fresh random masks per pass, the token holds the
-            mask's D' bits) or "codebook" (one fixed list of J masks drawn from
-            ``mask_codebook_seed``; the token is the mask's index, log2 J bits; J a power of 2).
-        mask_codebook_seed: the seed of the mask codebook ("codebook" only, required there).
-    """
+    """MVQVAE config: the shared fields plus MH-Dropout's, flat as they are saved in
+    ``config.json`` and set from run configs (``model_config.num_hypotheses=64``); they mean what
+    ``MHDropoutConfig``'s fields of the same names mean, and ``mh_dropout`` hands them to the
+    quantizer as one object."""
 
     num_hypotheses: int = 256
     mask_prob: float = 0.5
@@ -55,6 +39,11 @@ class MVQVAEConfig(TokenizerConfig):
     compile_search: bool = False
     mask_source: str = "random"
     mask_codebook_seed: int | None = None
+
+    @property
+    def mh_dropout(self) -> MHDropoutConfig:
+        """This config's MH-Dropout fields as the ``MHDropoutConfig`` the quantizer takes."""
+        return MHDropoutConfig(**{f.name: getattr(self, f.name) for f in fields(MHDropoutConfig)})
 
 
 class MVQVAE(Tokenizer):
@@ -82,16 +71,8 @@ class MVQVAE(Tokenizer):
             secondary_dim=c.secondary_dim,
             secondary_codebook_size=None if quantizers is None else quantizers[1].codebook_size,
             f=f,
-            num_hypotheses=c.num_hypotheses,
-            mask_prob=c.mask_prob,
-            mask_mode=c.mask_mode,
-            search=c.search,
-            search_chunk=c.search_chunk,
-            compile_search=c.compile_search,
-            normalize_secondary=c.normalize_secondary,
+            mh=c.mh_dropout,
             vq_kwargs=c.vq_kwargs() if quantizers is None else None,
-            mask_source=c.mask_source,
-            mask_codebook_seed=c.mask_codebook_seed,
             quantizers=quantizers,
         )
         q = self.quantizer
