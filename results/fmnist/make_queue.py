@@ -1,6 +1,8 @@
 """Write results/fmnist/queue.txt: the study's unfinished cells, the verdicts that need the fewest cells first."""
 from pathlib import Path
-from mvq.sweep import expand, load_sweep
+
+from mvq.experiments.sweep import expand, load_sweep
+
 HERE = Path("results/fmnist")
 cells = {n: expand(load_sweep(HERE / f"{n}.yaml")) for n in ("grid", "healthy", "j_ablation", "longer", "mask_prior")}
 def pick(sweep, seed, **labels):
