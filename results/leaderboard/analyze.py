@@ -137,7 +137,7 @@ def _inside(folder: Path) -> Iterator[None]:
 @functools.cache
 def planned(path: Path) -> tuple[dict[str, str], ...]:
     """The axes of every cell a sweep file plans (``mvq sweep FILE --list``)."""
-    from mvq.sweep import expand, load_sweep
+    from mvq.experiments.sweep import expand, load_sweep
 
     with _inside(ROOT):
         return tuple(dict(cell.axes) for cell in expand(load_sweep(path)))
