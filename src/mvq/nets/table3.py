@@ -65,7 +65,6 @@ size  F   D    E          E'         D          f
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -365,6 +364,47 @@ class Decoder(nn.Module):
         return self.up(h)  # (B, out_channels, H, W)
 
 
+def trunk_math(
+    h: Tensor,
+    mats: list[Tensor],
+    biases: list[Tensor],
+    norms: list[Tensor],
+    slope: float,
+    eps: float,
+    num_convs: int,
+    num_blocks: int,
+) -> Tensor:
+    """Table 3's f between ``first`` and ``expand`` on rows, as a pure function of its
+    tensors: ``(N, C)`` fp32 -> ``(N, D)`` fp32. The one place f's 1x1 arithmetic is written:
+    ``MHNetwork.forward_fast`` (training, with autograd), the MH-Dropout search (no grad,
+    eager) and its ``torch.compile``d first pass all run it (``MHNetwork.trunk_args``).
+
+    ``mats``: each conv's ``(C_in, C_out)`` centre tap, in the order convs, (conv3, conv1) per
+    residual block, proj; fp32 (the product and bias fused in one ``addmm``) or bfloat16 (the
+    activation rounded to it, the product back in fp32, then the fp32 bias). ``biases``: their
+    fp32 biases. ``norms``: weight and bias of each GroupNorm(1, C) in turn (norms, block
+    norms, the stack's last), which on rows is LayerNorm over C (``F.layer_norm``: several
+    times faster on the CPU).
+    """
+
+    def norm(i: int, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[1:], norms[2 * i], norms[2 * i + 1], eps)
+
+    def linear(i: int, x: Tensor) -> Tensor:  # act(x) @ W + b, in fp32
+        w, a = mats[i], F.leaky_relu(x, slope)
+        if w.dtype == torch.float32:
+            return torch.addmm(biases[i], a, w)
+        return (a.to(w.dtype) @ w).float() + biases[i]
+
+    h = norm(0, h)
+    for i in range(num_convs):
+        h = norm(1 + i, linear(i, h))
+    for k in range(num_blocks):
+        t = norm(1 + num_convs + k, linear(num_convs + 2 * k, h))  # (N, res_channels)
+        h = h + linear(num_convs + 2 * k + 1, t)
+    return linear(num_convs + 2 * num_blocks, norm(1 + num_convs + num_blocks, h))  # (N, D)
+
+
 class MHNetwork(nn.Module):
     """f: masked secondary code ``(B, in_dim, 1, 1)`` -> residual ``(B, out_dim, grid, grid)``.
 
@@ -425,36 +465,29 @@ class MHNetwork(nn.Module):
         h = self.proj(self.res(h))  # (B, D, h', w')
         return h if self.expand is None else self.expand(h)
 
-    def row_weights(self) -> dict[nn.Module, Tensor]:
-        """``(C_in, C_out)`` matrix each conv applies to 1x1 inputs (views), keyed by the conv."""
+    def trunk_args(self, dtype: torch.dtype | None = None) -> tuple:
+        """The arguments after ``h`` of ``trunk_math`` that compute this f's trunk, the
+        products in ``dtype`` (default fp32: views of the weights, gradients flow; bfloat16:
+        copies, for the search's fast first pass)."""
         blocks = [conv for b in self.res.blocks for conv in (b.conv3, b.conv1)]
-        convs = [self.first, *self.convs, *blocks, self.proj]
-        return {conv: center_tap(conv).t() for conv in convs}
-
-    def trunk_rows(self, h: Tensor, weights: dict[nn.Module, Tensor]) -> Tensor:
-        """Everything between ``first`` and ``expand`` on rows: ``(N, C) -> (N, D)``.
-
-        GroupNorm(1, C) on an (N, C) row is LayerNorm over C with per-channel affine, and
-        ``F.layer_norm`` is several times faster on the CPU. ``mvq.quantizers.mh_search`` has a
-        no-grad version of this (``SearchTrunk``) for the MH-Dropout search.
-        """
-        act = partial(F.leaky_relu, negative_slope=self.act.negative_slope)
-        h = _row_norm(self.norms[0], h)
-        for conv, norm in zip(self.convs, self.norms[1:], strict=True):
-            h = _row_norm(norm, torch.addmm(conv.bias, act(h), weights[conv]))
-        for block in self.res.blocks:
-            t = torch.addmm(block.conv3.bias, act(h), weights[block.conv3])  # (N, res_channels)
-            h = h + torch.addmm(
-                block.conv1.bias, act(_row_norm(block.norm, t)), weights[block.conv1]
-            )
-        h = act(_row_norm(self.res.norm, h))
-        return torch.addmm(self.proj.bias, h, weights[self.proj])  # (N, D)
+        convs = [*self.convs, *blocks, self.proj]
+        mats = [center_tap(conv).t() for conv in convs]  # (C_in, C_out) views
+        if dtype not in (None, torch.float32):
+            mats = [m.to(dtype) for m in mats]
+        norm_layers = [*self.norms, *(b.norm for b in self.res.blocks), self.res.norm]
+        eps = {m.eps for m in norm_layers}
+        if len(eps) != 1:
+            raise ValueError("f's rows need one eps for all of its GroupNorms")
+        norms = [t for m in norm_layers for t in (m.weight, m.bias)]
+        biases = [conv.bias for conv in convs]
+        slope = self.act.negative_slope
+        return mats, biases, norms, slope, eps.pop(), len(self.convs), len(self.res.blocks)
 
     def forward_fast(self, c: Tensor) -> Tensor:
         """Matrix-product path for 1x1 inputs: ``(B, D', 1, 1) -> (B, D, grid, grid)``."""
         _check_input(c, self.in_dim, 1, "MHNetwork")
-        w = self.row_weights()
-        h = self.trunk_rows(torch.addmm(self.first.bias, c.flatten(1), w[self.first]), w)
+        h = torch.addmm(self.first.bias, c.flatten(1), center_tap(self.first).t())  # (B, C)
+        h = trunk_math(h, *self.trunk_args())  # (B, D)
         if self.expand is None:
             return h[:, :, None, None]
         g = self.grid
@@ -466,11 +499,6 @@ class MHNetwork(nn.Module):
         if c.dim() == 4 and c.shape[-2:] == (1, 1):
             return self.forward_fast(c)
         return self.forward_conv(c)
-
-
-def _row_norm(m: nn.GroupNorm, x: Tensor) -> Tensor:
-    """GroupNorm(1, C) on ``(N, C)`` rows, as the (faster) LayerNorm it equals there."""
-    return F.layer_norm(x, x.shape[1:], m.weight, m.bias, m.eps)
 
 
 __all__ = [

@@ -55,6 +55,7 @@ from mvq.core.tokens import (
     pack_masks,
     unpack_masks,
 )
+from mvq.nets.table3 import trunk_math
 from mvq.quantizers.base import (
     QuantizerOutput,
     check_feature_map,
@@ -62,7 +63,7 @@ from mvq.quantizers.base import (
     to_channel_first,
     to_channel_last,
 )
-from mvq.quantizers.mh_search import AffineEnds, affine_ends, compile_once, trunk_math
+from mvq.quantizers.mh_search import AffineEnds, affine_ends, compile_once
 from mvq.quantizers.vq import ChannelProjection, VectorQuantizer
 
 SEARCHES = ("chunked", "chunked_bf16", "all_in_graph")

@@ -1,6 +1,6 @@
 """The MH-Dropout search's view of f: its first and last layers as affine ends around a trunk
-of rows (``AffineEnds``), the trunk without autograd (``SearchTrunk``: eager, bf16 products, or
-``torch.compile``d through ``trunk_math``), and ``affine_ends(f)``, which gives them for
+of rows (``AffineEnds``), the trunk without autograd (``SearchTrunk``: f's ``trunk_math``,
+eager or ``torch.compile``d, products in fp32 or bf16), and ``affine_ends(f)``, which gives them for
 Table 3's f, for a network with its own ``affine_ends`` method (the default MLP), or None.
 
 On 1x1 codes f's first layer is linear in the mask m, ``first(e' * m) = W diag(e') m + b``,
@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvq.nets.table3 import MHNetwork, center_tap
+from mvq.nets.table3 import MHNetwork, center_tap, trunk_math
 
 
 class AffineEnds(NamedTuple):
@@ -41,39 +40,6 @@ class AffineEnds(NamedTuple):
     trunk_args: tuple | None = None  # compiled trunks: trunk(h) == trunk_math(h, *trunk_args)
 
 
-def trunk_math(
-    h: Tensor,
-    mats: list[Tensor],
-    norms: list[Tensor],
-    slope: float,
-    eps: float,
-    num_convs: int,
-    num_blocks: int,
-) -> Tensor:
-    """``MHNetwork.trunk_rows`` as a pure function of its tensors, for ``torch.compile``.
-
-    ``mats``: each conv's ``(C_in + 1, C_out)`` centre tap with its bias as the last row, in
-    the products' dtype, in the order convs, (conv3, conv1) per residual block, proj.
-    ``norms``: fp32 weight and bias of each GroupNorm in turn (norms, block norms, the stack's
-    last). ``h`` ``(N, C)`` fp32 -> ``(N, D)`` fp32; products in the mats' dtype.
-    """
-
-    def norm(i: int, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[1:], norms[2 * i], norms[2 * i + 1], eps)
-
-    def linear(i: int, x: Tensor) -> Tensor:  # act(x) @ W + b, back in fp32
-        w = mats[i]  # the bias is added in fp32, fused into the next norm's pass
-        return (F.leaky_relu(x, slope).to(w.dtype) @ w[:-1]).float() + w[-1].float()
-
-    h = norm(0, h)
-    for i in range(num_convs):
-        h = norm(1 + i, linear(i, h))
-    for k in range(num_blocks):
-        t = norm(1 + num_convs + k, linear(num_convs + 2 * k, h))  # (N, res_channels)
-        h = h + linear(num_convs + 2 * k + 1, t)
-    return linear(num_convs + 2 * num_blocks, norm(1 + num_convs + num_blocks, h))  # (N, D)
-
-
 @functools.cache
 def compile_once(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``fn`` through ``torch.compile``, built on first use and shared. The search functions
@@ -83,85 +49,32 @@ def compile_once(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 class SearchTrunk:
-    """``MHNetwork.trunk_rows`` without autograd, for a search over many rows in chunks.
-
-    Each matrix is the conv's centre tap with its bias appended as a last input row
-    ``(C_in + 1, C_out)``, and each activation is written next to a column of ones: the bias
-    rides in the product, saving the pass that ``addmm`` spends copying it into every output
-    row. The residual sum accumulates in place. (Writing every intermediate into reused
-    buffers, layer norms included, was slower inside a training step: no page faults to save
-    there, and ``out=`` into strided views costs copies.) Weights are copied when the trunk is built
-    (once per search), so it always sees the current parameters.
-
-    ``matmul_dtype`` is the precision of the matrix products only: with ``torch.bfloat16`` the
-    activations are rounded to bf16 as they are written next to the ones column and each
-    product comes back to fp32, while inputs, layer norms, the residual sum and the output stay
-    fp32. On CPUs with AMX (and on GPUs) the products run about 4x faster; a bf16 layer norm
-    would be slower on the CPU than fp32. ``compiled`` runs ``trunk_math`` through
-    ``torch.compile`` instead, which fuses each norm, activation and rounding into one pass.
+    """Table 3's f's trunk (``trunk_math``) without autograd, for a search over many rows in
+    chunks: eager, or through ``torch.compile`` (``compiled``: each norm, activation and
+    rounding fused into one pass). ``matmul_dtype`` is the precision of the matrix products
+    only: with ``torch.bfloat16`` the activations are rounded to bf16 for each product, which
+    comes back to fp32, while inputs, layer norms, the residual sum and the output stay fp32
+    (on CPUs with AMX, and on GPUs, the products run about 4x faster). The arguments are
+    taken from f when the trunk is built (once per search), so it sees the current weights.
     """
 
     dtype = torch.float32  # the trunk's input and output dtype, whatever the products use
 
     def __init__(self, f: MHNetwork, matmul_dtype: torch.dtype, compiled: bool = False) -> None:
-        self.f, self.slope, self.matmul_dtype = f, f.act.negative_slope, matmul_dtype
         self.compiled = compiled
-        taps = f.row_weights()
-        w = {conv: torch.cat([taps[conv], conv.bias[None]]) for conv in taps}
-        self.w = {conv: m.to(matmul_dtype) for conv, m in w.items()}
-        norms = [*f.norms, *(b.norm for b in f.res.blocks), f.res.norm]
-        self.norms = {m: (m.weight.float(), m.bias.float(), m.eps) for m in norms}
-        self.buffers: dict[tuple[int, int], Tensor] = {}
-
-    def _norm(self, m: nn.GroupNorm, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[1:], *self.norms[m])
-
-    def _act(self, x: Tensor) -> Tensor:
-        """LeakyReLU of fp32 ``x`` written into a reused ``(N, C + 1)`` buffer of the products'
-        dtype ending in ones (``x`` is left as it is: the residual stream passes through)."""
-        n, c = x.shape
-        buf = self.buffers.get((n, c))
-        if buf is None:
-            buf = self.buffers[(n, c)] = x.new_ones(n, c + 1, dtype=self.matmul_dtype)
-        if self.matmul_dtype == x.dtype:
-            torch.ops.aten.leaky_relu.out(x, self.slope, out=buf[:, :c])
-        else:  # rounded into the buffer, then the activation in place there
-            F.leaky_relu_(buf[:, :c].copy_(x), self.slope)
-        return buf
-
-    def _mm(self, a: Tensor, w: Tensor) -> Tensor:
-        """``a @ w`` in the products' dtype, returned in fp32."""
-        out = a @ w
-        return out if out.dtype == torch.float32 else out.float()
+        with torch.no_grad():
+            mats, biases, norms, *rest = f.trunk_args(matmul_dtype)
+            self._args = ([m.detach() for m in mats], [b.detach().float() for b in biases],
+                          [n.detach().float() for n in norms], *rest)  # fmt: skip
 
     def args(self) -> tuple:
         """The arguments after ``h`` of ``trunk_math`` that compute this trunk."""
-        f = self.f
-        blocks = [conv for b in f.res.blocks for conv in (b.conv3, b.conv1)]
-        mats = [self.w[conv] for conv in (*f.convs, *blocks, f.proj)]
-        norms = [t for w, b, _ in self.norms.values() for t in (w, b)]
-        eps = {e for _, _, e in self.norms.values()}
-        if len(eps) != 1:
-            raise ValueError("a compiled search needs one eps for all of f's GroupNorms")
-        return mats, norms, self.slope, eps.pop(), len(f.convs), len(f.res.blocks)
+        return self._args
 
     @torch.no_grad()
     def __call__(self, h: Tensor) -> Tensor:
         """``(N, C)`` first-layer outputs -> ``(N, D)`` inputs of ``expand``, both fp32."""
-        if self.compiled:
-            return compile_once(trunk_math)(h, *self.args())
-        f, w, norm, mm = self.f, self.w, self._norm, self._mm
-        h = norm(f.norms[0], h)
-        for conv, n in zip(f.convs, f.norms[1:], strict=True):
-            h = norm(n, mm(self._act(h), w[conv]))
-        for block in f.res.blocks:
-            t = norm(block.norm, mm(self._act(h), w[block.conv3]))  # (N, res_channels)
-            a = self._act(t)
-            if self.matmul_dtype == h.dtype:
-                h = h.addmm_(a, w[block.conv1])
-            else:
-                h = h.add_(a @ w[block.conv1])  # fp32 sum of a bf16 product
-        return mm(self._act(norm(f.res.norm, h)), w[f.proj])  # (N, D)
+        return (compile_once(trunk_math) if self.compiled else trunk_math)(h, *self._args)
 
 
 def table3_affine_ends(
