@@ -431,7 +431,6 @@ def test_mh_dropout_options_travel_as_one_config() -> None:
     with pytest.raises(TypeError, match="num_hypothesis"):
         MaskedVectorQuantizer(4, 8, num_hypothesis=16)
     cfg = MVQVAEConfig(num_hypotheses=64, mask_prob=0.25, compile_search=True)
-    assert cfg.mh_dropout == MHDropoutConfig(num_hypotheses=64, mask_prob=0.25,
-                                             compile_search=True)  # fmt: skip
+    assert cfg.mh_dropout == MHDropoutConfig(num_hypotheses=64, mask_prob=0.25, compile_search=True)
     model = create_tokenizer("mvqvae_fmnist_s1_k16", num_hypotheses=8, mask_mode="per_code")
     assert model.quantizer.mh == model.config.mh_dropout

@@ -285,12 +285,23 @@ def cpu_model() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), platform.machine())  # fmt: skip
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith("flags")), []))  # fmt: skip
-    isa = next((label for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"),
-                ("avx2", "AVX2")) if flag in flags), None)  # fmt: skip
+    name = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+        platform.machine(),
+    )
+    flags = set(
+        next(
+            (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+        )
+    )
+    isa = next(
+        (
+            label
+            for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+            if flag in flags
+        ),
+        None,
+    )
     return f"{name}, {isa}" if isa else name
 
 

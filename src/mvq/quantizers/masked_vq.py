@@ -224,8 +224,9 @@ class MaskedVectorQuantizer(nn.Module):
             )
         mh = dataclasses.replace(mh or MHDropoutConfig(), **mh_options)
         d2 = secondary_dim or dim
-        _check_options(d2, mh.num_hypotheses, mh.mask_prob, mh.search, mh.search_chunk,
-                       mh.mask_mode)  # fmt: skip
+        _check_options(
+            d2, mh.num_hypotheses, mh.mask_prob, mh.search, mh.search_chunk, mh.mask_mode
+        )
         check_mask_source(mh.mask_source, mh.mask_codebook_seed, mh.num_hypotheses)
         self.mh = mh
         self.mask_source, self.mask_codebook_seed = mh.mask_source, mh.mask_codebook_seed

@@ -64,8 +64,12 @@ class SearchTrunk:
         self.compiled = compiled
         with torch.no_grad():
             mats, biases, norms, *rest = f.trunk_args(matmul_dtype)
-            self._args = ([m.detach() for m in mats], [b.detach().float() for b in biases],
-                          [n.detach().float() for n in norms], *rest)  # fmt: skip
+            self._args = (
+                [m.detach() for m in mats],
+                [b.detach().float() for b in biases],
+                [n.detach().float() for n in norms],
+                *rest,
+            )
 
     def args(self) -> tuple:
         """The arguments after ``h`` of ``trunk_math`` that compute this trunk."""
