@@ -1,6 +1,7 @@
 """Training throughput of the tokenizers at 4+1 tokens, K = 16, on Fashion-MNIST-sized input.
 
-One optimizer step (forward, backward, Adam) at batch 32 with the paper's Table 3 networks;
+One optimizer step (forward, backward, Adam) at batch 32 with the paper's Table 3 networks, in
+the trainer's default memory format (channels-last weights and activations);
 images per second for VQVAE2 (the baseline), MVQVAE at several J and mask modes, and FSQVAE.
 Against the arithmetic limit: each step's matrix-product and convolution FLOPs (torch's
 ``FlopCounterMode``, the MH-Dropout search included; Adam's elementwise work not counted) give
@@ -23,6 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mvq.tokenizers import create_tokenizer
+from mvq.training.config import TrainConfig
+from mvq.training.trainer import memory_format
 
 VARIANTS = {
     "vqvae2": ("vqvae2_fmnist_s4_k16", {}),
@@ -39,7 +42,8 @@ VARIANTS = {
 def images_per_second(name: str, overrides: dict, x: torch.Tensor, repeats: int) -> float:
     """Median training throughput over ``repeats`` steps after 3 warm-up steps."""
     torch.manual_seed(0)
-    model = create_tokenizer(name, **overrides).to(x.device).train()
+    fmt = memory_format(TrainConfig())  # the layout the trainer trains in by default
+    model = create_tokenizer(name, **overrides).to(x.device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), 5e-4, betas=(0.5, 0.9))
     times = []
     for i in range(3 + repeats):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mvq.training.trainer as trainer_module
-from mvq.core.errors import DiskFullError
+from mvq.core.errors import ConfigError, DiskFullError
 from mvq.core.pretrained import PretrainedMixin
 from mvq.training import (
     CheckpointError,
@@ -511,6 +511,68 @@ def test_epochs_and_config_errors(tmp_path):
     assert not (tmp_path / "none").exists()
     with pytest.raises(ValueError, match="precision"):
         config(precision="fp8")
+
+
+class TinyConv(PretrainedMixin, nn.Module):
+    """Conv-BN-ReLU-Conv denoiser: the 4-D weights that ``memory_format`` lays out."""
+
+    config_class = TinyConfig
+
+    def __init__(self, config: TinyConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TinyConfig()
+        w = self.config.width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1, bias=False),  # a bias before BN gets only rounding noise
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, 1, 3, padding=1),
+        )
+        self.layouts: list[bool] = []  # per step: is the second conv's weight channels-last?
+
+    def loss(self, batch: tuple[torch.Tensor]):
+        (x,) = batch
+        if self.training:
+            w = self.net[3].weight
+            self.layouts.append(w.is_contiguous(memory_format=torch.channels_last))
+        return ((self.net(x + 0.3 * torch.randn_like(x)) - x) ** 2).mean(), {}
+
+
+IMAGES = TensorDataset(torch.randn(40, 1, 6, 6, generator=torch.Generator().manual_seed(2)))
+
+
+def conv_run(tmp_path: Path, fmt: str, steps: int, resume: bool = False) -> TinyConv:
+    torch.manual_seed(0)
+    model = TinyConv()
+    save = lambda m, path: m.save_pretrained(path)  # noqa: E731
+    train(
+        model,
+        IMAGES,
+        None,
+        config(max_steps=steps, memory_format=fmt),
+        tmp_path,
+        resume=resume,
+        save_model=save,
+    )
+    return model
+
+
+def test_channels_last_trains_the_same_model_up_to_rounding_and_resumes_exactly(tmp_path):
+    nhwc = conv_run(tmp_path / "nhwc", "channels_last", 8)
+    nchw = conv_run(tmp_path / "nchw", "contiguous", 8)
+    assert nhwc.layouts == [True] * 8 and nchw.layouts == [False] * 8
+    for key, value in nhwc.state_dict().items():  # the same arithmetic, other summation orders
+        torch.testing.assert_close(value, nchw.state_dict()[key], rtol=1e-4, atol=1e-5)
+    # Back in the layout it is saved and reloaded in: a reload is the model the run returned.
+    assert all(p.is_contiguous() for p in nhwc.parameters())
+    assert_same_state(
+        TinyConv.from_pretrained(tmp_path / "nhwc" / "model").state_dict(), nhwc.state_dict()
+    )
+    conv_run(tmp_path / "part", "channels_last", 4)
+    resumed = conv_run(tmp_path / "part", "channels_last", 8, resume=True)
+    assert_same_state(resumed.state_dict(), nhwc.state_dict())
+    with pytest.raises(ConfigError, match="memory_format.*channels_last, contiguous"):
+        config(memory_format="nhwc")
 
 
 DDP_SCRIPT = """

@@ -127,6 +127,12 @@ def optimizer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {"model": [p for p in model.parameters() if p.requires_grad]}
 
 
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The torch memory format ``cfg.memory_format`` names (``Module.to`` applies it to 4-D
+    weights only)."""
+    return torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
+
+
 def make_adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
     """Adam with ``cfg``'s lr and betas; torch's fused kernel when ``cfg.fused_optimizer``."""
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_optimizer or None)
@@ -315,7 +321,7 @@ class Trainer:
         self.val_loader = _val_loader(val_set, cfg, ctx)
         self.total = cfg.total_steps(self.sampler.batches_per_epoch)
         # What trains: the model, its optimizers by name, the fp16 scaler, the EMA copy.
-        self.model = model.to(ctx.device).train()
+        self.model = model.to(ctx.device, memory_format=memory_format(cfg)).train()
         self.optimizers = {
             name: make_adam(params, cfg) for name, params in optimizer_groups(model).items()
         }
@@ -578,7 +584,9 @@ class Trainer:
 
     def finish(self, bar: tqdm) -> None:
         """End of run: logs, validation, callbacks and checkpoint unless just done, the model
-        save; then ``self.model`` takes the EMA weights when there are some."""
+        save; then ``self.model`` takes the EMA weights when there are some, and the contiguous
+        layout it is saved and loaded in (so what the caller goes on to run with it is what a
+        reload would run)."""
         self._check(False)
         self._report_train(bar)
         improved = self._validate() if self.val_step != self.step else False
@@ -591,6 +599,7 @@ class Trainer:
         barrier(self.ctx)  # every rank returns once the model is saved
         if self.ema is not None:
             self.model.load_state_dict(self.ema.state_dict())
+        self.model.to(memory_format=torch.contiguous_format)
 
     def _report_train(self, bar: tqdm) -> None:
         """Log the window's means (averaged over ranks) and the lr to CSV, TensorBoard, the bar."""
