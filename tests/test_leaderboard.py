@@ -21,6 +21,7 @@ CELLS = {
     "vq_screen": 32,
     "lfq_screen": 16,
     "families": 32,
+    "best_vq": 8,
     "masked": 24,
     "masked_prior": 28,
     "fsq_claims": 48,
@@ -205,6 +206,20 @@ def test_screen_names_the_best_option_set_by_the_rule():
     assert "lowest by mean only, not separated by the rule from all (" in named
 
 
+def test_best_vq_sweep_runs_the_option_set_the_committed_screen_names():
+    analyze = _analyze()
+    board = analyze.read_board()
+    screen = analyze.screen_lines(
+        board.screens["vq_screen"], board.plan["vq_screen"], "vq_screen", "Best VQ-VAE-2", 0.27
+    )
+    named = next(ln for ln in screen if ln.startswith("Best VQ-VAE-2:"))
+    best = named.split("**")[1]
+    options = {c.axes["options"] for c in expand(load_sweep(BOARD / "best_vq.yaml"))}
+    assert options == {best}
+    screened = load_sweep(BOARD / "vq_screen.yaml").overrides["options"][best]
+    assert load_sweep(BOARD / "best_vq.yaml").overrides["options"][best] == screened
+
+
 def test_nll_rate_adds_the_mask_bits_the_prior_does_not_model(tmp_path):
     analyze = _analyze()
     rows = _cells("mvqvae", "1+1", "16", 22, 100.0, seeds=(0,))
@@ -250,7 +265,7 @@ def test_answer_says_plainly_when_nothing_is_decided(tmp_path):
         "Nothing is decided yet: of the " in text and " are not yet run and 0 unresolved." in text
     )
     assert (
-        "0 of 184 planned leaderboard cells finished"
+        "0 of 192 planned leaderboard cells finished"
         in (tmp_path / "out" / "README.md").read_text()
     )
 
