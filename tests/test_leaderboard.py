@@ -22,6 +22,7 @@ CELLS = {
     "lfq_screen": 16,
     "families": 32,
     "best_vq": 8,
+    "front_seeds": 33,
     "masked": 24,
     "masked_prior": 28,
     "fsq_claims": 48,
@@ -35,7 +36,7 @@ def test_sweep_has_the_planned_cells_and_one_budget(name):
     sweep = load_sweep(BOARD / f"{name}.yaml")
     cells = expand(sweep)
     assert len(cells) == CELLS[name]
-    assert {c.seed for c in cells} == {0, 1}
+    assert {c.seed for c in cells} == ({2, 3, 4} if name == "front_seeds" else {0, 1})
     for cell in cells:
         assert f"train.max_steps={STEPS.get(name, 3750)}" in cell.sets
         assert "train.batch_size=32" in cell.sets
@@ -265,7 +266,7 @@ def test_answer_says_plainly_when_nothing_is_decided(tmp_path):
         "Nothing is decided yet: of the " in text and " are not yet run and 0 unresolved." in text
     )
     assert (
-        "0 of 192 planned leaderboard cells finished"
+        f"0 of {sum(CELLS.values())} planned leaderboard cells finished"
         in (tmp_path / "out" / "README.md").read_text()
     )
 
