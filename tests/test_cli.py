@@ -191,6 +191,12 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert rows[1:] == stages  # after the header row
     assert f"{tiny.meta['key']} (accuracy" in (out / "metrics.md").read_text()  # not the shipped
     assert main(argv) == 0  # a re-run reuses the finished runs
+    # --seed retrains everything from another draw, and the table names it
+    assert main([*argv[:2], str(tmp_path / "demo1"), *argv[3:], "--seed", "1"]) == 0
+    assert "seed 0." in (out / "metrics.md").read_text()
+    assert "seed 1." in (tmp_path / "demo1" / "metrics.md").read_text()
+    other = json.loads((tmp_path / "demo1" / "metrics.json").read_text())
+    assert other["vqvae2"]["mse"] != metrics["vqvae2"]["mse"]
 
 
 def readme_torchrun_line() -> str:

@@ -63,9 +63,15 @@ PRIOR = "transformer_4p1"
 
 
 def demo_config(
-    model: str, steps: int, num_hypotheses: int, data_root: str | None, device: str = "auto"
+    model: str,
+    steps: int,
+    num_hypotheses: int,
+    data_root: str | None,
+    device: str = "auto",
+    seed: int = 0,
 ) -> RunConfig:
-    """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ."""
+    """Run config of one demo tokenizer: Table 2 optimiser, ``steps`` steps, J masks for MVQ,
+    training seed ``seed``."""
     masked = issubclass(TOKENIZERS.entry(model).cls, MVQVAE)
     model_config = {"num_hypotheses": num_hypotheses} if masked else {}
     train = {
@@ -76,7 +82,7 @@ def demo_config(
         "sample_every": steps,
         "val_every": steps,
         "val_batches": 50,
-        "seed": 0,
+        "seed": seed,
         "device": device,
     }
     # Debian's files when installed, else torchvision downloads into the user cache
@@ -84,7 +90,7 @@ def demo_config(
     return RunConfig(model, model_config, data, train)
 
 
-def prior_config(steps: int, device: str = "auto") -> RunConfig:
+def prior_config(steps: int, device: str = "auto", seed: int = 0) -> RunConfig:
     """Run config of a demo prior: Table 4's 4+1 transformer, GPT-style Adam, batch 64."""
     train = {
         "max_steps": steps,
@@ -94,7 +100,7 @@ def prior_config(steps: int, device: str = "auto") -> RunConfig:
         "log_every": 50,
         "ckpt_every": 250,
         "val_every": steps,
-        "seed": 0,
+        "seed": seed,
         "device": device,
     }
     return RunConfig(PRIOR, {}, {}, train)
@@ -130,8 +136,9 @@ def run_prior(
     name: str, cfg: RunConfig, steps: int, out: Path, subset: int | None
 ) -> dict[str, float]:
     """Encode the data with the trained tokenizer, train the prior, sample 64 images (all on
-    the device of ``cfg.train``)."""
+    the device of ``cfg.train``, with its seed)."""
     device = resolve_device(cfg.train.get("device", "auto"))
+    seed = int(cfg.train.get("seed", 0))
     tok_dir, tokens, run_dir = out / name / "model", out / f"{name}_tokens", out / f"{name}_prior"
     tokenizer = load_tokenizer(tok_dir).to(device)
     if not (tokens / "meta.json").is_file():
@@ -146,13 +153,16 @@ def run_prior(
         )
     if not finished(run_dir):
         train_prior(
-            prior_config(steps, str(device)), tokens, run_dir, checkpoint_path(run_dir).is_file()
+            prior_config(steps, str(device), seed),
+            tokens,
+            run_dir,
+            checkpoint_path(run_dir).is_file(),
         )
     csv = (run_dir / "metrics.csv").read_text().splitlines()
     val = {r.split(",")[2]: float(r.split(",")[3]) for r in csv if ",val," in r}
     prior = load_prior(run_dir / "model").to(device)
     t0 = time.perf_counter()
-    images, _ = sample_images(tokenizer, prior, 64, SampleOptions(), seed=0)
+    images, _ = sample_images(tokenizer, prior, 64, SampleOptions(), seed=seed)
     seconds = time.perf_counter() - t0
     save_big(
         make_grid(to_unit(images), nrow=16, padding=2, pad_value=1.0), out / f"samples_{name}.png"
@@ -172,7 +182,7 @@ def evaluate_models(name: str, out: Path, args: argparse.Namespace) -> dict[str,
     from mvq.metrics.fd_fmnist import classifier_label
 
     tokenizer, prior = out / name / "model", out / f"{name}_prior" / "model"
-    common = {"root": args.data_root, "seed": 0, "device": args.device}
+    common = {"root": args.data_root, "seed": args.seed, "device": args.device}
     recon_metrics = "mse,psnr,ssim,fd_fmnist"  # no FID/LPIPS: minutes on a CPU
     if issubclass(TOKENIZERS.entry(MODELS[name]).cls, MVQVAE):
         recon_metrics += ",random_mask"  # only MVQ has a mask
@@ -219,7 +229,8 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], args: argparse
     )
     lines = [
         f"Fashion-MNIST test split ({args.subset or 10_000} images), 4+1 tokens, K=16 (8+8); "
-        f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps. "
+        f"tokenizers {args.steps} steps, priors ({PRIOR}) {args.prior_steps} steps, "
+        f"seed {args.seed}. "
         f"fd_fmnist: Fréchet distance on the features of {which} (not FID); "
         f"two real halves of the test split are {first['fd_fmnist_floor']:.3g} apart, "
         f"{first['sample_fd_fmnist_floor']:.3g} at the samples' size. "
@@ -274,6 +285,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--subset", type=int, help="encode/evaluate only the first N images (quick runs)"
     )
     ap.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the tokenizers' and priors' training, the samples and mvq eval (default 0; "
+        "rerun with others into other --out folders to see how far one seed decides)",
+    )
 
 
 def cpu_model() -> str:
@@ -335,7 +353,9 @@ def run(args: argparse.Namespace) -> None:
 
     for name, registered in MODELS.items():
         print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
-        cfg = demo_config(registered, args.steps, args.num_hypotheses, args.data_root, args.device)
+        cfg = demo_config(
+            registered, args.steps, args.num_hypotheses, args.data_root, args.device, args.seed
+        )
         metrics[name] = timed(f"{name} tokenizer", run_tokenizer, name, cfg, out, args.subset)
         print(f"== {name}: encode, prior {PRIOR} {args.prior_steps} steps, sample", flush=True)
         metrics[name] |= timed(
