@@ -12,12 +12,13 @@
 # Prints each run's stage table as it goes and, last, one JSON line: per commit the install, job
 # and total seconds (and the job's own stage times where it prints them), the target (360 s all
 # in), the CPU with its widest vector extension and the tokenizer benchmark's gemm fractions.
+# The logs stay in the /tmp/front_door.* folder it names; the clones and caches are removed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 baseline=${1:-adc026c}
 head=$(git -C "$repo" rev-parse --short HEAD)
 work=$(mktemp -d /tmp/front_door.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"/baseline "$work"/head "$work"/cache_*; echo "logs: $work" >&2' EXIT
 
 measure() {  # measure NAME REV: fresh clone at REV, empty caches, install then demo, timed
   local name=$1 rev=$2 dir="$work/$1"
