@@ -4,7 +4,7 @@
 # Fashion-MNIST where the machine keeps them), for this checkout's HEAD and for a baseline
 # commit measured in the same run on the same machine, then benchmarks/tokenizers.py at HEAD.
 #
-#   bash benchmarks/front_door.sh [BASELINE_REV]     # from the repository root, on an idle machine
+#   bash benchmarks/front_door.sh [BASELINE_REV|none]     # from the repository root, idle machine
 #
 # BASELINE_REV defaults to adc026c, the last commit before issue 28's changes (the classifier
 # trained on every new machine, NCHW training); commit first: the clones are of commits. Run it alone: another job on the 2 cores slows
@@ -38,7 +38,7 @@ measure() {  # measure NAME REV: fresh clone at REV, empty caches, install then 
   sed -n '/^Stage times on /,/^| total/p' "$work/$name.demo.log" >&2
 }
 
-measure baseline "$baseline"
+[ "$baseline" = none ] || measure baseline "$baseline"
 measure head "$head"
 (cd "$work/head" && OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tokenizers.py) \
   >"$work/tokenizers.log" 2>&1
@@ -64,6 +64,7 @@ for line in (work / "times.txt").read_text().splitlines():
     }
 bench = (work / "tokenizers.log").read_text().strip().splitlines()[-1]
 out |= {k: v for k, v in json.loads(bench).items() if k.startswith("gemm_fraction") or k == "gemm_gflops"}
-out["head_over_baseline_total"] = round(out["head"]["total_s"] / out["baseline"]["total_s"], 3)
+if "baseline" in out:
+    out["head_over_baseline_total"] = round(out["head"]["total_s"] / out["baseline"]["total_s"], 3)
 print(json.dumps(out))
 EOF

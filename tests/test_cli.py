@@ -157,6 +157,7 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
         "256",
         "--num-hypotheses",
         "8",
+        "--one-at-a-time",  # in this process, so that the stand-in classifier is the one used
     ]
     assert main(argv) == 0
     for name in ("reconstructions.png", "samples_vqvae2.png", "samples_mvqvae.png", "metrics.md"):
@@ -191,12 +192,25 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     assert rows[1:] == stages  # after the header row
     assert f"{tiny.meta['key']} (accuracy" in (out / "metrics.md").read_text()  # not the shipped
     assert main(argv) == 0  # a re-run reuses the finished runs
-    # --seed retrains everything from another draw, and the table names it
-    assert main([*argv[:2], str(tmp_path / "demo1"), *argv[3:], "--seed", "1"]) == 0
+    assert "one model after the other" in printed
+    capsys.readouterr()
+    # The default on a CPU: both models at once, one process and thread each, output in logs.
+    # --seed retrains everything from another draw, and the table names it.
+    assert main([*argv[:2], str(tmp_path / "demo1"), *argv[3:-1], "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "the two models side by side, one thread each" in printed
+    assert "vqvae2: tokenizer 4 steps" in printed and "mvqvae: mvq eval" in printed  # progress
+    assert [
+        ln.split(" | ")[0][2:]
+        for ln in printed.split("Stage times on ")[1].splitlines()
+        if ln.startswith("| ")
+    ][1:] == stages
     assert "seed 0." in (out / "metrics.md").read_text()
     assert "seed 1." in (tmp_path / "demo1" / "metrics.md").read_text()
+    assert "train:" in (tmp_path / "demo1" / "mvqvae.log").read_text()  # its progress bars
     other = json.loads((tmp_path / "demo1" / "metrics.json").read_text())
     assert other["vqvae2"]["mse"] != metrics["vqvae2"]["mse"]
+    assert (tmp_path / "demo1" / "report.html").is_file()
 
 
 def readme_torchrun_line() -> str:
