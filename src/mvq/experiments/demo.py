@@ -343,6 +343,15 @@ def stage_table(stages: dict[str, float], device: str, how: str, total: float) -
     return "\n".join([*head, *rows, f"| total | {total:.0f} |"])
 
 
+def _timed(stages: dict[str, float], key: str, fn: Callable[..., Any], *a: Any) -> Any:
+    """``fn(*a)``, its wall time recorded as ``stages[key]`` (also when it raises)."""
+    start = time.perf_counter()
+    try:
+        return fn(*a)
+    finally:
+        stages[key] = time.perf_counter() - start
+
+
 def pipeline(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One model's part of the demo: its tokenizer, encode + prior + 64 samples, ``mvq eval``.
     Returns ``[metrics, stage times]`` (JSON, so that it can run in a process of its own)."""
@@ -350,11 +359,7 @@ def pipeline(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     stages: dict[str, float] = {}
 
     def timed(stage: str, fn: Callable[..., Any], *a: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn(*a)
-        finally:
-            stages[f"{name} {stage}"] = time.perf_counter() - start
+        return _timed(stages, f"{name} {stage}", fn, *a)
 
     print(f"== {name} ({registered}): tokenizer {args.steps} steps", flush=True)
     cfg = demo_config(
@@ -396,14 +401,10 @@ def run(args: argparse.Namespace) -> None:
         how = f"{torch.get_num_threads()} threads, one model after the other"
     metrics = {name: part[0] for name, part in parts.items()}
     stages = {stage: t for part in parts.values() for stage, t in part[1].items()}
-    start = time.perf_counter()
     cfg = demo_config(MODELS["vqvae2"], args.steps, args.num_hypotheses, args.data_root)
-    write_grid(out, cfg)
-    stages["reconstruction grid"] = time.perf_counter() - start
+    _timed(stages, "reconstruction grid", write_grid, out, cfg)
     print(write_report(out, metrics, args))
-    start = time.perf_counter()
-    page = write_page(out)  # the runs side by side on one HTML page
-    stages["report page"] = time.perf_counter() - start
+    page = _timed(stages, "report page", write_page, out)  # the runs on one HTML page
     device = cpu_model() if resolve_device(args.device).type == "cpu" else args.device
     print(stage_table(stages, device, how, time.perf_counter() - t0))
     print(
