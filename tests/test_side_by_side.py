@@ -43,6 +43,26 @@ def stoppable(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def threads_once_given(seconds: float) -> int:
+    """Waits (up to ``seconds``) for a second thread; the threads it ends with."""
+    deadline = time.monotonic() + seconds
+    while torch.get_num_threads() == 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return torch.get_num_threads()
+
+
+def at_once() -> int:
+    return torch.get_num_threads()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a second thread needs a second core")
+def test_a_job_that_ends_hands_its_thread_to_one_still_running(tmp_path):
+    out = run_side_by_side(
+        {"long": (threads_once_given, (60.0,)), "short": (at_once, ())}, tmp_path, poll_s=0.05
+    )
+    assert out == {"long": 2, "short": 1}
+
+
 def test_jobs_run_at_once_on_one_thread_each_and_return_in_order(tmp_path):
     lines: list[str] = []
     out = run_side_by_side(

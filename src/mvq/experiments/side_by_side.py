@@ -7,6 +7,9 @@ jobs one after the other on two threads. ``mvq demo`` trains its two models this
 
 Each job is ``fn(*args)`` in a spawned process (``fn`` importable at module level, its result
 JSON-serialisable), with ``torch.set_num_threads(1)`` and its stdout and stderr in its own log.
+When a job ends, its thread goes to a job still running (SIGUSR2: one more thread, up to the
+CPU count), so the core it freed does not idle while the other finishes; a job's numerics may
+then differ in rounding from a run on one thread throughout.
 The caller sees one progress line whenever a job's stage (a ``== <name>: ...`` line the job
 prints) or the tens digit of its latest progress bar changes. What a job ends with comes back
 as the caller's own: its value; an ``MVQError`` as an ``MVQError`` with the same one line;
@@ -38,6 +41,7 @@ from mvq.training.interrupt import RunStopped
 STAGE = re.compile(r"^== (\S+)(?: \([^)]*\))?: (.*)$", re.M)  # "== vqvae2 (...): tokenizer"
 PERCENT = re.compile(r"(\d+)%\|")  # tqdm's "NN%|"
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+MORE_THREADS = signal.SIGUSR2  # to a running job: take the thread of one that ended
 
 
 class JobFailed(RuntimeError):
@@ -57,7 +61,8 @@ def run_side_by_side(
     procs = {}
     for name, (fn, args) in jobs.items():
         paths = (str(logs / f"{name}.log"), str(logs / f".{name}.result.json"))
-        Path(paths[1]).unlink(missing_ok=True)
+        for path in paths:  # a job's log appears once it can take a thread (see _job)
+            Path(path).unlink(missing_ok=True)
         procs[name] = ctx.Process(target=_job, args=(fn, args, *paths), name=f"mvq-{name}")
     previous = {s: signal.getsignal(s) for s in FORWARDED}
     for s in FORWARDED:  # a stop request reaches every job, which checkpoints and ends
@@ -66,8 +71,13 @@ def run_side_by_side(
         for p in procs.values():
             p.start()
         shown: dict[str, tuple[str, int]] = {}
+        ended, threads, free = set(), dict.fromkeys(procs, 1), 0
         while any(p.is_alive() for p in procs.values()):
             time.sleep(poll_s)
+            now_ended = {n for n, p in procs.items() if not p.is_alive()} - ended
+            ended, free = ended | now_ended, free + len(now_ended)
+            while free and _give_thread(procs, threads, logs):
+                free -= 1
             now = {name: _progress(logs / f"{name}.log") for name in procs}
             if now != shown:
                 shown = now
@@ -80,6 +90,25 @@ def run_side_by_side(
         for s, handler in previous.items():
             signal.signal(s, handler)
     return {name: _outcome(name, logs) for name in procs}
+
+
+def _give_thread(procs: dict[str, Any], threads: dict[str, int], logs: Path) -> bool:
+    """Hand the thread of an ended job to the running job with the fewest (the first such);
+    whether one took it. Only a job whose log exists can: its handler is in place by then
+    (see ``_job``)."""
+    running = [n for n, p in procs.items() if p.is_alive() and (logs / f"{n}.log").is_file()]
+    if not running:
+        return False
+    name = min(running, key=threads.__getitem__)
+    os.kill(procs[name].pid, MORE_THREADS)
+    threads[name] += 1
+    return True
+
+
+def _take_thread(_signum: int, _frame: Any) -> None:
+    """In a job, on ``MORE_THREADS``: one thread more, up to the CPU count. (Python runs this
+    between two bytecodes of the main thread, so no torch op is running in it.)"""
+    torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads() + 1))
 
 
 def _forward(procs: dict[str, Any], signum: int) -> None:
@@ -113,6 +142,7 @@ def _progress(log: Path) -> tuple[str, int]:
 def _job(fn: Callable[..., Any], args: tuple[Any, ...], log: str, result: str) -> None:
     """In the child: one thread, output to ``log``, the outcome to ``result`` as JSON."""
     torch.set_num_threads(1)
+    signal.signal(MORE_THREADS, _take_thread)  # before the log exists: see _give_thread
     with open(log, "w", buffering=1) as out, redirect_stdout(out), redirect_stderr(out):
         try:
             outcome: dict[str, Any] = {"value": fn(*args)}
