@@ -1,7 +1,7 @@
 """Train a tokenizer from a run config: build the model, the data and the trainer's config.
 
-Also holds what the demo and the closing notes report: ``evaluate_tokenizer`` (test MSE, codebook
-usage over a whole split, bits per image) and ``ReconstructionGrid`` (the periodic images).
+Also holds ``ReconstructionGrid`` (the periodic images). Test metrics (MSE, codebook usage, bits
+per image) are ``mvq eval``'s (``mvq.eval``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from mvq.core.pixels import to_unit
 from mvq.core.pretrained import config_from_dict
 from mvq.data import build_dataset, data_channels
 from mvq.tokenizers import TOKENIZERS, Tokenizer, create_tokenizer
-from mvq.tokenizers.base import in_order
 from mvq.tokenizers.gan import GANObjective
 from mvq.training import TrainConfig, TrainResult, train
 from mvq.training.runconfig import RunConfig, check_keys, check_model_config, check_types
@@ -165,32 +164,3 @@ def prepare_gan(model: GANObjective) -> None:
             "recipe (recorded in the model's config.json)",
             file=sys.stderr,
         )
-
-
-@torch.no_grad()
-def evaluate_tokenizer(
-    model: Tokenizer, dataset: Dataset, batch_size: int = 250, seed: int = 0
-) -> dict[str, float]:
-    """Mean squared error and codebook usage over a whole split, plus bits per image.
-
-    MVQ's mask search draws random masks from a generator seeded with ``seed``.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    layout = model.token_layout
-    used_p = torch.zeros(layout.primary_vocab, dtype=torch.bool)
-    used_s = torch.zeros(layout.secondary_vocab, dtype=torch.bool)
-    sq_err, count = 0.0, 0
-    for x, _ in in_order(dataset, batch_size, generator):
-        out = model(x.to(device), generator)
-        sq_err += float((out.recon - x.to(device)).pow(2).sum())
-        count += x.numel()
-        used_p[out.tokens.indices.flatten().cpu()] = True
-        used_s[out.tokens.secondary.flatten().cpu()] = True
-    return {
-        "mse": sq_err / count,
-        "primary_usage": float(used_p.float().mean()),
-        "secondary_usage": float(used_s.float().mean()),
-        "bits_per_image": model.bits_per_image,
-    }
