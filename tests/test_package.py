@@ -197,3 +197,27 @@ def test_the_readme_map_names_every_package_with_its_allowed_imports() -> None:
         want = set(ALLOWED[unit].split())
         got = set() if deps == "nothing" else {d.strip() for d in deps.split(",")}
         assert got == want or deps in ("all", "all of the above"), (unit, got, want)
+
+
+def test_make_install_leaves_bytecode_for_what_the_commands_import() -> None:
+    """`make install` writes bytecode for the Makefile's WARM modules and all they import (uv
+    does not, and where PYTHONDONTWRITEBYTECODE is set every process would recompile torch)."""
+    import importlib
+    import importlib.util
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    if Path(sys.prefix).resolve() != (repo / ".venv").resolve():
+        pytest.skip("not the venv that `make install` builds")
+    text = (repo / "Makefile").read_text()
+    warm = re.search(r"^WARM := ((?:.*\\\n)*.*)$", text, re.M)
+    assert warm, "the Makefile names the modules it writes bytecode for (WARM)"
+    names = warm.group(1).replace("\\\n", " ").split()
+    assert "mvq.experiments.demo" in names
+    modules = [importlib.import_module(n) for n in names] + [importlib.import_module("torch")]
+    missing = [
+        m.__name__
+        for m in modules
+        if not Path(importlib.util.cache_from_source(m.__file__ or "")).is_file()
+    ]
+    assert not missing, f"no bytecode for {missing}: run `make bytecode`"
