@@ -7,8 +7,9 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install bytecode test test-data lint demo bench clean
 
-# uv (from PyPI, into the venv) installs the same pinned wheels ~3x faster than pip: the CUDA
-# build of torch is 5.5 GB unpacked (on a Zen 5 EPYC, 2026-12-05: 16 s against pip's 46 s).
+# uv (from PyPI, into the venv) installs the same pinned wheels faster than pip: the CUDA build
+# of torch is 5.5 GB unpacked (on a Zen 5 EPYC, 2026-12-05: 16 s against pip's 46 s; pip also
+# compiles every module's bytecode, which uv leaves to the `bytecode` step below, 8 s).
 # Where uv cannot be installed, pip does it all.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
