@@ -374,10 +374,15 @@ def test_partial_stage_restarts_clean_and_reruns_what_follows(
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 2
 
 
+@pytest.mark.parametrize("unfinished", ["eval", "sample_eval"])
 def test_results_without_weights_keep_finished_cells_and_rerun_what_a_stage_needs(
-    tmp_path, capsys, fake_mvq
+    tmp_path, capsys, fake_mvq, unfinished
 ) -> None:
-    """A sweep folder committed without its heavy files (weights, tokens) after a session."""
+    """A sweep folder committed without its heavy files (weights, tokens) after a session.
+
+    The sample evaluation reads the tokenizer's and the prior's weights, not the stage before it
+    (the reconstruction eval): with both gone the cell retrains from the start.
+    """
     path = str(prior_per_entry(tmp_path, seeds=[0], exclude=[{"method": "mvqvae"}]))
     assert main(["sweep", path]) == 0
     cells = sorted((tmp_path / "out" / "cells").iterdir())
@@ -390,7 +395,7 @@ def test_results_without_weights_keep_finished_cells_and_rerun_what_a_stage_need
     ):
         for cell in cells:
             (cell / heavy).unlink()
-    (cells[1] / "markers" / "eval.json").unlink()  # this cell was not evaluated yet
+    (cells[1] / "markers" / f"{unfinished}.json").unlink()  # this cell was not evaluated yet
     fake_mvq.unlink()
     assert main(["sweep", path]) == 0
     calls = calls_of(fake_mvq)

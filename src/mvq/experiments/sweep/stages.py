@@ -43,6 +43,7 @@ class Stage:
     resumable: bool = False
     product: Path | None = None  # the file later stages read; missing -> the stage reruns
     backfill: bool = False  # added after cells finished: skipped, never retrains, if inputs gone
+    needs: tuple[Path, ...] = ()  # earlier stages' products this stage reads
 
     def argv(self, resume: bool = False) -> list[str]:
         """The full command line (``--resume`` added when asked)."""
@@ -79,13 +80,18 @@ def cell_stages(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> list[Stage]:
     return stages
 
 
+def _weights(cell_dir: Path, run: str = "tokenizer") -> Path:
+    """The trained weights of the cell's tokenizer (or prior) run: the train stage's product."""
+    return cell_dir / run / "model" / "model.safetensors"
+
+
 def _train_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     """``mvq train --config C --out CELL/tokenizer --set ...``."""
     run_dir = cell_dir / "tokenizer"
     args = ["train", "--config", str(cell.config), "--out", str(run_dir)]
     args += [*_set_args(cell.sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.run_config.to_dict())
-    return Stage("train", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
+    return Stage("train", args, run_dir, spec, True, _weights(cell_dir))
 
 
 def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
@@ -97,7 +103,10 @@ def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     args += ["--out", str(cell_dir / "tokens"), "--seed", str(cell.seed), *_device_args(sweep)]
     spec = _spec(sweep, data=data["name"], root=data.get("root"), seed=cell.seed)
     tokens = cell_dir / "tokens"
-    return Stage("encode", args, tokens, spec, product=tokens / "meta.json")
+    return Stage(
+        "encode", args, tokens, spec, product=tokens / "meta.json", needs=(_weights(cell_dir),)
+    )
+
 
 
 def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
@@ -107,7 +116,8 @@ def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     args = ["train-prior", "--tokens", str(cell_dir / "tokens"), "--config", str(cell.prior_config)]
     args += ["--out", str(run_dir), *_set_args(cell.prior_sets), *_device_args(sweep)]
     spec = _spec(sweep, run_config=cell.prior_run_config.to_dict())
-    return Stage("prior", args, run_dir, spec, True, run_dir / "model" / "model.safetensors")
+    tokens = cell_dir / "tokens" / "meta.json"
+    return Stage("prior", args, run_dir, spec, True, _weights(cell_dir, "prior"), needs=(tokens,))
 
 
 def _eval_stage(
@@ -150,7 +160,8 @@ def _eval_stage(
         prior=prior is not None,
         **({"seed": seed} if seeded else {}),
     )
-    return Stage(name, args, out, record, backfill=not first)
+    needs = (_weights(cell_dir),) + ((_weights(cell_dir, "prior"),) if prior is not None else ())
+    return Stage(name, args, out, record, backfill=not first, needs=needs)
 
 
 # --- markers: which stages of a cell are done ---------------------------------------------
@@ -207,15 +218,21 @@ def first_stage_to_run(cell_dir: Path, stages: list[Stage]) -> int | None:
     """Index of the first stage to run, None when the cell is finished.
 
     A stage runs when it is not done, and so does a done stage whose product a stage that
-    must run needs but which is gone (e.g. a results folder committed without its weights).
-    Backfill stages whose inputs are gone are skipped (``skipped_backfill``).
+    must run reads (``needs``) but which is gone (e.g. a results folder committed without its
+    weights); every stage after the first to run runs too. Backfill stages whose inputs are
+    gone are skipped (``skipped_backfill``).
     """
     first = next(iter(pending(cell_dir, stages)), None)
     while first:
-        product = stages[first - 1].product
-        if product is None or product.exists():
+        needed = {path for stage in stages[first:] for path in stage.needs}
+        gone = [
+            i
+            for i, stage in enumerate(stages[:first])
+            if stage.product in needed and not stage.product.exists()
+        ]
+        if not gone:
             break
-        first -= 1
+        first = gone[0]
     return first
 
 
