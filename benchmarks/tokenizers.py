@@ -6,7 +6,10 @@ images per second for VQVAE2 (the baseline), MVQVAE at several J and mask modes,
 Against the arithmetic limit: each step's matrix-product and convolution FLOPs (torch's
 ``FlopCounterMode``, the MH-Dropout search included; Adam's elementwise work not counted) give
 its GFLOP/s, and ``gemm_fraction_*`` divides that by the rate of a 1024^3 fp32 matrix product
-measured in the same run (the machine's practical GEMM peak on these threads).
+measured in the same run (the machine's practical GEMM peak on these threads). Like the
+trainer, it keeps freed host memory mapped (``mvq.core.host_memory``); ``faults_per_step_*``
+counts the minor page faults of a timed step, and ``MVQ_KEEP_FREED_MEMORY=0`` measures glibc's
+defaults (the baseline of that change: run both on an idle machine).
 
     python benchmarks/tokenizers.py [--device cuda] [--repeats 20]
 
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mvq.core.host_memory import keep_freed_memory
 from mvq.tokenizers import create_tokenizer
 from mvq.training.config import TrainConfig
 from mvq.training.trainer import memory_format
@@ -39,14 +44,19 @@ VARIANTS = {
 }
 
 
-def images_per_second(name: str, overrides: dict, x: torch.Tensor, repeats: int) -> float:
-    """Median training throughput over ``repeats`` steps after 3 warm-up steps."""
+def images_per_second(
+    name: str, overrides: dict, x: torch.Tensor, repeats: int
+) -> tuple[float, float]:
+    """Median training throughput over ``repeats`` steps after 3 warm-up steps, and the minor
+    page faults per timed step."""
     torch.manual_seed(0)
     fmt = memory_format(TrainConfig())  # the layout the trainer trains in by default
     model = create_tokenizer(name, **overrides).to(x.device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), 5e-4, betas=(0.5, 0.9))
     times = []
     for i in range(3 + repeats):
+        if i == 3:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if x.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -58,7 +68,8 @@ def images_per_second(name: str, overrides: dict, x: torch.Tensor, repeats: int)
             torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    return len(x) / statistics.median(times)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return len(x) / statistics.median(times), faults / repeats
 
 
 def step_flops(name: str, overrides: dict, x: torch.Tensor) -> int:
@@ -95,13 +106,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the trainer does
     x = torch.rand(32, 1, 28, 28, device=args.device) * 2 - 1
-    res: dict[str, float | str] = {"device": args.device, "threads": args.threads}
+    res: dict[str, float | str | bool] = {"device": args.device, "threads": args.threads}
+    res["keep_freed_memory"] = kept
     res["baseline"] = "vqvae2, measured in this run (every *_over_vqvae2 divides by it)"
     gemm = gemm_gflops(args.device)
     print(f"{'tokenizer':>22} {'img/s':>8} {'vs VQVAE2':>10} {'GFLOP/s':>8}")
     for key, (name, overrides) in VARIANTS.items():
-        rate = images_per_second(name, overrides, x, args.repeats)
+        rate, res[f"faults_per_step_{key}"] = images_per_second(name, overrides, x, args.repeats)
         flops = step_flops(name, overrides, x)
         res[f"{key}_images_per_s"] = rate
         res[f"{key}_over_vqvae2"] = rate / res["vqvae2_images_per_s"]

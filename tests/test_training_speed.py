@@ -6,6 +6,9 @@ checks, and the preemption-safe checkpoints (keep_last, best.pt, ckpt_minutes, w
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -464,3 +467,37 @@ def test_mvq_quantizer_stays_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.loss(x)
     assert seen == [(False, torch.float32)] and torch.isfinite(loss)
+
+
+FAULTS = """
+import resource, torch
+from mvq.core.host_memory import keep_freed_memory
+from mvq.tokenizers import create_tokenizer
+torch.manual_seed(0); torch.set_num_threads(1)
+model = create_tokenizer("vqvae2_fmnist_s4_k16").train()
+x = torch.rand(16, 1, 28, 28)
+def faults_per_step():
+    for i in range(7):
+        if i == 2:
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        loss, _ = model.loss((x, None)); loss.backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5
+print(faults_per_step(), keep_freed_memory(), faults_per_step())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_kept_host_memory_stops_the_page_faults_of_each_step():
+    """glibc's defaults hand a step's activations back to the OS and fault them in again
+    (thousands of page faults per tokenizer step); ``keep_freed_memory``, which ``train`` and
+    every ``mvq`` command call, keeps them mapped. In a fresh process: glibc's defaults first."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.is_file() and "[always]" in thp.read_text():
+        pytest.skip("transparent huge pages always on: few faults either way")
+    env = {**os.environ, "MVQ_KEEP_FREED_MEMORY": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    before, kept, after = float(out[0]), out[1], float(out[2])
+    assert kept == "True"
+    assert before > 1000 and after < before / 5, (before, after)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mvq import __version__
 from mvq.core.errors import DeviceError, MVQError, disk_full_cause
+from mvq.core.host_memory import keep_freed_memory
 from mvq.training.config import DEVICE_HELP
 from mvq.training.interrupt import RunStopped
 from mvq.training.runconfig import RunConfig, apply_override, load_run_config
@@ -432,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGUSR1 prints one line (rank 0) and returns ``RunStopped.status`` (143 or 75).
     """
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command's tensors: no page faults per batch (mvq.core.host_memory)
     try:
         if getattr(args, "device", None) is not None:
             _device(args.device)  # before anything is read or written

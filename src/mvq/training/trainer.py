@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvq.core.errors import ConfigError, MVQError
+from mvq.core.host_memory import keep_freed_memory
 from mvq.core.pretrained import CheckpointError
 from mvq.training.batch import count_items, split_batch, to_device
 from mvq.training.checkpoint import (
@@ -209,6 +210,7 @@ def train(
             from before it.
     """
     start = time.perf_counter()
+    keep_freed_memory()  # no page faults for each step's activations (mvq.core.host_memory)
     _check_inputs(model, train_set, cfg)
     run_dir = Path(run_dir)
     has_checkpoint = prepare_run_dir(run_dir, resume, announce=os.environ.get("RANK", "0") == "0")
