@@ -108,7 +108,6 @@ def _encode_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     )
 
 
-
 def _prior_stage(sweep: SweepConfig, cell: Cell, cell_dir: Path) -> Stage:
     """``mvq train-prior --tokens CELL/tokens --config P --out CELL/prior --set ...``."""
     assert cell.prior_run_config is not None
