@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mvq.experiments.sweep import expand, load_sweep
 
@@ -153,6 +154,15 @@ def test_pareto_front_keeps_the_points_nothing_dominates():
     )
     assert front == [(0.5, 20, "f"), (1, 10, "a"), (2, 8, "c"), (4, 2, "e")]
     assert _analyze().pareto_front([]) == []
+
+
+def test_usage_ceiling_is_what_uniform_draws_fill():
+    ceiling = _analyze().usage_ceiling
+    assert ceiling(2, 1) == pytest.approx(0.5) and ceiling(4, 2) == pytest.approx(1 - 0.75**2)
+    draws = torch.randint(0, 4096, (20, 10_000), generator=torch.Generator().manual_seed(0))
+    filled = torch.tensor([len(d.unique()) / 4096 for d in draws])
+    assert filled.mean().item() == pytest.approx(ceiling(4096, 10_000), abs=2e-3)
+    assert ceiling(2**14) == pytest.approx(0.913, abs=1e-3)  # F1's 2^14 cells cannot reach 1
 
 
 def test_verdicts_decide_a_clear_shift_and_say_not_yet_run(runs):

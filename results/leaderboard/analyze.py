@@ -51,6 +51,7 @@ ANSWER_FILE = "answer.md"  # where the answer goes when --out is not this folder
 REUSED = {"grid": ("vqvae2", "fsqvae", "mvqvae"), "healthy": ("vqvae2",), "mask_prior": ("mvqvae",)}
 SCREENS = ("vq_screen", "lfq_screen")  # name the best VQ-VAE-2 and the leaderboard's LFQ
 CLAIMS = "fsq_claims"  # F1/F2: tokenizer-only cells by codebook size per level
+CLAIMS_DRAWS = 10_000 * 4  # primary codes F1's usage counts: the test split x 4 tokens per image
 OFF_BOARD = (*SCREENS, CLAIMS)  # short or tokenizer-only: not on the Pareto plots
 SAMPLERS = {
     "mask_prior": "mask-aware prior",
@@ -602,8 +603,16 @@ def board_table(board: Board) -> list[str]:
     return lines
 
 
+def usage_ceiling(entries: int, draws: int = CLAIMS_DRAWS) -> float:
+    """Expected fraction of ``entries`` codes that ``draws`` uniform draws use at least once: the
+    most usage a perfectly uniform quantizer shows on a split of that size."""
+    return -math.expm1(draws * math.log1p(-1 / entries))
+
+
 def claims_table(board: Board) -> list[str]:
-    """F1/F2's cells: method x codebook size per level, mean ± sd over seeds."""
+    """F1/F2's cells: method x codebook size per level, mean ± sd over seeds; beside usage, its
+    ceiling at the test split's size (0.91 at 2^14 entries: 40,000 codes cannot fill 16,384
+    entries)."""
     sel, st, fmt = study().select, study().stat, study().fmt
     keys = sorted(
         {(r["method"], r["per_level"]) for r in board.claims},
@@ -616,13 +625,20 @@ def claims_table(board: Board) -> list[str]:
         ("fd_fmnist", "recon fd_fmnist", "{:.1f}"),
     )
     lines = [
-        "| family | entries per level | seeds | " + " | ".join(t for _, t, _ in metrics) + " |",
-        "|" + "---|" * (3 + len(metrics)),
+        "| family | entries per level | seeds | "
+        + " | ".join(t for _, t, _ in metrics)
+        + " | usage ceiling |",
+        "|" + "---|" * (4 + len(metrics)),
     ]
     for method, size in keys:
         rows = sel(board.claims, method=method, per_level=size)
         cells = [fmt(st(rows, m), f) for m, _, f in metrics]
-        lines.append(f"| {family(rows[0])} | {size} | {len(rows)} | " + " | ".join(cells) + " |")
+        ceiling = usage_ceiling(2 ** int(size.split("^")[-1]))
+        lines.append(
+            f"| {family(rows[0])} | {size} | {len(rows)} | "
+            + " | ".join(cells)
+            + f" | {ceiling:.3f} |"
+        )
     return lines
 
 
