@@ -171,6 +171,9 @@ def test_demo_end_to_end_quick(tmp_path, capsys, monkeypatch) -> None:
     for name in ("fd_fmnist", "sample_fd_fmnist", "sample_f8", "sample_f1_8"):
         assert all(math.isfinite(m[name]) for m in metrics.values()), name
     assert "random_mask_fd_fmnist" in metrics["mvqvae"]
+    for name in ("vqvae2", "mvqvae"):  # the training images the prior reads (3 x 64), all test
+        splits = json.loads((out / f"{name}_tokens" / "meta.json").read_text())["splits"]
+        assert splits == {"train": 3 * 64, "val": 256}
     assert (out / "eval_mvqvae_samples" / "eval.json").is_file()
     assert (out / "report.html").is_file()  # the demo ends with its page
     printed = capsys.readouterr().out
