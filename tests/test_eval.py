@@ -325,3 +325,23 @@ def test_the_metric_table_is_consistent_with_the_forms_groups() -> None:
         "usage",
     )
     assert parse_metrics("prd", "images") == ("f_scores",)
+
+
+def test_pixel_metrics_ssim_is_torchmetrics_and_leaves_onednn_on() -> None:
+    """SSIM runs its Gaussian filter on ATen's convolutions (faster on a CPU): same values as
+    torchmetrics on oneDNN's, and oneDNN is on again after the block."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from mvq.eval.forms import pixel_metrics
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(40, 1, 28, 28, generator=g) * 2 - 1
+    recon = (target + 0.2 * torch.randn(target.shape, generator=g)).clamp(-1, 1)
+    before = torch.backends.mkldnn.enabled
+    got = pixel_metrics(recon, target, None, batch_size=16)
+    assert torch.backends.mkldnn.enabled == before
+    want = structural_similarity_index_measure(
+        (recon + 1) / 2, (target + 1) / 2, data_range=1.0, reduction="none"
+    )
+    assert got["ssim"] == pytest.approx(float(want.mean()), abs=1e-6)
+    assert 0.2 < got["ssim"] < 0.95  # noisy copies: neither identical nor unrelated
