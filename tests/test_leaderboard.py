@@ -30,6 +30,7 @@ CELLS = {
     "fsq_maskgit": 4,
 }
 STEPS = {"vq_screen": 1000, "lfq_screen": 1000}  # short screens; the rest the study's 2 epochs
+SEEDS = {"front_seeds": {2, 3, 4}, "masked_prior": {2, 3, 5, 6}}  # the rest screen seeds 0 and 1
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -37,13 +38,39 @@ def test_sweep_has_the_planned_cells_and_one_budget(name):
     sweep = load_sweep(BOARD / f"{name}.yaml")
     cells = expand(sweep)
     assert len(cells) == CELLS[name]
-    assert {c.seed for c in cells} == ({2, 3, 4} if name == "front_seeds" else {0, 1})
+    assert {c.seed for c in cells} == SEEDS.get(name, {0, 1})
     for cell in cells:
         assert f"train.max_steps={STEPS.get(name, 3750)}" in cell.sets
         assert "train.batch_size=32" in cell.sets
     if sweep.prior is not None:  # samples: the Table 4 budget, 10,000 of them, two sampling seeds
         assert sweep.prior.max_steps == 3000
         assert sweep.eval.n == 10000 and sweep.eval.sample_seeds == [0, 1]
+
+
+def _tokenizers(cells) -> collections.Counter:
+    """(method, masks, tokens, K, seed) of each cell: the tokenizer it trains (the study's grid
+    names no masks: its MVQVAE draws random ones)."""
+    return collections.Counter(
+        (c.axes["method"], c.axes.get("masks", "random"), c.axes["tokens"], c.axes["K"], c.seed)
+        for c in cells
+    )
+
+
+def test_masked_prior_trains_seeds_no_other_sweep_has():
+    """masked_prior's tokenizers are other sweeps' configs with a mask-aware prior: each of its
+    cells trains a seed that no other sweep on the board has for that config, so its
+    reconstructions add seeds to M1 and M2 instead of retraining a tokenizer bit for bit."""
+    mine = _tokenizers(expand(load_sweep(BOARD / "masked_prior.yaml")))
+    others = collections.Counter()
+    for name in ("masked", "front_seeds"):
+        others += _tokenizers(expand(load_sweep(BOARD / f"{name}.yaml")))
+    grid = _tokenizers(expand(load_sweep(BOARD.parent / "fmnist" / "grid.yaml")))
+    others += collections.Counter({k: n for k, n in grid.items() if k[0] == "mvqvae"})
+    assert max(mine.values()) == 1
+    assert not set(mine) & set(others)
+    # every tokenizer config of masked_prior is one the board already has at other seeds
+    configs = {k[:4] for k in others}
+    assert {k[:4] for k in mine} <= configs
 
 
 def test_bits_per_image_of_the_masked_variants_count_the_mask_index():
