@@ -218,6 +218,48 @@ def test_verdicts_decide_a_clear_shift_and_say_not_yet_run(runs):
     assert words["F3 MaskGIT vs VQ-VAE-2 (paper)"] == "not yet run"
 
 
+def test_claims_compare_fsq_with_the_paper_and_the_best_vq_per_size(tmp_path):
+    """F1 (usage, perplexity) and F2 (MSE, fd_fmnist): FSQ against each VQ-VAE-2 of fsq_claims
+    at each size, F2 against the best VQ only (VQ with its machinery); labels from the axes."""
+    analyze = _analyze()
+
+    def claims(method, size, usage, fd):
+        return [
+            {
+                "method": method,
+                "tokens": "4+1",
+                "per_level": size,
+                "seed": str(seed),
+                "usage_primary": str(usage + d / 100),
+                "perplexity_primary": str(100 * usage + d),
+                "mse": str(fd / 1000 + d / 10_000),
+                "fd_fmnist": str(fd + d / 10),
+                "total_wall_s": "300",
+            }
+            for seed, d in zip((0, 1), (-1.0, 1.0), strict=True)
+        ]
+
+    rows = (
+        claims("fsqvae", "2^4", 0.95, 60.0)
+        + claims("vqvae2", "2^4", 0.20, 90.0)
+        + claims("vqvae2_healthy+all", "2^4", 0.94, 60.2)
+    )
+    _write(tmp_path / "runs", "fsq_claims", rows)
+    board = analyze.read_board(tmp_path / "runs", tmp_path / "study")
+    judge = analyze.Judge(0.2749)
+    lines = analyze.verdict_lines(board, judge)
+    (f1,) = [ln for ln in lines if ln.startswith("- **F1** (2^4 entries")]
+    (f2,) = [ln for ln in lines if ln.startswith("- **F2** (2^4 entries")]
+    assert "vs VQ-VAE-2 (healthy + all)" in f1 and "vs VQ-VAE-2 (paper)" in f1
+    assert "VQ-VAE-2 (paper)" not in f2 and "vs VQ-VAE-2 (healthy + all)" in f2
+    words = dict(judge.decided)
+    assert words["F1 2^4 usage % vs VQ-VAE-2 (paper)"] == "better"
+    assert words["F2 2^4 recon fd_fmnist vs VQ-VAE-2 (healthy + all)"] == "equivalent"
+    assert any(ln.startswith("- **F1** (2^6 entries") and "not yet run" in ln for ln in lines)
+    table = "\n".join(analyze.claims_table(board))
+    assert "| VQ-VAE-2 (healthy + all) | 2^4 | 2 |" in table
+
+
 def test_screen_names_the_best_option_set_by_the_rule():
     analyze = _analyze()
     plan = [{"K": k, "options": o} for k in ("16", "256") for o in ("none", "cosine", "all")]

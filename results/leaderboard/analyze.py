@@ -173,7 +173,8 @@ def family(row: Row) -> str:
         options = row.get("options")
         if options:
             return "VQ-VAE-2 (healthy)" if options == "none" else f"VQ-VAE-2 (healthy + {options})"
-        return f"VQ-VAE-2 ({row.get('variant') or variant or 'paper'})"
+        variant = row.get("variant") or variant or "paper"  # fsq_claims: healthy+all
+        return f"VQ-VAE-2 ({variant.replace('+', ' + ')})"
     if name in MASKED:
         codebook = row.get("masks") == "codebook"
         return f"{name} ({'mask codebook' if codebook else 'random masks'})"
