@@ -23,7 +23,7 @@ CELLS = {
     "lfq_screen": 16,
     "families": 32,
     "best_vq": 8,
-    "front_seeds": 33,
+    "front_seeds": 50,
     "masked": 24,
     "masked_prior": 28,
     "fsq_claims": 48,
